@@ -1,0 +1,149 @@
+// The host agent: wires the BPF runtime, the proxy, identity and the event spool together, in the
+// order that never leaves a gap: the proxy listens before the redirect is switched on, the config
+// says UP before any hook is attached, and on stop the hooks are marked DOWN (fail-closed) or
+// detached (fail-open) before the proxy goes away.
+import { mkdirSync, writeFileSync, renameSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { EventKind, IdentitySource, type EventDraft } from '../proto/index.js';
+import { BpfRuntime, watchedCgroup } from './bpf/runtime.js';
+import type { ExecRecord } from './bpf/layout.js';
+import { cgroup2Root, cgroupId, cgroupOfPid, cgroupPath, ensureCgroup } from './cgroup.js';
+import type { AgentConfig } from './config.js';
+import { ProxyServer } from './proxy/server.js';
+import { tcpHandler } from './proxy/tcp.js';
+import { Spool } from './events/spool.js';
+import { Attribution } from './identity/attribution.js';
+import { VERSION } from './version.js';
+
+/** Written to the state directory for `runguard run` and `runguard events`. */
+export interface AgentState {
+  agentId: string;
+  pid: number;
+  running: boolean;
+  proxyPort: number;
+  jobCgroup: string; // absolute path of the parent of per-job cgroups
+  pinDir: string;
+  startedAt: string;
+}
+
+export function agentStatePath(stateDir: string): string {
+  return path.join(stateDir, 'agent.json');
+}
+
+export function readAgentState(stateDir: string): AgentState | undefined {
+  try {
+    return JSON.parse(readFileSync(agentStatePath(stateDir), 'utf8')) as AgentState;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeAgentState(stateDir: string, state: AgentState): void {
+  const file = agentStatePath(stateDir);
+  writeFileSync(file + '.tmp', JSON.stringify(state, null, 2) + '\n', { mode: 0o644 });
+  renameSync(file + '.tmp', file);
+}
+
+export interface RunningAgent {
+  readonly proxy: ProxyServer;
+  readonly spool: Spool;
+  stop(reason: string): Promise<void>;
+}
+
+export async function startAgent(cfg: AgentConfig, log: Logger): Promise<RunningAgent> {
+  mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
+  const spool = await Spool.open({ dir: path.join(cfg.stateDir, 'spool'), agentId: cfg.agentId, maxBytes: cfg.spoolMaxBytes, logger: log });
+  const emit = (draft: EventDraft) => spool.append(draft);
+  spool.on('state', (state: string, reason?: string) => {
+    if (state === 'ok') {
+      log.warn('audit spool is writable again; accepting new connections');
+      emit({ kind: EventKind.EVENT_KIND_AGENT_NOTICE!, notice: { level: 'warn', code: 'spool_recovered', message: `spool accepting events again after: ${lastSpoolProblem}` } });
+    } else {
+      lastSpoolProblem = reason ?? state;
+      log.error({ state, reason }, 'audit spool cannot take events: refusing new intercepted connections (fail-closed) until it can');
+    }
+  });
+  let lastSpoolProblem = '';
+
+  const root = cgroup2Root();
+  const jobCgroup = cgroupPath(cfg.jobCgroupParent, root);
+  ensureCgroup(jobCgroup);
+  const watched = [jobCgroup, ...cfg.watchCgroups.map((c) => cgroupPath(c, root))].map(watchedCgroup);
+  const ownCgroup = path.join(root, cgroupOfPid('self'));
+  if (watched.some((w) => ownCgroup === w.path || ownCgroup.startsWith(w.path + '/'))) {
+    log.warn({ ownCgroup }, 'the agent runs inside a watched cgroup; its own connections are exempted by cgroup id');
+  }
+
+  const identity = new Attribution();
+  const bpf = new BpfRuntime({ pinDir: cfg.pinDir, onExec: (rec) => onExec(rec) });
+  const onExec = (rec: ExecRecord) => {
+    try {
+      emit(identity.execEvent(rec));
+    } catch (err) {
+      log.error({ err, pid: rec.pid }, 'cannot record exec event');
+    }
+  };
+  bpf.load();
+
+  const proxy = new ProxyServer({
+    port: cfg.proxyPort,
+    origins: bpf,
+    identity,
+    events: spool,
+    handlerFor: () => tcpHandler,
+    log: log.child({ component: 'proxy' }),
+  });
+  await proxy.listen();
+
+  bpf.writeConfig({ up: true, proxyPort: cfg.proxyPort, agentCgroupId: cgroupId(ownCgroup), rules: cfg.intercept });
+  const status = bpf.attach(watched);
+  bpf.startExecTracing();
+
+  let reportedDrops = 0n;
+  const dropTimer = setInterval(() => {
+    const drops = bpf.execDrops();
+    if (drops > reportedDrops) {
+      const lost = drops - reportedDrops;
+      reportedDrops = drops;
+      log.error({ lost: String(lost) }, 'exec ring buffer overflowed: process events were lost');
+      emit({ kind: EventKind.EVENT_KIND_AGENT_NOTICE!, notice: { level: 'error', code: 'exec_events_lost', message: `${lost} exec/exit events did not fit the ring buffer` } });
+    }
+  }, 2000);
+
+  const state: AgentState = {
+    agentId: cfg.agentId, pid: process.pid, running: true, proxyPort: cfg.proxyPort, jobCgroup,
+    pinDir: cfg.pinDir, startedAt: new Date().toISOString(),
+  };
+  writeAgentState(cfg.stateDir, state);
+  const lifecycle = {
+    version: VERSION, bpfStatus: status, watchedCgroups: watched.map((w) => w.path),
+    interceptRules: cfg.intercept.map((r) => r.text), failOpen: cfg.failOpen,
+  };
+  await emit({ kind: EventKind.EVENT_KIND_AGENT_START!, agent: lifecycle }).durable;
+  log.info({ ...lifecycle, proxyPort: cfg.proxyPort, stateDir: cfg.stateDir }, `agent running (${status} BPF hooks)`);
+
+  let stopping: Promise<void> | undefined;
+  return {
+    proxy,
+    spool,
+    stop(reason: string) {
+      stopping ??= (async () => {
+        clearInterval(dropTimer);
+        // Hooks first: from here on a watched connect either fails at once or goes direct.
+        bpf.shutdown(cfg.failOpen);
+        await proxy.close();
+        writeAgentState(cfg.stateDir, { ...state, running: false });
+        await emit({
+          kind: EventKind.EVENT_KIND_AGENT_STOP!,
+          agent: { ...lifecycle, bpfStatus: cfg.failOpen ? 'detached' : 'pinned-fail-closed', reason },
+        }).durable;
+        await spool.close();
+        log.info({ reason, failOpen: cfg.failOpen }, cfg.failOpen ? 'agent stopped; hooks detached (fail-open)' : 'agent stopped; hooks stay pinned and refuse connections (fail-closed)');
+      })();
+      return stopping;
+    },
+  };
+}
+
+export { IdentitySource };

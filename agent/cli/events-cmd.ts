@@ -1,0 +1,54 @@
+// `runguard events`: the agent's spooled events, one per line. --json prints the proto3 JSON
+// mapping of AuditEvent; the default is a short human line. Reads the spool read-only, so it works
+// while the agent runs.
+import path from 'node:path';
+import { eventToJson } from '../../proto/index.js';
+import { readSpoolDir } from '../events/spool.js';
+import { DEFAULT_STATE_DIR } from '../paths.js';
+import { parseArgs, UsageError } from './args.js';
+
+type Json = Record<string, any>;
+
+function humanLine(e: Json): string {
+  const kind = String(e.kind ?? '').replace(/^EVENT_KIND_/, '');
+  const proc = e.process ? `pid=${e.process.pid ?? '?'} ${e.process.exe ?? e.process.comm ?? ''}` : '';
+  const dst = e.destination ? `${e.destination.address}:${e.destination.port}` : '';
+  const job = e.job?.repository ? `${e.job.provider}:${e.job.repository}#${e.job.runId ?? ''}/${e.job.job ?? ''}` : '';
+  const detail = e.connectionClose ? `${e.connectionClose.reason} up=${e.connectionClose.bytesUp ?? 0} down=${e.connectionClose.bytesDown ?? 0}`
+    : e.connectionRefused ? e.connectionRefused.reason
+    : e.exec ? (e.process?.argv ?? []).join(' ')
+    : e.notice ? `${e.notice.code}: ${e.notice.message}` : '';
+  return [e.seq, e.time, kind, e.sessionId, proc, dst, job, detail].filter(Boolean).join('  ');
+}
+
+export async function eventsCommand(argv: string[]): Promise<number> {
+  const a = parseArgs(argv, { 'state-dir': 'string', follow: 'boolean', json: 'boolean', kind: 'strings', session: 'string' });
+  if (a._.length) throw new UsageError(`unexpected argument "${a._[0]}"`);
+  const dir = path.join(a['state-dir'] ?? DEFAULT_STATE_DIR, 'spool');
+  const kinds = a.kind?.map((k) => (k.startsWith('EVENT_KIND_') ? k : `EVENT_KIND_${k.toUpperCase()}`));
+  const print = (e: Json) => {
+    if (kinds && !kinds.includes(e.kind)) return;
+    if (a.session && e.sessionId !== a.session) return;
+    process.stdout.write((a.json ? JSON.stringify(e) : humanLine(e)) + '\n');
+  };
+  let next = 1;
+  const drain = async () => {
+    for await (const rec of readSpoolDir(dir, next)) {
+      print(eventToJson(rec.bytes));
+      next = rec.seq + 1;
+    }
+  };
+  await drain();
+  if (!a.follow) return 0;
+  const stop = new Promise<void>((r) => {
+    process.once('SIGINT', r);
+    process.once('SIGTERM', r);
+  });
+  let stopped = false;
+  void stop.then(() => (stopped = true));
+  while (!stopped) {
+    await Promise.race([new Promise((r) => setTimeout(r, 200)), stop]);
+    if (!stopped) await drain();
+  }
+  return 0;
+}

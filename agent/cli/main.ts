@@ -1,0 +1,38 @@
+// `runguard <subcommand>`: dispatch, usage and the exit-code convention (0 ok, 1 failure, 2 usage).
+import { UsageError } from './args.js';
+
+type Command = (argv: string[]) => Promise<number>;
+
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  agent: { summary: 'run the host agent (BPF redirect, proxy, audit spool)', load: async () => (await import('./agent-cmd.js')).agentCommand },
+  run: { summary: 'run a command as a watched job: runguard run -- CMD ARGS...', load: async () => (await import('./run-cmd.js')).runCommand },
+  events: { summary: 'print audit events (one per line; --json for the proto3 JSON mapping)', load: async () => (await import('./events-cmd.js')).eventsCommand },
+};
+
+function usage(): string {
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`);
+  return `usage: runguard <command> [options]\n\ncommands:\n${lines.join('\n')}\n`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage());
+    return name ? 0 : 2;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    process.stderr.write(`runguard: unknown command "${name}"\n\n${usage()}`);
+    return 2;
+  }
+  try {
+    return await (await cmd.load())(rest);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`runguard ${name}: ${err.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`runguard ${name}: ${(err as Error).message}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,152 @@
+// Agent configuration: a YAML file, overridden by command-line flags. A bad file is reported with
+// the line it is on; nothing is guessed.
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
+import { ipToBytes16 } from './net/addr.js';
+import type { InterceptRule } from './bpf/layout.js';
+import { DEFAULT_PIN_DIR, DEFAULT_STATE_DIR } from './paths.js';
+
+export interface AgentConfig {
+  agentId: string;
+  stateDir: string;
+  pinDir: string;
+  proxyPort: number;
+  /** Relative to the cgroup v2 root: the parent under which `runguard run` creates job cgroups. */
+  jobCgroupParent: string;
+  /** Extra cgroups to watch (a runner service's cgroup), relative to the root or absolute. */
+  watchCgroups: string[];
+  intercept: InterceptRule[];
+  failOpen: boolean;
+  spoolMaxBytes: number;
+}
+
+/** Everything outside loopback; the proxy's own address is always exempt in the BPF program. */
+export const DEFAULT_INTERCEPT = ['!127.0.0.0/8', '![::1]/128', '0.0.0.0/0', '[::]/0'];
+
+export function defaultConfig(): AgentConfig {
+  return {
+    agentId: os.hostname(),
+    stateDir: DEFAULT_STATE_DIR,
+    pinDir: DEFAULT_PIN_DIR,
+    proxyPort: 15001,
+    jobCgroupParent: 'runguard.jobs',
+    watchCgroups: [],
+    intercept: DEFAULT_INTERCEPT.map((r) => parseInterceptRule(r)),
+    failOpen: false,
+    spoolMaxBytes: 1 << 30,
+  };
+}
+
+export class ConfigError extends Error {
+  constructor(readonly where: string, message: string) {
+    super(`${where}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/**
+ * `CIDR[:PORT]`, `[IPv6-CIDR][:PORT]` or a bare address; a leading `!` makes it a bypass rule.
+ * IPv4 rules are stored IPv4-mapped, so their prefix is offset by 96 bits.
+ */
+export function parseInterceptRule(text: string): InterceptRule {
+  const fail = (why: string): never => {
+    throw new Error(`intercept rule "${text}": ${why} (expected CIDR[:PORT], e.g. 10.0.0.0/8:5432 or [fd00::]/8:443, "!" to bypass)`);
+  };
+  let s = text.trim();
+  const action = s.startsWith('!') ? 'bypass' : 'intercept';
+  if (action === 'bypass') s = s.slice(1);
+  let addrPart: string;
+  let portPart: string | undefined;
+  if (s.startsWith('[')) {
+    const close = s.indexOf(']');
+    if (close < 0) fail('missing ]');
+    addrPart = s.slice(1, close);
+    const rest = s.slice(close + 1);
+    const m = /^(\/\d+)?(?::(\d+))?$/.exec(rest);
+    if (!m) fail(`unexpected "${rest}"`);
+    addrPart += m![1] ?? '';
+    portPart = m![2];
+  } else if (s.includes('.')) {
+    const m = /^([^:]+)(?::(\d+))?$/.exec(s);
+    if (!m) fail('bad IPv4 rule');
+    addrPart = m![1]!;
+    portPart = m![2];
+  } else {
+    addrPart = s; // bare IPv6 without a port
+  }
+  const [ip, prefixText] = addrPart.split('/') as [string, string | undefined];
+  const family = net.isIP(ip);
+  if (!family) fail(`"${ip}" is not an IP address`);
+  const maxPrefix = family === 4 ? 32 : 128;
+  const prefix = prefixText === undefined ? maxPrefix : Number(prefixText);
+  if (!Number.isInteger(prefix) || prefix < 0 || prefix > maxPrefix) fail(`prefix must be 0..${maxPrefix}`);
+  const port = portPart === undefined ? 0 : Number(portPart);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) fail('port must be 1..65535');
+  const addr = Buffer.alloc(16);
+  ipToBytes16(ip, addr);
+  return { action, addr, prefix: family === 4 ? 96 + prefix : prefix, port, text: text.trim() };
+}
+
+const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
+  agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
+  watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number',
+};
+
+/** Reads a YAML config file; every error names the file and line. */
+export function loadConfigFile(file: string, base = defaultConfig()): AgentConfig {
+  const text = readFileSync(file, 'utf8');
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  const at = (node: YamlNode | null | undefined | { range?: [number, number, number] }) => {
+    const offset = (node as { range?: [number, number, number] } | undefined)?.range?.[0] ?? 0;
+    return `${file}:${lines.linePos(offset).line}`;
+  };
+  if (doc.errors.length) {
+    const e = doc.errors[0]!;
+    throw new ConfigError(`${file}:${lines.linePos(e.pos[0]).line}`, e.message.split('\n')[0]!);
+  }
+  const cfg = { ...base };
+  if (doc.contents === null) return cfg;
+  if (!isMap(doc.contents)) throw new ConfigError(at(doc.contents), 'the config must be a mapping of settings');
+  for (const pair of doc.contents.items) {
+    const key = isScalar(pair.key) ? String(pair.key.value) : '';
+    const kind = KEYS[key];
+    const where = at(pair.key as YamlNode);
+    if (!kind) throw new ConfigError(where, `unknown setting "${key}" (known: ${Object.keys(KEYS).join(', ')})`);
+    const v = pair.value as YamlNode | null;
+    if (kind === 'strings') {
+      if (!isSeq(v) || !v.items.every((i) => isScalar(i) && typeof i.value === 'string')) {
+        throw new ConfigError(where, `"${key}" must be a list of strings`);
+      }
+      const items = v.items as { value: string; range?: [number, number, number] }[];
+      if (key === 'intercept') {
+        cfg.intercept = items.map((i) => {
+          try {
+            return parseInterceptRule(i.value);
+          } catch (err) {
+            throw new ConfigError(at(i), (err as Error).message);
+          }
+        });
+      } else {
+        cfg.watchCgroups = items.map((i) => i.value);
+      }
+      continue;
+    }
+    if (!isScalar(v) || typeof v.value !== kind) throw new ConfigError(where, `"${key}" must be a ${kind}`);
+    (cfg as Record<string, unknown>)[key] = v.value;
+  }
+  validate(cfg, file);
+  return cfg;
+}
+
+export function validate(cfg: AgentConfig, where = 'config'): void {
+  if (!Number.isInteger(cfg.proxyPort) || cfg.proxyPort < 1 || cfg.proxyPort > 65535) {
+    throw new ConfigError(where, `proxyPort must be 1..65535, got ${cfg.proxyPort}`);
+  }
+  if (!/^[A-Za-z0-9._-]{1,128}$/.test(cfg.agentId)) {
+    throw new ConfigError(where, `agentId "${cfg.agentId}" may use letters, digits, . _ - only`);
+  }
+  if (cfg.intercept.length > 64) throw new ConfigError(where, 'at most 64 intercept rules');
+}

@@ -1,0 +1,60 @@
+// Ties kernel records to people and jobs: a redirect record (connection) or an exec/exit record
+// becomes the process and CI-job part of an audit event.
+import { EventKind, IdentitySource, type EventDraft, type JobInfo, type ProcessInfo } from '../../proto/index.js';
+import type { ExecRecord, Origin } from '../bpf/layout.js';
+import type { IdentityProvider } from '../proxy/server.js';
+import type { Redactor } from '../redact/redactor.js';
+import { IdentityResolver } from './resolver.js';
+
+const NO_JOB: JobInfo = { source: IdentitySource.IDENTITY_SOURCE_NONE };
+
+/** Process events are grouped by the job scope they ran in: the watched cgroup of the job. */
+export function jobScopeId(cgroupId: bigint | string | number): string {
+  return `cgroup-${cgroupId}`;
+}
+
+export class Attribution implements IdentityProvider {
+  constructor(readonly resolver = new IdentityResolver()) {}
+
+  forConnection(origin: Origin): { process: ProcessInfo; job: JobInfo; redactor?: Redactor } {
+    const id = this.resolver.resolve(origin.pid, {
+      uid: origin.uid, cgroupId: origin.cgroupId, comm: origin.comm, tid: origin.tid,
+    });
+    if (!id) {
+      // Gone before we looked and never seen exec: the kernel's record is all there is.
+      return { process: { pid: origin.pid, tid: origin.tid, uid: origin.uid, comm: origin.comm, cgroupId: String(origin.cgroupId) }, job: NO_JOB };
+    }
+    const process = origin.tid !== origin.pid ? { ...id.process, tid: origin.tid } : id.process;
+    return { process, job: id.job, redactor: id.redactor };
+  }
+
+  /** The PROCESS_EXEC or PROCESS_EXIT event for a record from the exec tracer. */
+  execEvent(rec: ExecRecord): EventDraft {
+    const fallback = {
+      ppid: rec.ppid, uid: rec.uid, cgroupId: rec.cgroupId, filename: rec.filename, argv: rec.argv,
+      argvTruncated: rec.argvTruncated, comm: rec.comm,
+    };
+    if (rec.type === 'exec') {
+      // Same pid and start time, new program: what was cached for the old image is stale.
+      this.resolver.invalidate(rec.pid);
+      this.resolver.rememberExited(rec.pid, fallback);
+    }
+    const id = this.resolver.resolve(rec.pid, fallback);
+    const base: ProcessInfo = id?.process ?? { pid: rec.pid, ppid: rec.ppid, uid: rec.uid, comm: rec.comm, cgroupId: String(rec.cgroupId) };
+    const sessionId = jobScopeId(rec.cgroupId);
+    if (rec.type === 'exit') {
+      return {
+        kind: EventKind.EVENT_KIND_PROCESS_EXIT!, sessionId, process: base, job: id?.job ?? NO_JOB,
+        exit: { exitCode: rec.exitCode >> 8, signal: rec.exitCode & 0x7f, bootTimeNs: String(rec.ktimeNs) },
+      };
+    }
+    // argv as the kernel copied it at exec time, with truncation flagged; /proc may since differ.
+    const argv = id ? id.redactor.redactArgv(rec.argv) : rec.argv.map(() => '[REDACTED:unattributed]');
+    return {
+      kind: EventKind.EVENT_KIND_PROCESS_EXEC!, sessionId,
+      process: { ...base, ppid: rec.ppid, argv, argvTruncated: rec.argvTruncated },
+      job: id?.job ?? NO_JOB,
+      exec: { filename: rec.filename, bootTimeNs: String(rec.ktimeNs) },
+    };
+  }
+}

@@ -1,0 +1,49 @@
+// The one interface between the proxy and a protocol handler. A handler owns one protocol in both
+// directions; it gets a session (the job's socket, who the job is, where it wanted to go) and
+// returns how the session ended. Everything it wants recorded goes through session.emit().
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import type { EventDraft, JobInfo, ProcessInfo } from '../../proto/index.js';
+import type { Origin } from '../bpf/layout.js';
+
+export interface Endpoint {
+  address: string;
+  port: number;
+}
+
+/** Event fields a handler fills in; the session adds its id, process, job and endpoints. */
+export type SessionEventDraft = Omit<EventDraft, 'sessionId' | 'process' | 'job' | 'destination' | 'source'>;
+
+export interface Session {
+  readonly id: string;
+  readonly client: net.Socket;
+  readonly origin: Origin;
+  readonly destination: Endpoint;
+  readonly source: Endpoint;
+  readonly process: ProcessInfo;
+  readonly job: JobInfo;
+  readonly log: Logger;
+  /** Appends an event about this session to the spool (durably, with group commit). */
+  emit(draft: SessionEventDraft): void;
+  /** Opens the connection to the original destination; rejects with a message fit for an event. */
+  connectUpstream(): Promise<net.Socket>;
+  /** Aborted when the agent is stopping: the handler should end the session. */
+  readonly stopping: AbortSignal;
+}
+
+export type EndReason =
+  | 'client_closed' | 'upstream_closed' | 'client_error' | 'upstream_error' | 'upstream_unreachable'
+  | 'agent_stopping' | 'protocol_error';
+
+export interface SessionEnd {
+  reason: EndReason;
+  error?: string;
+  bytesUp: number;
+  bytesDown: number;
+}
+
+export interface ProtocolHandler {
+  /** Name recorded in connection events: tcp, postgres, ... */
+  readonly name: string;
+  run(session: Session): Promise<SessionEnd>;
+}

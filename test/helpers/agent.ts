@@ -1,0 +1,99 @@
+// Runs the real `bin/runguard agent` as a child process with its own state dir, pin dir, job cgroup
+// and proxy port, so a test never touches the machine's own runguard (or another test's).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const RUNGUARD = path.join(ROOT, 'bin/runguard');
+
+let counter = 0;
+
+export interface AgentFixtureOptions {
+  intercept: string[];
+  extraArgs?: string[];
+  /** Reuse the dirs of an earlier fixture (restart). */
+  reuse?: AgentFixture;
+}
+
+export class AgentFixture {
+  proc?: ChildProcess;
+  log = '';
+  readonly stateDir: string;
+  readonly pinDir: string;
+  readonly jobCgroup: string;
+  readonly proxyPort: number;
+
+  constructor(readonly opts: AgentFixtureOptions) {
+    const id = `${process.pid}-${++counter}`;
+    this.stateDir = opts.reuse?.stateDir ?? mkdtempSync(path.join(os.tmpdir(), 'rg-agent-'));
+    this.pinDir = opts.reuse?.pinDir ?? `/sys/fs/bpf/runguard-test-${id}`;
+    this.jobCgroup = opts.reuse?.jobCgroup ?? `runguard-test-${id}.jobs`;
+    this.proxyPort = opts.reuse?.proxyPort ?? 20000 + ((process.pid * 7 + counter * 131) % 20000);
+  }
+
+  args(): string[] {
+    return [
+      'agent', '--state-dir', this.stateDir, '--pin-dir', this.pinDir, '--job-cgroup', this.jobCgroup,
+      '--proxy-port', String(this.proxyPort), '--agent-id', 'test-agent', '--log-level', 'debug',
+      ...this.opts.intercept.flatMap((r) => ['--intercept', r]), ...(this.opts.extraArgs ?? []),
+    ];
+  }
+
+  /** Starts the agent and resolves once it logs that it is running. */
+  async start(): Promise<this> {
+    const proc = spawn(RUNGUARD, this.args(), { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = proc;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`agent did not start in 20 s:\n${this.log}`)), 20_000);
+      const onData = (d: Buffer) => {
+        this.log += d.toString();
+        if (this.log.includes('"agent running')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      proc.stdout!.on('data', onData);
+      proc.stderr!.on('data', onData);
+      proc.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`agent exited with ${code} before running:\n${this.log}`));
+      });
+    });
+    return this;
+  }
+
+  /** Stops by pid with `signal` and waits for the exit code. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return proc?.exitCode ?? null;
+    const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    proc.kill(signal);
+    return exited;
+  }
+
+  /** Runs CMD as a watched job through `runguard run`. */
+  run(cmd: string[], env: Record<string, string> = {}, input?: string) {
+    return spawnSync(RUNGUARD, ['run', '--state-dir', this.stateDir, '--', ...cmd], {
+      env: { ...process.env, ...env }, encoding: 'utf8', input, timeout: 30_000,
+    });
+  }
+
+  /** Every event in the agent's spool, in the proto3 JSON mapping. */
+  events(): Record<string, any>[] {
+    const r = spawnSync(RUNGUARD, ['events', '--state-dir', this.stateDir, '--json'], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`runguard events failed: ${r.stderr}`);
+    return r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  }
+
+  /** Detaches and unpins everything and removes the state dir. */
+  async cleanup(): Promise<void> {
+    await this.stop();
+    const r = spawnSync(RUNGUARD, ['agent', '--cleanup', '--state-dir', this.stateDir, '--pin-dir', this.pinDir, '--job-cgroup', this.jobCgroup], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`cleanup failed: ${r.stderr}`);
+    if (existsSync(this.pinDir)) throw new Error(`pins left behind in ${this.pinDir}`);
+    rmSync(this.stateDir, { recursive: true, force: true });
+  }
+}
