@@ -5,12 +5,41 @@
 import { mkdirSync, openSync, readFileSync, rmdirSync, statSync, existsSync } from 'node:fs';
 import path from 'node:path';
 
-export function cgroup2Root(mounts = readFileSync('/proc/self/mounts', 'utf8')): string {
+export function parseCgroup2Mount(mounts: string): string | undefined {
   for (const line of mounts.split('\n')) {
-    const [, mountPoint, fsType] = line.split(' ');
-    if (fsType === 'cgroup2' && mountPoint) return mountPoint.replace(/\\040/g, ' ');
+    const [, mountPoint, fstype] = line.split(' ');
+    // Mount points escape space, tab, newline and backslash as octal.
+    if (fstype === 'cgroup2' && mountPoint) return mountPoint.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   }
-  throw new Error('no cgroup v2 hierarchy is mounted (runguard needs cgroup v2; see /proc/self/mounts)');
+  return undefined;
+}
+
+let root: string | undefined;
+
+/** Where cgroup v2 is mounted; the mount table is read once per process. */
+export function cgroup2Root(): string {
+  root ??= parseCgroup2Mount(readFileSync('/proc/self/mounts', 'utf8'));
+  if (root === undefined) throw new Error('no cgroup v2 hierarchy is mounted (runguard needs cgroup v2; see /proc/self/mounts)');
+  return root;
+}
+
+/** The cgroup v2 path (the `0::` line of /proc/<pid>/cgroup), relative to the cgroup2 mount. */
+export function parseCgroupFile(text: string): string {
+  for (const line of text.split('\n')) if (line.startsWith('0::')) return line.slice(3);
+  return '';
+}
+
+/**
+ * The id the BPF programs see (bpf_get_current_cgroup_id) for a path relative to the v2 root, as a
+ * decimal string; '' when the cgroup is gone (job finished) or outside our cgroup namespace.
+ */
+export function cgroupIdOf(relPath: string): string {
+  if (relPath === '') return '';
+  try {
+    return statSync(cgroup2Root() + (relPath === '/' ? '' : relPath), { bigint: true }).ino.toString();
+  } catch {
+    return '';
+  }
 }
 
 /** Absolute path of a cgroup given relative to the v2 root, or already absolute under it. */
@@ -28,10 +57,9 @@ export function cgroupId(absPath: string): bigint {
 
 /** The v2 cgroup of a process, relative to the hierarchy root ("/" for the root). */
 export function cgroupOfPid(pid: number | 'self'): string {
-  const text = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
-  const line = text.split('\n').find((l) => l.startsWith('0::'));
-  if (!line) throw new Error(`process ${pid} has no cgroup v2 membership`);
-  return line.slice(3);
+  const rel = parseCgroupFile(readFileSync(`/proc/${pid}/cgroup`, 'utf8'));
+  if (!rel) throw new Error(`process ${pid} has no cgroup v2 membership`);
+  return rel;
 }
 
 export function ensureCgroup(absPath: string): void {

@@ -13,8 +13,28 @@ export function jobScopeId(cgroupId: bigint | string | number): string {
   return `cgroup-${cgroupId}`;
 }
 
+/** Job scopes remembered for attributing processes that left nothing to resolve. */
+const MAX_SCOPES = 4096;
+
 export class Attribution implements IdentityProvider {
+  /** cgroup id -> the job last resolved for a process in it. */
+  private readonly scopes = new Map<string, JobInfo>();
+
   constructor(readonly resolver = new IdentityResolver()) {}
+
+  /**
+   * A process that exited (with its parents) before we could read /proc still ran in its job's
+   * cgroup: every process there belongs to the same job, so the job seen there stands for it.
+   */
+  private jobFor(cgroupId: bigint | string, job: JobInfo | undefined): JobInfo {
+    const key = String(cgroupId);
+    if (job && job.source !== IdentitySource.IDENTITY_SOURCE_NONE) {
+      if (!this.scopes.has(key) && this.scopes.size >= MAX_SCOPES) this.scopes.delete(this.scopes.keys().next().value!);
+      this.scopes.set(key, job);
+      return job;
+    }
+    return this.scopes.get(key) ?? job ?? NO_JOB;
+  }
 
   forConnection(origin: Origin): { process: ProcessInfo; job: JobInfo; redactor?: Redactor } {
     const id = this.resolver.resolve(origin.pid, {
@@ -22,10 +42,10 @@ export class Attribution implements IdentityProvider {
     });
     if (!id) {
       // Gone before we looked and never seen exec: the kernel's record is all there is.
-      return { process: { pid: origin.pid, tid: origin.tid, uid: origin.uid, comm: origin.comm, cgroupId: String(origin.cgroupId) }, job: NO_JOB };
+      return { process: { pid: origin.pid, tid: origin.tid, uid: origin.uid, comm: origin.comm, cgroupId: String(origin.cgroupId) }, job: this.jobFor(origin.cgroupId, undefined) };
     }
     const process = origin.tid !== origin.pid ? { ...id.process, tid: origin.tid } : id.process;
-    return { process, job: id.job, redactor: id.redactor };
+    return { process, job: this.jobFor(origin.cgroupId, id.job), redactor: id.redactor };
   }
 
   /** The PROCESS_EXEC or PROCESS_EXIT event for a record from the exec tracer. */
@@ -42,9 +62,10 @@ export class Attribution implements IdentityProvider {
     const id = this.resolver.resolve(rec.pid, fallback);
     const base: ProcessInfo = id?.process ?? { pid: rec.pid, ppid: rec.ppid, uid: rec.uid, comm: rec.comm, cgroupId: String(rec.cgroupId) };
     const sessionId = jobScopeId(rec.cgroupId);
+    const job = this.jobFor(rec.cgroupId, id?.job);
     if (rec.type === 'exit') {
       return {
-        kind: EventKind.EVENT_KIND_PROCESS_EXIT!, sessionId, process: base, job: id?.job ?? NO_JOB,
+        kind: EventKind.EVENT_KIND_PROCESS_EXIT!, sessionId, process: base, job,
         exit: { exitCode: rec.exitCode >> 8, signal: rec.exitCode & 0x7f, bootTimeNs: String(rec.ktimeNs) },
       };
     }
@@ -53,7 +74,7 @@ export class Attribution implements IdentityProvider {
     return {
       kind: EventKind.EVENT_KIND_PROCESS_EXEC!, sessionId,
       process: { ...base, ppid: rec.ppid, argv, argvTruncated: rec.argvTruncated },
-      job: id?.job ?? NO_JOB,
+      job,
       exec: { filename: rec.filename, bootTimeNs: String(rec.ktimeNs) },
     };
   }
