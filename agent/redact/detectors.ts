@@ -1,0 +1,193 @@
+// Detectors for secrets and PII in the audit trail. Adding a detector is one entry in DETECTORS
+// (or ARGV_RULES for rules that need to see neighbouring argv elements).
+//
+// A detector's regex may have a named group `secret`: then only that group is replaced and the rest
+// of the match stays readable (the user and host of a URL, the flag name of `--password=`). Without
+// it the whole match is replaced.
+
+export type DetectorKind = 'secret' | 'pii';
+
+export interface Detector {
+  /** Appears in the trail as `[REDACTED:<name>]`; stable, so keep names once shipped. */
+  readonly name: string;
+  readonly kind: DetectorKind;
+  readonly regex: RegExp;
+  /**
+   * A cheap pattern that any match of `regex` must contain. All hints are joined into one
+   * case-insensitive pre-check, so text that cannot match any detector is scanned once, not once
+   * per detector. It may match more than `regex` does, never less.
+   */
+  readonly hint: string;
+  /**
+   * Rejects a regex match that is not really one (Luhn for card numbers). Gets the text and the
+   * match's index for checks on context that would make the regex itself slow (lookbehinds of
+   * unbounded length run at every position).
+   */
+  readonly validate?: (match: string, text: string, index: number) => boolean;
+}
+
+/** A value that runs to the next whitespace, or a quoted string (quotes included in the secret). */
+const VALUE = String.raw`(?!\[REDACTED:)(?:"[^"\n]*"|'[^'\n]*'|[^\s"',;&|]+)`;
+
+/** Programs whose `-pVALUE` is a password rather than a port or `mkdir -p`. */
+const SHORT_P_PASSWORD_PROGRAMS = String.raw`(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mysqlshow|mysqlpump|mysqlbinlog|mariadb|mariadb-dump|mariadb-admin|sshpass)`;
+
+export const DETECTORS: readonly Detector[] = [
+  {
+    name: 'private-key',
+    kind: 'secret',
+    // An unterminated block (argv or a log line cut short) is redacted to the end of the text:
+    // what follows BEGIN is key material until proven otherwise.
+    regex: /-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|$)/,
+    hint: 'PRIVATE KEY',
+  },
+  {
+    name: 'aws-access-key-id',
+    kind: 'secret',
+    regex: /\b(?:AKIA|ASIA)[A-Z2-7]{16}\b/,
+    hint: 'AKIA|ASIA',
+  },
+  {
+    name: 'aws-secret-access-key',
+    kind: 'secret',
+    regex: /aws_secret_access_key["']?[ \t]*[=:][ \t]*["']?(?<secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])/i,
+    hint: 'aws_secret_access_key',
+  },
+  {
+    name: 'github-token',
+    kind: 'secret',
+    regex: /\b(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,244})\b/,
+    hint: 'gh[pousr]_|github_pat_',
+  },
+  {
+    name: 'gitlab-token',
+    kind: 'secret',
+    // Newer GitLab tokens carry dot-separated routing parts after the random part.
+    regex: /\bglpat-[A-Za-z0-9_-]{20,}(?:\.[A-Za-z0-9_-]+)*/,
+    hint: 'glpat-',
+  },
+  {
+    name: 'slack-token',
+    kind: 'secret',
+    regex: /\bxox[baprs]-[A-Za-z0-9-]{10,}/,
+    hint: 'xox[baprs]-',
+  },
+  {
+    name: 'jwt',
+    kind: 'secret',
+    // Header and payload are JSON objects, so both start with base64url('{"') = "eyJ"; the payload
+    // may start with '{ ' or '{\n' in the wild, hence only "ey". Unsigned tokens have an empty
+    // third segment and are still bearer credentials.
+    regex: /\beyJ[A-Za-z0-9_-]{8,}\.ey[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*/,
+    hint: 'eyJ',
+  },
+  {
+    name: 'url-password',
+    kind: 'secret',
+    // Greedy up to the last '@' before the path: unescaped '@' in passwords is common enough.
+    regex: /\b[A-Za-z][A-Za-z0-9+.-]{0,31}:\/\/[^\s:/?#@[\]]*:(?!\[REDACTED:)(?<secret>[^\s/?#]+)@/,
+    hint: '://',
+  },
+  {
+    name: 'pg-role-password',
+    kind: 'secret',
+    regex: /\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\b[^;]{0,2000}?\bPASSWORD\s+(?<secret>'(?:[^']|'')*'|E'(?:[^'\\]|\\.|'')*')/i,
+    hint: 'PASSWORD',
+  },
+  {
+    name: 'cli-password',
+    kind: 'secret',
+    regex: new RegExp(String.raw`(?<![\w-])--?(?:password|passwd|pass)=(?<secret>${VALUE})`, 'i'),
+    hint: '-pass',
+  },
+  {
+    name: 'cli-password',
+    kind: 'secret',
+    regex: new RegExp(String.raw`\b${SHORT_P_PASSWORD_PROGRAMS}\b[^\n|;&]{0,1000}?\s-p(?<secret>[^\s"']\S*|"[^"\n]*"|'[^'\n]*')`),
+    hint: 'mysql|mariadb|sshpass',
+  },
+  {
+    name: 'password-assignment',
+    kind: 'secret',
+    // PGPASSWORD=x, DB_PASSWORD: x, "password": "x". Not PWD: that is the working directory.
+    regex: new RegExp(String.raw`(?<![A-Za-z0-9_])[A-Za-z0-9_]{0,64}?(?:password|passwd)["']?[ \t]*[=:][ \t]*(?<secret>${VALUE})`, 'i'),
+    hint: 'passw',
+  },
+  {
+    name: 'email',
+    kind: 'pii',
+    regex: /(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b/,
+    hint: '@',
+    validate: notInUrlAuthority,
+  },
+  {
+    name: 'card-number',
+    kind: 'pii',
+    regex: /\b\d(?:[ -]?\d){12,18}\b/,
+    hint: String.raw`\d(?:[ -]?\d){12}`,
+    validate: isLikelyCardNumber,
+  },
+];
+
+/**
+ * An address inside a URL authority (scheme://user:pass@host) is a login, not an email, and its
+ * password is url-password's business.
+ */
+export function notInUrlAuthority(_match: string, text: string, index: number): boolean {
+  // Bounded: authorities are short, and an unbounded scan per match is quadratic on hostile text.
+  for (let i = index - 1; i >= 2 && i >= index - 512; i--) {
+    const c = text.charCodeAt(i);
+    if (c === 0x2f /* / */) return !(text.charCodeAt(i - 1) === 0x2f && text.charCodeAt(i - 2) === 0x3a /* :// */);
+    if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d) return true;
+  }
+  return true;
+}
+
+/**
+ * Luhn, plus a first digit a payment network issues (2-6): epoch milliseconds, order ids and other
+ * 13-19 digit numbers pass Luhn one time in ten, and redacting them would hide real audit data.
+ */
+export function isLikelyCardNumber(text: string): boolean {
+  let sum = 0;
+  let digits = 0;
+  for (let i = text.length - 1; i >= 0; i--) {
+    const c = text.charCodeAt(i) - 48;
+    if (c < 0 || c > 9) continue;
+    const d = digits % 2 === 1 ? (c * 2 > 9 ? c * 2 - 9 : c * 2) : c;
+    sum += d;
+    digits++;
+  }
+  if (digits < 13 || digits > 19) return false;
+  const first = text.charCodeAt(0) - 48;
+  return first >= 2 && first <= 6 && sum % 10 === 0;
+}
+
+/**
+ * Rules over argv elements rather than text: a flag and its value are separate elements, so no text
+ * detector sees them together.
+ */
+export interface ArgvRule {
+  readonly name: string;
+  /** Applies only after an element naming one of these programs (argv[0], or after sudo/env/exec). */
+  readonly programs?: RegExp;
+  /** Does not apply after an element naming one of these programs. */
+  readonly exceptPrograms?: RegExp;
+  /** If set, `secret` is matched against the element that follows a flag matching this. */
+  readonly flag?: RegExp;
+  /** The secret inside the element: its named group `secret` (which must end the match), or the whole match. */
+  readonly secret: RegExp;
+}
+
+/** Programs are matched against whole elements, with or without a directory. */
+const MYSQL_FAMILY = /(?:^|\/)(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mysqlshow|mysqlpump|mysqlbinlog|mariadb|mariadb-dump|mariadb-admin)$/;
+const WHOLE = /^[\s\S]+$/;
+
+export const ARGV_RULES: readonly ArgvRule[] = [
+  // mysql's bare --password prompts, and the next element is a database name.
+  { name: 'cli-password', exceptPrograms: MYSQL_FAMILY, flag: /^--?(?:password|passwd|pass|passin|passout)$/i, secret: WHOLE },
+  { name: 'cli-secret', flag: /^--?(?:token|secret|api-key|apikey|access-token|auth-token|client-secret)$/i, secret: WHOLE },
+  { name: 'cli-password', programs: MYSQL_FAMILY, secret: /^-p(?<secret>[\s\S]+)$/ },
+  { name: 'cli-password', programs: /(?:^|\/)sshpass$/, flag: /^-p$/, secret: WHOLE },
+  { name: 'cli-password', programs: /(?:^|\/)sshpass$/, secret: /^-p(?<secret>[\s\S]+)$/ },
+  { name: 'cli-password', programs: /(?:^|\/)curl$/, flag: /^(?:-u|--user|--proxy-user|-U)$/, secret: /^[^:]*:(?<secret>[\s\S]+)$/ },
+];
