@@ -11,6 +11,29 @@ export const RUNGUARD = path.join(ROOT, 'bin/runguard');
 
 let counter = 0;
 
+export interface ProcResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** spawn, collected: unlike spawnSync it leaves this process's event loop (and its servers) running. */
+export function runProcess(cmd: string, args: string[], env: Record<string, string> = {}, timeoutMs = 30_000): Promise<ProcResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', reject);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
 export interface AgentFixtureOptions {
   intercept: string[];
   extraArgs?: string[];
@@ -74,11 +97,9 @@ export class AgentFixture {
     return exited;
   }
 
-  /** Runs CMD as a watched job through `runguard run`. */
-  run(cmd: string[], env: Record<string, string> = {}, input?: string) {
-    return spawnSync(RUNGUARD, ['run', '--state-dir', this.stateDir, '--', ...cmd], {
-      env: { ...process.env, ...env }, encoding: 'utf8', input, timeout: 30_000,
-    });
+  /** Runs CMD as a watched job through `runguard run` (async: servers in this process keep serving). */
+  run(cmd: string[], env: Record<string, string> = {}): Promise<ProcResult> {
+    return runProcess(RUNGUARD, ['run', '--state-dir', this.stateDir, '--', ...cmd], env);
   }
 
   /** Every event in the agent's spool, in the proto3 JSON mapping. */
