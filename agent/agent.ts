@@ -89,7 +89,15 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
   const proxy = new ProxyServer({
     port: cfg.proxyPort,
     origins: bpf,
-    identity,
+    identity: {
+      // Exec events the job emitted before this connect() may still sit in the ring buffer: handle
+      // them first, so the connection is attributed to the program that made it (a wrapper such as
+      // Debian's psql re-execs under the same pid) and the trail keeps cause before effect.
+      forConnection: (origin) => {
+        bpf.drainExec();
+        return identity.forConnection(origin);
+      },
+    },
     events: spool,
     handlerFor: () => tcpHandler,
     log: log.child({ component: 'proxy' }),
