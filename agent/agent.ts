@@ -13,6 +13,8 @@ import type { AgentConfig } from './config.js';
 import { ProxyServer } from './proxy/server.js';
 import { tcpHandler } from './proxy/tcp.js';
 import { Spool } from './events/spool.js';
+import { Shipper } from './events/shipper.js';
+import { loadAgentIdentity, loadCheckpointVerifier, tlsClientCredentials } from '../collector/pki/identity.js';
 import { Attribution } from './identity/attribution.js';
 import { VERSION } from './version.js';
 
@@ -48,6 +50,7 @@ function writeAgentState(stateDir: string, state: AgentState): void {
 export interface RunningAgent {
   readonly proxy: ProxyServer;
   readonly spool: Spool;
+  readonly shipper?: Shipper;
   stop(reason: string): Promise<void>;
 }
 
@@ -55,6 +58,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
   mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
   const spool = await Spool.open({ dir: path.join(cfg.stateDir, 'spool'), agentId: cfg.agentId, maxBytes: cfg.spoolMaxBytes, logger: log });
   const emit = (draft: EventDraft) => spool.append(draft);
+  const shipper = cfg.collector ? createShipper(cfg, spool, emit, log) : undefined;
   spool.on('state', (state: string, reason?: string) => {
     if (state === 'ok') {
       log.warn('audit spool is writable again; accepting new connections');
@@ -129,12 +133,14 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
     interceptRules: cfg.intercept.map((r) => r.text), failOpen: cfg.failOpen,
   };
   await emit({ kind: EventKind.EVENT_KIND_AGENT_START!, agent: lifecycle }).durable;
+  shipper?.start();
   log.info({ ...lifecycle, proxyPort: cfg.proxyPort, stateDir: cfg.stateDir }, `agent running (${status} BPF hooks)`);
 
   let stopping: Promise<void> | undefined;
   return {
     proxy,
     spool,
+    shipper,
     stop(reason: string) {
       stopping ??= (async () => {
         clearInterval(dropTimer);
@@ -146,12 +152,30 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
           kind: EventKind.EVENT_KIND_AGENT_STOP!,
           agent: { ...lifecycle, bpfStatus: cfg.failOpen ? 'detached' : 'pinned-fail-closed', reason },
         }).durable;
+        // Give the shipper a moment to deliver the last events; what it cannot stays spooled.
+        if (shipper) {
+          await shipper.drain(spool.stats().lastSeq, 3000);
+          await shipper.stop();
+        }
         await spool.close();
         log.info({ reason, failOpen: cfg.failOpen }, cfg.failOpen ? 'agent stopped; hooks detached (fail-open)' : 'agent stopped; hooks stay pinned and refuse connections (fail-closed)');
       })();
       return stopping;
     },
   };
+}
+
+function createShipper(cfg: AgentConfig, spool: Spool, emit: (d: EventDraft) => unknown, log: Logger): Shipper {
+  const tlsDir = cfg.tlsDir!;
+  const id = loadAgentIdentity(tlsDir);
+  if (id.agentId !== cfg.agentId) {
+    throw new Error(`the certificate in ${tlsDir} is for agent "${id.agentId}", but this agent is "${cfg.agentId}": set agentId to match or enroll again`);
+  }
+  return new Shipper({
+    spool, agentId: cfg.agentId, target: cfg.collector!, credentials: tlsClientCredentials(tlsDir), signingKey: id.signingKey,
+    stateDir: cfg.stateDir, checkpointVerifier: loadCheckpointVerifier(tlsDir), log: log.child({ component: 'shipper' }),
+    emit: (d) => void emit(d),
+  });
 }
 
 export { IdentitySource };

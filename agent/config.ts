@@ -20,6 +20,10 @@ export interface AgentConfig {
   intercept: InterceptRule[];
   failOpen: boolean;
   spoolMaxBytes: number;
+  /** host:port of the collector's gRPC ingest; unset: events stay in the local spool. */
+  collector?: string;
+  /** The agent's enrolment directory from `runguard enroll` (certificate, keys, collector CA). */
+  tlsDir?: string;
 }
 
 /** Everything outside loopback; the proxy's own address is always exempt in the BPF program. */
@@ -92,6 +96,7 @@ export function parseInterceptRule(text: string): InterceptRule {
 const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
   agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
   watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number',
+  collector: 'string', tlsDir: 'string',
 };
 
 /** Reads a YAML config file; every error names the file and line. */
@@ -149,4 +154,6 @@ export function validate(cfg: AgentConfig, where = 'config'): void {
     throw new ConfigError(where, `agentId "${cfg.agentId}" may use letters, digits, . _ - only`);
   }
   if (cfg.intercept.length > 64) throw new ConfigError(where, 'at most 64 intercept rules');
+  if (cfg.collector && !cfg.tlsDir) throw new ConfigError(where, 'a collector needs tlsDir (the directory `runguard enroll --out` wrote)');
+  if (cfg.collector && !/^\[?[^\]]+\]?:\d+$/.test(cfg.collector)) throw new ConfigError(where, `collector "${cfg.collector}" must be HOST:PORT`);
 }

@@ -4,7 +4,7 @@ import path from 'node:path';
 import protobuf from 'protobufjs';
 import { PROTO_DIR } from '../agent/paths.js';
 
-export const root = protobuf.loadSync([path.join(PROTO_DIR, 'runguard/v1/events.proto')]);
+export const root = protobuf.loadSync(['events.proto', 'ingest.proto'].map((f) => path.join(PROTO_DIR, 'runguard/v1', f)));
 root.resolveAll();
 
 export const AuditEventType = root.lookupType('runguard.v1.AuditEvent');

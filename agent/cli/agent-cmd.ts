@@ -9,7 +9,7 @@ import { cgroupPath, removeCgroup } from '../cgroup.js';
 const FLAGS = {
   config: 'string', 'state-dir': 'string', intercept: 'strings', 'watch-cgroup': 'strings', 'proxy-port': 'string',
   'pin-dir': 'string', 'job-cgroup': 'string', 'agent-id': 'string', 'fail-open': 'boolean', cleanup: 'boolean',
-  'log-level': 'string',
+  'log-level': 'string', collector: 'string', tls: 'string',
 } as const;
 
 export function configFromArgs(argv: string[]): { cfg: AgentConfig; cleanup: boolean; logLevel: string } {
@@ -22,6 +22,8 @@ export function configFromArgs(argv: string[]): { cfg: AgentConfig; cleanup: boo
   if (a['agent-id']) cfg.agentId = a['agent-id'];
   if (a['proxy-port']) cfg.proxyPort = Number(a['proxy-port']);
   if (a['fail-open'] !== undefined) cfg.failOpen = a['fail-open'];
+  if (a.collector) cfg.collector = a.collector;
+  if (a.tls) cfg.tlsDir = a.tls;
   if (a['watch-cgroup']) cfg.watchCgroups = [...cfg.watchCgroups, ...a['watch-cgroup']];
   if (a.intercept) {
     try {

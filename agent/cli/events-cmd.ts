@@ -21,9 +21,45 @@ function humanLine(e: Json): string {
   return [e.seq, e.time, kind, e.sessionId, proc, dst, job, detail].filter(Boolean).join('  ');
 }
 
+/** Pages through the collector's /events query (NDJSON), following with --follow. */
+async function fromCollector(base: string, a: Record<string, unknown>, print: (e: Json) => void): Promise<number> {
+  const params = new URLSearchParams();
+  for (const k of ['session', 'job', 'repository', 'run', 'agent', 'since', 'until'] as const) if (a[k]) params.set(k, String(a[k]));
+  const kinds = (a.kind as string[] | undefined) ?? [];
+  if (kinds.length > 1) throw new UsageError('with --collector, give at most one --kind');
+  if (kinds[0]) params.set('kind', kinds[0]);
+  let remaining = a.limit ? Number(a.limit) : Infinity;
+  let after = -1;
+  for (;;) {
+    params.set('limit', String(Math.min(1000, remaining)));
+    if (after >= 0) params.set('after', String(after));
+    const url = `${base.replace(/\/$/, '')}/events?${params}`;
+    const res = await fetch(url).catch((err: Error) => {
+      throw new Error(`cannot reach the collector at ${base}: ${err.cause instanceof Error ? err.cause.message : err.message}`);
+    });
+    if (!res.ok) throw new Error(`${url}: ${res.status} ${(await res.text()).trim()}`);
+    const lines = (await res.text()).split('\n').filter(Boolean);
+    for (const line of lines) {
+      const row = JSON.parse(line) as { index: number; event: Json };
+      print({ index: row.index, ...row.event });
+      after = row.index;
+      remaining--;
+    }
+    if (remaining <= 0) return 0;
+    if (lines.length === 0) {
+      if (!a.follow) return 0;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
 export async function eventsCommand(argv: string[]): Promise<number> {
-  const a = parseArgs(argv, { 'state-dir': 'string', follow: 'boolean', json: 'boolean', kind: 'strings', session: 'string' });
+  const a = parseArgs(argv, {
+    'state-dir': 'string', follow: 'boolean', json: 'boolean', kind: 'strings', session: 'string',
+    collector: 'string', job: 'string', repository: 'string', run: 'string', agent: 'string', since: 'string', until: 'string', limit: 'string',
+  });
   if (a._.length) throw new UsageError(`unexpected argument "${a._[0]}"`);
+  if (a.collector) return fromCollector(a.collector, a, (e) => process.stdout.write((a.json ? JSON.stringify(e) : humanLine(e)) + '\n'));
   const dir = path.join(a['state-dir'] ?? DEFAULT_STATE_DIR, 'spool');
   const kinds = a.kind?.map((k) => (k.startsWith('EVENT_KIND_') ? k : `EVENT_KIND_${k.toUpperCase()}`));
   const print = (e: Json) => {

@@ -6,7 +6,11 @@ type Command = (argv: string[]) => Promise<number>;
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
   agent: { summary: 'run the host agent (BPF redirect, proxy, audit spool)', load: async () => (await import('./agent-cmd.js')).agentCommand },
   run: { summary: 'run a command as a watched job: runguard run -- CMD ARGS...', load: async () => (await import('./run-cmd.js')).runCommand },
-  events: { summary: 'print audit events (one per line; --json for the proto3 JSON mapping)', load: async () => (await import('./events-cmd.js')).eventsCommand },
+  events: { summary: 'print audit events from the local spool or a collector (--json: proto3 JSON)', load: async () => (await import('./events-cmd.js')).eventsCommand },
+  collector: { summary: 'run the collector (gRPC ingest, Merkle log, checkpoints, read API)', load: async () => (await import('./collector-cmd.js')).collectorCommand },
+  verify: { summary: 'verify a log offline: leaves, tree, checkpoint, agent signatures and chains', load: async () => (await import('./verify-cmd.js')).verifyCommand },
+  ca: { summary: 'ca init --dir DIR: create the collector CA, its certificate and checkpoint key', load: async () => (await import('../../collector/pki/cli.js')).caCommand },
+  enroll: { summary: 'issue an agent certificate and signing key: enroll --ca DIR --agent-id ID --out DIR', load: async () => (await import('../../collector/pki/cli.js')).enrollCommand },
 };
 
 function usage(): string {

@@ -1,0 +1,145 @@
+// The collector process: gRPC ingest and log queries over mutual TLS, a checkpointer that signs the
+// tree head every second while it grows, and the HTTP read API.
+import http from 'node:http';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { IngestService, LogService, type BatchAck, type EventBatch } from '../proto/services.js';
+import { consistencyProof, inclusionProof, signCheckpoint } from './merkle/index.js';
+import { Ingestor, type AgentPeer } from './ingest.js';
+import { createReadApi } from './http.js';
+import { SqliteStore } from './store/sqlite.js';
+import { agentIdentityFromCert, ed25519Raw, loadCheckpointSigner, tlsServerCredentials } from './pki/identity.js';
+
+export interface CollectorOptions {
+  dataDir: string;
+  tlsDir: string;
+  listen: string;           // host:port for gRPC
+  http?: string;            // host:port for the read API
+  log: Logger;
+  checkpointIntervalMs?: number;
+}
+
+export interface RunningCollector {
+  grpcPort: number;
+  httpPort?: number;
+  store: SqliteStore;
+  ingestor: Ingestor;
+  publishCheckpoint(): void;
+  stop(): Promise<void>;
+}
+
+function splitHostPort(s: string, what: string): { host: string; port: number } {
+  const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(s);
+  if (!m) throw new Error(`${what} "${s}" must be HOST:PORT`);
+  return { host: m[1]!, port: Number(m[2]) };
+}
+
+export async function startCollector(opts: CollectorOptions): Promise<RunningCollector> {
+  const { log } = opts;
+  const store = SqliteStore.open(opts.dataDir);
+  const ingestor = new Ingestor(store);
+  const signer = loadCheckpointSigner(opts.tlsDir);
+  let latest = store.latestCheckpoint();
+
+  const publishCheckpoint = () => {
+    const size = store.size();
+    if (latest && latest.size === size) return;
+    const root = Buffer.from(store.root());
+    const note = signCheckpoint({ origin: signer.name, size, root }, signer);
+    latest = { size, root, note, timeMs: Date.now() };
+    store.saveCheckpoint(latest);
+    log.debug({ size }, 'checkpoint published');
+  };
+  publishCheckpoint();
+  const timer = setInterval(publishCheckpoint, opts.checkpointIntervalMs ?? 1000);
+
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 64 << 20 });
+  server.addService(IngestService, {
+    stream: (call: grpc.ServerDuplexStream<EventBatch, BatchAck>) => {
+      const cert = call.getAuthContext()?.sslPeerCertificate;
+      const who = cert ? agentIdentityFromCert(cert.raw) : { ok: false as const, reason: 'no client certificate' };
+      if (!who.ok) {
+        log.warn({ peer: call.getPeer(), reason: who.reason }, 'refused an ingest stream');
+        call.emit('error', { code: grpc.status.UNAUTHENTICATED, details: `not an enrolled agent: ${who.reason}` });
+        return;
+      }
+      const peer: AgentPeer = {
+        agentId: who.value.agentId,
+        signingKey: ed25519Raw(who.value.signingKey),
+        certificate: `-----BEGIN CERTIFICATE-----\n${cert!.raw.toString('base64').replace(/(.{64})/g, '$1\n')}\n-----END CERTIFICATE-----\n`,
+      };
+      const agentLog = log.child({ agent: peer.agentId });
+      agentLog.info('agent stream opened');
+      call.on('data', (batch: EventBatch) => {
+        let ack: BatchAck;
+        try {
+          ack = ingestor.handle(peer, batch);
+        } catch (err) {
+          // A store failure: nothing was acknowledged, the agent resends after reconnecting.
+          agentLog.error({ err }, 'cannot store a batch');
+          call.emit('error', { code: grpc.status.UNAVAILABLE, details: `collector cannot store events: ${(err as Error).message}` });
+          return;
+        }
+        if (ack.error) agentLog.warn({ reason: ack.error, firstSeq: ack.firstSeq }, 'rejected a batch');
+        call.write(ack);
+      });
+      call.on('end', () => call.end());
+      call.on('error', () => {});
+    },
+  });
+  server.addService(LogService, {
+    getCheckpoint: (_call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<{ note: string }>) => {
+      publishCheckpoint();
+      cb(null, { note: latest!.note });
+    },
+    getInclusionProof: (call: grpc.ServerUnaryCall<{ index: number; treeSize: number }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      const { index, treeSize } = call.request;
+      if (treeSize > store.size() || index >= treeSize) {
+        cb({ code: grpc.status.OUT_OF_RANGE, details: `index ${index} is not in a tree of size ${treeSize}` });
+        return;
+      }
+      inclusionProof(index, treeSize, store.getNode).then(
+        (hashes) => cb(null, { hashes: hashes.map((h) => Buffer.from(h)), leafHash: Buffer.from(store.getNode(0, index)) }),
+        (err: Error) => cb({ code: grpc.status.INTERNAL, details: err.message }),
+      );
+    },
+    getConsistencyProof: (call: grpc.ServerUnaryCall<{ fromSize: number; toSize: number }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      const { fromSize, toSize } = call.request;
+      if (fromSize < 1 || fromSize > toSize || toSize > store.size()) {
+        cb({ code: grpc.status.OUT_OF_RANGE, details: `no consistency proof from ${fromSize} to ${toSize}` });
+        return;
+      }
+      consistencyProof(fromSize, toSize, store.getNode).then(
+        (hashes) => cb(null, { hashes: hashes.map((h) => Buffer.from(h)), leafHash: Buffer.alloc(0) }),
+        (err: Error) => cb({ code: grpc.status.INTERNAL, details: err.message }),
+      );
+    },
+  });
+  const listen = splitHostPort(opts.listen, '--listen');
+  const grpcPort = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`, tlsServerCredentials(opts.tlsDir), (err, port) => (err ? reject(err) : resolve(port)));
+  });
+
+  let httpServer: http.Server | undefined;
+  let httpPort: number | undefined;
+  if (opts.http) {
+    const h = splitHostPort(opts.http, '--http');
+    httpServer = http.createServer(createReadApi({ store, checkpoint: () => latest, log }));
+    httpPort = await new Promise<number>((resolve, reject) => {
+      httpServer!.once('error', reject);
+      httpServer!.listen(h.port, h.host, () => resolve((httpServer!.address() as { port: number }).port));
+    });
+  }
+  log.info({ grpc: `${listen.host}:${grpcPort}`, http: httpPort ? `${opts.http?.replace(/:\d+$/, '')}:${httpPort}` : undefined, size: store.size(), origin: signer.name }, 'collector running');
+
+  return {
+    grpcPort, httpPort, store, ingestor, publishCheckpoint,
+    async stop() {
+      clearInterval(timer);
+      await new Promise<void>((r) => server.tryShutdown(() => r()));
+      if (httpServer) await new Promise<void>((r) => httpServer!.close(() => r()));
+      publishCheckpoint();
+      store.close();
+    },
+  };
+}

@@ -1,0 +1,244 @@
+// The embedded store: one SQLite database in WAL mode with synchronous=FULL, so a batch is on disk
+// before its ack leaves. Each append writes the leaves and every perfect Merkle node they complete
+// (the tiles are read straight from the nodes table), so proofs never recompute the tree.
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { TreeBuilder, type NodeGetter } from '../merkle/index.js';
+import { leafHash } from '../merkle/hash.js';
+import type {
+  AgentRecord, AppendBatch, EventQuery, LogStore, StoredCheckpoint, StoredLeaf,
+} from './store.js';
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS leaves (
+  idx INTEGER PRIMARY KEY,
+  agent_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  bytes BLOB NOT NULL,
+  time_ms INTEGER NOT NULL,
+  kind INTEGER NOT NULL,
+  session_id TEXT NOT NULL,
+  repository TEXT NOT NULL,
+  workflow TEXT NOT NULL,
+  run_id TEXT NOT NULL,
+  job TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  destination TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS leaves_agent_seq ON leaves(agent_id, seq);
+CREATE INDEX IF NOT EXISTS leaves_time ON leaves(time_ms);
+CREATE INDEX IF NOT EXISTS leaves_kind_time ON leaves(kind, time_ms);
+CREATE INDEX IF NOT EXISTS leaves_session ON leaves(session_id);
+CREATE INDEX IF NOT EXISTS leaves_job ON leaves(repository, run_id, job);
+CREATE TABLE IF NOT EXISTS nodes (
+  level INTEGER NOT NULL,
+  idx INTEGER NOT NULL,
+  hash BLOB NOT NULL,
+  PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+  agent_id TEXT NOT NULL,
+  last_seq INTEGER NOT NULL,
+  signature BLOB NOT NULL,
+  received_ms INTEGER NOT NULL,
+  PRIMARY KEY (agent_id, last_seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agents (
+  agent_id TEXT PRIMARY KEY,
+  signing_key BLOB NOT NULL,
+  certificate TEXT NOT NULL,
+  last_seq INTEGER NOT NULL,
+  last_hash BLOB NOT NULL,
+  last_index INTEGER NOT NULL,
+  first_seen_ms INTEGER NOT NULL,
+  last_seen_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gaps (
+  agent_id TEXT NOT NULL,
+  from_seq INTEGER NOT NULL,
+  to_seq INTEGER NOT NULL,
+  at_index INTEGER NOT NULL,
+  detected_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+  size INTEGER PRIMARY KEY,
+  root BLOB NOT NULL,
+  note TEXT NOT NULL,
+  time_ms INTEGER NOT NULL
+);
+`;
+
+interface AgentRow {
+  agent_id: string; signing_key: Buffer; certificate: string; last_seq: number; last_hash: Buffer;
+  last_index: number; last_seen_ms: number;
+}
+
+function agentFromRow(r: AgentRow): AgentRecord {
+  return {
+    agentId: r.agent_id, signingKey: r.signing_key, certificate: r.certificate, lastSeq: r.last_seq,
+    lastHash: r.last_hash, lastIndex: r.last_index, lastSeenMs: r.last_seen_ms,
+  };
+}
+
+interface LeafRow { idx: number; agent_id: string; seq: number; bytes: Buffer }
+const leafFromRow = (r: LeafRow): StoredLeaf => ({ index: r.idx, agentId: r.agent_id, seq: r.seq, bytes: r.bytes });
+
+export class SqliteStore implements LogStore {
+  readonly db: Database.Database;
+  private tree: TreeBuilder;
+  private readonly stmt;
+
+  static open(dataDir: string, opts: { readonly?: boolean } = {}): SqliteStore {
+    if (!opts.readonly) mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    const file = path.join(dataDir, 'log.db');
+    const db = new Database(file, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
+    return new SqliteStore(db, opts.readonly ?? false);
+  }
+
+  private constructor(db: Database.Database, readonly: boolean) {
+    this.db = db;
+    if (!readonly) {
+      db.pragma('journal_mode = WAL');
+      // FULL: the WAL is fsynced at every commit, so an acknowledged batch survives power loss.
+      db.pragma('synchronous = FULL');
+      db.exec(SCHEMA);
+    }
+    this.stmt = {
+      insertLeaf: db.prepare(`INSERT INTO leaves (idx, agent_id, seq, bytes, time_ms, kind, session_id, repository, workflow, run_id, job, actor, destination)
+        VALUES (@idx, @agentId, @seq, @bytes, @timeMs, @kind, @sessionId, @repository, @workflow, @runId, @job, @actor, @destination)`),
+      insertNode: db.prepare('INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)'),
+      getNode: db.prepare('SELECT hash FROM nodes WHERE level = ? AND idx = ?').pluck(),
+      size: db.prepare('SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves').pluck(),
+      agent: db.prepare('SELECT * FROM agents WHERE agent_id = ?'),
+      agents: db.prepare('SELECT * FROM agents ORDER BY agent_id'),
+      insertAgent: db.prepare(`INSERT INTO agents (agent_id, signing_key, certificate, last_seq, last_hash, last_index, first_seen_ms, last_seen_ms)
+        VALUES (?, ?, ?, 0, ?, -1, ?, ?)`),
+      updateAgent: db.prepare('UPDATE agents SET last_seq = ?, last_hash = ?, last_index = ?, last_seen_ms = ? WHERE agent_id = ?'),
+      insertBatch: db.prepare('INSERT OR REPLACE INTO batches (agent_id, last_seq, signature, received_ms) VALUES (?, ?, ?, ?)'),
+      insertGap: db.prepare('INSERT INTO gaps (agent_id, from_seq, to_seq, at_index, detected_ms) VALUES (?, ?, ?, ?, ?)'),
+      indexOf: db.prepare('SELECT idx FROM leaves WHERE agent_id = ? AND seq = ?').pluck(),
+      leaf: db.prepare('SELECT idx, agent_id, seq, bytes FROM leaves WHERE idx = ?'),
+      leaves: db.prepare('SELECT idx, agent_id, seq, bytes FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx'),
+      batches: db.prepare('SELECT last_seq AS lastSeq, signature FROM batches WHERE agent_id = ? ORDER BY last_seq'),
+      gaps: db.prepare('SELECT agent_id AS agentId, from_seq AS fromSeq, to_seq AS toSeq, at_index AS atIndex, detected_ms AS detectedMs FROM gaps ORDER BY at_index'),
+      latestCheckpoint: db.prepare('SELECT size, root, note, time_ms AS timeMs FROM checkpoints ORDER BY size DESC LIMIT 1'),
+      saveCheckpoint: db.prepare('INSERT OR REPLACE INTO checkpoints (size, root, note, time_ms) VALUES (?, ?, ?, ?)'),
+    };
+    this.tree = new TreeBuilder();
+    const size = this.stmt.size.get() as number;
+    if (size > 0) this.tree = TreeBuilder.fromNodesSync(size, this.getNode);
+  }
+
+  size(): number {
+    return this.tree.size;
+  }
+
+  readonly getNode = (level: number, index: number): Uint8Array => {
+    const h = this.stmt.getNode.get(level, index) as Buffer | undefined;
+    if (!h) throw new Error(`the store has no Merkle node at level ${level}, index ${index}: the tree tables are damaged`);
+    return h;
+  };
+
+  root(): Uint8Array {
+    return this.tree.root();
+  }
+
+  agent(agentId: string): AgentRecord | undefined {
+    const r = this.stmt.agent.get(agentId) as AgentRow | undefined;
+    return r && agentFromRow(r);
+  }
+
+  agents(): AgentRecord[] {
+    return (this.stmt.agents.all() as AgentRow[]).map(agentFromRow);
+  }
+
+  registerAgent(agentId: string, signingKey: Buffer, certificate: string): AgentRecord {
+    const existing = this.agent(agentId);
+    if (existing) return existing;
+    const now = Date.now();
+    this.stmt.insertAgent.run(agentId, signingKey, certificate, Buffer.alloc(32), now, now);
+    return this.agent(agentId)!;
+  }
+
+  appendBatch(batch: AppendBatch): { firstIndex: number; lastIndex: number } {
+    const firstIndex = this.tree.size;
+    const run = this.db.transaction(() => {
+      const tree = this.tree.clone();
+      if (batch.gap) {
+        this.stmt.insertGap.run(batch.agentId, batch.gap.fromSeq, batch.gap.toSeq, firstIndex, Date.now());
+      }
+      for (const leaf of batch.leaves) {
+        const idx = tree.append(leafHash(leaf.bytes), (level, index, hash) => {
+          this.stmt.insertNode.run(level, index, hash);
+        });
+        this.stmt.insertLeaf.run({ idx, agentId: batch.agentId, ...leaf });
+      }
+      const last = batch.leaves[batch.leaves.length - 1]!;
+      this.stmt.insertBatch.run(batch.agentId, last.seq, batch.tipSignature, Date.now());
+      this.stmt.updateAgent.run(last.seq, last.hash, tree.size - 1, Date.now(), batch.agentId);
+      return tree;
+    });
+    // Only a committed transaction moves the in-memory tree forward.
+    this.tree = run();
+    return { firstIndex, lastIndex: this.tree.size - 1 };
+  }
+
+  indexOf(agentId: string, seq: number): number | undefined {
+    return this.stmt.indexOf.get(agentId, seq) as number | undefined;
+  }
+
+  leaf(index: number): StoredLeaf | undefined {
+    const r = this.stmt.leaf.get(index) as LeafRow | undefined;
+    return r && leafFromRow(r);
+  }
+
+  leaves(from: number, to: number): StoredLeaf[] {
+    return (this.stmt.leaves.all(from, to) as LeafRow[]).map(leafFromRow);
+  }
+
+  batchSignatures(agentId: string): { lastSeq: number; signature: Buffer }[] {
+    return this.stmt.batches.all(agentId) as { lastSeq: number; signature: Buffer }[];
+  }
+
+  gaps(): { agentId: string; fromSeq: number; toSeq: number; atIndex: number; detectedMs: number }[] {
+    return this.stmt.gaps.all() as ReturnType<LogStore['gaps']>;
+  }
+
+  latestCheckpoint(): StoredCheckpoint | undefined {
+    return this.stmt.latestCheckpoint.get() as StoredCheckpoint | undefined;
+  }
+
+  saveCheckpoint(cp: StoredCheckpoint): void {
+    this.stmt.saveCheckpoint.run(cp.size, cp.root, cp.note, cp.timeMs);
+  }
+
+  queryEvents(q: EventQuery): StoredLeaf[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    const eq = (col: string, v: unknown) => {
+      if (v !== undefined && v !== '') {
+        where.push(`${col} = ?`);
+        args.push(v);
+      }
+    };
+    eq('agent_id', q.agentId);
+    eq('session_id', q.sessionId);
+    eq('kind', q.kind);
+    eq('repository', q.repository);
+    eq('run_id', q.runId);
+    eq('job', q.job);
+    if (q.sinceMs !== undefined) { where.push('time_ms >= ?'); args.push(q.sinceMs); }
+    if (q.untilMs !== undefined) { where.push('time_ms < ?'); args.push(q.untilMs); }
+    if (q.afterIndex !== undefined) { where.push('idx > ?'); args.push(q.afterIndex); }
+    const limit = Math.min(Math.max(q.limit ?? 1000, 1), 10_000);
+    const sql = `SELECT idx, agent_id, seq, bytes FROM leaves ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY idx LIMIT ${limit}`;
+    return (this.db.prepare(sql).all(...args) as LeafRow[]).map(leafFromRow);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+export type { NodeGetter };
