@@ -12,6 +12,11 @@ import { cgroup2Root, cgroupId, cgroupOfPid, cgroupPath, ensureCgroup } from './
 import type { AgentConfig } from './config.js';
 import { ProxyServer } from './proxy/server.js';
 import { tcpHandler } from './proxy/tcp.js';
+import type { ProtocolHandler } from './proxy/handler.js';
+import { postgresHandler } from './pg/handler.js';
+import { loadClassifier } from './pg/classify.js';
+import { defaultPolicy, loadPolicy, watchPolicy, type Policy } from './policy/index.js';
+import { AgentCa } from './tls/ca.js';
 import { Spool } from './events/spool.js';
 import { Shipper } from './events/shipper.js';
 import { loadAgentIdentity, loadCheckpointVerifier, tlsClientCredentials } from '../collector/pki/identity.js';
@@ -79,6 +84,26 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
     log.warn({ ownCgroup }, 'the agent runs inside a watched cgroup; its own connections are exempted by cgroup id');
   }
 
+  // Policy: a file that does not load stops the agent at start (say which line), and on a later
+  // change keeps the policy in force (never run without one because of a typo).
+  let policy: Policy = cfg.policyFile ? loadPolicy(cfg.policyFile) : defaultPolicy();
+  const stopWatching = cfg.policyFile
+    ? watchPolicy(cfg.policyFile, (p) => {
+      policy = p;
+      log.info({ file: cfg.policyFile, rules: p.rules.length }, 'policy reloaded');
+      emit({ kind: EventKind.EVENT_KIND_AGENT_NOTICE!, notice: { level: 'info', code: 'policy_reloaded', message: `${cfg.policyFile}: ${p.rules.length} rules, sha256 ${p.digest}` } });
+    }, (err) => {
+      emit({ kind: EventKind.EVENT_KIND_AGENT_NOTICE!, notice: { level: 'error', code: 'policy_invalid', message: `${err.message}; the previous policy stays in force` } });
+    }, { current: policy, logger: log })
+    : () => {};
+  await loadClassifier();
+  const ca = await AgentCa.open(path.join(cfg.stateDir, 'tls'), cfg.agentId);
+  const credentials = new Map(cfg.credentials.map((c) => [c.target, c]));
+  const handlers: Record<string, ProtocolHandler> = {
+    tcp: tcpHandler,
+    postgres: postgresHandler({ policy: () => policy, ca, credentials: (dst) => credentials.get(dst), serverTls: cfg.serverTls }),
+  };
+
   const identity = new Attribution();
   const bpf = new BpfRuntime({ pinDir: cfg.pinDir, onExec: (rec) => onExec(rec) });
   const onExec = (rec: ExecRecord) => {
@@ -103,7 +128,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
       },
     },
     events: spool,
-    handlerFor: () => tcpHandler,
+    handlerFor: (origin) => handlers[cfg.protocols[origin.port] ?? 'tcp']!,
     log: log.child({ component: 'proxy' }),
   });
   await proxy.listen();
@@ -132,6 +157,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
     version: VERSION, bpfStatus: status, watchedCgroups: watched.map((w) => w.path),
     interceptRules: cfg.intercept.map((r) => r.text), failOpen: cfg.failOpen,
   };
+  if (cfg.policyFile) log.info({ file: cfg.policyFile, rules: policy.rules.length, default: policy.defaultAction }, 'policy loaded');
   await emit({ kind: EventKind.EVENT_KIND_AGENT_START!, agent: lifecycle }).durable;
   shipper?.start();
   log.info({ ...lifecycle, proxyPort: cfg.proxyPort, stateDir: cfg.stateDir }, `agent running (${status} BPF hooks)`);
@@ -144,6 +170,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
     stop(reason: string) {
       stopping ??= (async () => {
         clearInterval(dropTimer);
+        stopWatching();
         // Hooks first: from here on a watched connect either fails at once or goes direct.
         bpf.shutdown(cfg.failOpen);
         await proxy.close();

@@ -24,6 +24,24 @@ export interface AgentConfig {
   collector?: string;
   /** The agent's enrolment directory from `runguard enroll` (certificate, keys, collector CA). */
   tlsDir?: string;
+  /** Policy file (YAML), reloaded on change; unset: allow everything, audit everything. */
+  policyFile?: string;
+  /** Destination port -> protocol handler; ports not listed get the generic TCP handler. */
+  protocols: Record<number, 'postgres' | 'tcp'>;
+  /** Targets whose credentials the agent holds: the job never sees them. */
+  credentials: CredentialConfig[];
+  /** TLS towards PostgreSQL servers: prefer (use it when offered), require, or disable. */
+  serverTls: 'prefer' | 'require' | 'disable';
+}
+
+export interface CredentialConfig {
+  /** "ADDRESS:PORT" of the original destination, e.g. "10.1.2.3:5432" or "[fd00::5]:5432". */
+  target: string;
+  /** The user to log in as; unset: the user the job asked for. */
+  user?: string;
+  /** Where the password is on the agent host: a file (first line) or an environment variable. */
+  passwordFile?: string;
+  passwordEnv?: string;
 }
 
 /** Everything outside loopback; the proxy's own address is always exempt in the BPF program. */
@@ -40,6 +58,9 @@ export function defaultConfig(): AgentConfig {
     intercept: DEFAULT_INTERCEPT.map((r) => parseInterceptRule(r)),
     failOpen: false,
     spoolMaxBytes: 1 << 30,
+    protocols: { 5432: 'postgres' },
+    credentials: [],
+    serverTls: 'prefer',
   };
 }
 
@@ -96,7 +117,7 @@ export function parseInterceptRule(text: string): InterceptRule {
 const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
   agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
   watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number',
-  collector: 'string', tlsDir: 'string',
+  collector: 'string', tlsDir: 'string', policyFile: 'string', serverTls: 'string',
 };
 
 /** Reads a YAML config file; every error names the file and line. */
@@ -117,8 +138,14 @@ export function loadConfigFile(file: string, base = defaultConfig()): AgentConfi
   if (!isMap(doc.contents)) throw new ConfigError(at(doc.contents), 'the config must be a mapping of settings');
   for (const pair of doc.contents.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : '';
-    const kind = KEYS[key];
     const where = at(pair.key as YamlNode);
+    if (key === 'protocols' || key === 'credentials') {
+      const value = (pair.value as YamlNode | null)?.toJSON?.() ?? null;
+      if (key === 'protocols') cfg.protocols = parseProtocols(value, where);
+      else cfg.credentials = parseCredentials(value, where);
+      continue;
+    }
+    const kind = KEYS[key];
     if (!kind) throw new ConfigError(where, `unknown setting "${key}" (known: ${Object.keys(KEYS).join(', ')})`);
     const v = pair.value as YamlNode | null;
     if (kind === 'strings') {
@@ -146,7 +173,35 @@ export function loadConfigFile(file: string, base = defaultConfig()): AgentConfi
   return cfg;
 }
 
+function parseProtocols(value: unknown, where: string): Record<number, 'postgres' | 'tcp'> {
+  if (!value || typeof value !== 'object' || Array.isArray(value)) throw new ConfigError(where, 'protocols must map ports to handlers, e.g. { 5432: postgres, 6432: postgres }');
+  const out: Record<number, 'postgres' | 'tcp'> = {};
+  for (const [port, handler] of Object.entries(value)) {
+    const n = Number(port);
+    if (!Number.isInteger(n) || n < 1 || n > 65535) throw new ConfigError(where, `protocols: "${port}" is not a port`);
+    if (handler !== 'postgres' && handler !== 'tcp') throw new ConfigError(where, `protocols: port ${port}: unknown handler "${String(handler)}" (known: postgres, tcp)`);
+    out[n] = handler;
+  }
+  return out;
+}
+
+function parseCredentials(value: unknown, where: string): CredentialConfig[] {
+  if (!Array.isArray(value)) throw new ConfigError(where, 'credentials must be a list of { target, user, passwordFile | passwordEnv }');
+  return value.map((c, i) => {
+    const e = (why: string) => new ConfigError(where, `credentials[${i}]: ${why}`);
+    if (!c || typeof c !== 'object') throw e('must be a mapping');
+    const known = new Set(['target', 'user', 'passwordFile', 'passwordEnv']);
+    for (const k of Object.keys(c)) if (!known.has(k)) throw e(`unknown key "${k}" (known: ${[...known].join(', ')})`);
+    const { target, user, passwordFile, passwordEnv } = c as Record<string, unknown>;
+    if (typeof target !== 'string' || !/^(\[[0-9a-fA-F:.]+\]|[0-9.]+):\d+$/.test(target)) throw e('target must be ADDRESS:PORT, e.g. 10.1.2.3:5432');
+    if ((passwordFile === undefined) === (passwordEnv === undefined)) throw e('give exactly one of passwordFile, passwordEnv');
+    for (const [k, v] of Object.entries({ user, passwordFile, passwordEnv })) if (v !== undefined && typeof v !== 'string') throw e(`${k} must be a string`);
+    return { target, user: user as string | undefined, passwordFile: passwordFile as string | undefined, passwordEnv: passwordEnv as string | undefined };
+  });
+}
+
 export function validate(cfg: AgentConfig, where = 'config'): void {
+  if (!['prefer', 'require', 'disable'].includes(cfg.serverTls)) throw new ConfigError(where, `serverTls must be prefer, require or disable, got "${cfg.serverTls}"`);
   if (!Number.isInteger(cfg.proxyPort) || cfg.proxyPort < 1 || cfg.proxyPort > 65535) {
     throw new ConfigError(where, `proxyPort must be 1..65535, got ${cfg.proxyPort}`);
   }

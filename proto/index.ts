@@ -46,6 +46,18 @@ export interface EventDraft {
     reason?: string; error?: string;
   };
   connectionRefused?: { reason?: string; error?: string };
+  dbSession?: {
+    protocol?: string; database?: string; user?: string; clientUser?: string; application?: string;
+    clientTls?: boolean; serverTls?: boolean; auth?: string; backendPid?: number;
+  };
+  statement?: StatementInfo;
+}
+
+export interface StatementInfo {
+  protocol?: string; text?: string; type?: string; objects?: string[]; params?: string[];
+  decision?: { action?: string; rule?: string; reason?: string };
+  rows?: number; commandTag?: string; durationUs?: number; errorCode?: string; error?: string;
+  maskedValues?: number; database?: string; user?: string; parseError?: string; prepared?: boolean;
 }
 
 /**

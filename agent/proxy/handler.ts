@@ -5,6 +5,7 @@ import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { EventDraft, JobInfo, ProcessInfo } from '../../proto/index.js';
 import type { Origin } from '../bpf/layout.js';
+import type { Redactor } from '../redact/redactor.js';
 
 export interface Endpoint {
   address: string;
@@ -22,6 +23,8 @@ export interface Session {
   readonly source: Endpoint;
   readonly process: ProcessInfo;
   readonly job: JobInfo;
+  /** Redacts the job's own secrets (from its environment) and every detector's hits. */
+  readonly redactor?: Redactor;
   readonly log: Logger;
   /** Appends an event about this session to the spool (durably, with group commit). */
   emit(draft: SessionEventDraft): void;

@@ -11,13 +11,14 @@ import { EventKind, type EventDraft, type JobInfo, type ProcessInfo } from '../.
 import type { Origin } from '../bpf/layout.js';
 import { bytes16ToIp } from '../net/addr.js';
 import type { ProtocolHandler, Session, SessionEnd, SessionEventDraft } from './handler.js';
+import type { Redactor } from '../redact/redactor.js';
 
 export interface OriginSource {
   takeOrigin(address: string, port: number): Origin | undefined;
 }
 
 export interface IdentityProvider {
-  forConnection(origin: Origin): { process: ProcessInfo; job: JobInfo };
+  forConnection(origin: Origin): { process: ProcessInfo; job: JobInfo; redactor?: Redactor };
 }
 
 export interface EventSink {
@@ -110,14 +111,14 @@ export class ProxyServer {
     const id = randomUUID();
     const destination = { address: bytes16ToIp(origin.addr), port: origin.port };
     const source = { address: peerAddress.replace(/^::ffff:/, ''), port: peerPort };
-    const { process, job } = this.opts.identity.forConnection(origin);
+    const { process, job, redactor } = this.opts.identity.forConnection(origin);
     const handler = this.opts.handlerFor(origin);
     const log = this.opts.log.child({ session: id, pid: origin.pid, dst: `${destination.address}:${destination.port}` });
     const events = this.opts.events;
     const timeoutMs = this.opts.upstreamConnectTimeoutMs ?? 10_000;
     client.on('error', () => {}); // reported through the handler's result, not as an unhandled error
     const session: Session = {
-      id, client, origin, destination, source, process, job, log,
+      id, client, origin, destination, source, process, job, redactor, log,
       stopping: this.stopController.signal,
       emit: (draft: SessionEventDraft) => {
         events.append({ ...draft, sessionId: id, process, job, destination, source });

@@ -191,3 +191,26 @@ export const ARGV_RULES: readonly ArgvRule[] = [
   { name: 'cli-password', programs: /(?:^|\/)sshpass$/, secret: /^-p(?<secret>[\s\S]+)$/ },
   { name: 'cli-password', programs: /(?:^|\/)curl$/, flag: /^(?:-u|--user|--proxy-user|-U)$/, secret: /^[^:]*:(?<secret>[\s\S]+)$/ },
 ];
+
+const SINGLE = new Map<string, RegExp>();
+
+/**
+ * Whether any of the named detectors finds a (validated) hit in `text`: used to mask result values
+ * that look like what a detector names (e.g. an email in a column policy did not list).
+ */
+export function detectorHit(names: readonly string[], text: string): boolean {
+  for (const d of DETECTORS) {
+    if (!names.includes(d.name)) continue;
+    let re = SINGLE.get(d.name);
+    if (!re) {
+      re = new RegExp(d.regex.source, d.regex.flags.includes('g') ? d.regex.flags : d.regex.flags + 'g');
+      SINGLE.set(d.name, re);
+    }
+    re.lastIndex = 0;
+    for (let m = re.exec(text); m !== null; m = re.exec(text)) {
+      if (!d.validate || d.validate(m[0], text, m.index)) return true;
+      if (m[0].length === 0) re.lastIndex++;
+    }
+  }
+  return false;
+}

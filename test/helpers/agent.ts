@@ -5,6 +5,8 @@ import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readSpoolDir } from '../../agent/events/read-spool-dir.js';
+import { eventToJson } from '../../proto/index.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const RUNGUARD = path.join(ROOT, 'bin/runguard');
@@ -102,9 +104,16 @@ export class AgentFixture {
     return runProcess(RUNGUARD, ['run', '--state-dir', this.stateDir, '--', ...cmd], env);
   }
 
-  /** Every event in the agent's spool, in the proto3 JSON mapping. */
-  events(): Record<string, any>[] {
-    const r = spawnSync(RUNGUARD, ['events', '--state-dir', this.stateDir, '--json'], { encoding: 'utf8' });
+  /** Every event in the agent's spool, in the proto3 JSON mapping (read in-process: fast). */
+  async events(): Promise<Record<string, any>[]> {
+    const out: Record<string, any>[] = [];
+    for await (const rec of readSpoolDir(path.join(this.stateDir, 'spool'))) out.push(eventToJson(rec.bytes));
+    return out;
+  }
+
+  /** The same through the CLI, `runguard events --json`: what an operator runs. */
+  eventsViaCli(): Record<string, any>[] {
+    const r = spawnSync(RUNGUARD, ['events', '--state-dir', this.stateDir, '--json'], { encoding: 'utf8', maxBuffer: 256 << 20 });
     if (r.status !== 0) throw new Error(`runguard events failed: ${r.stderr}`);
     return r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l));
   }

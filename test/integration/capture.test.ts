@@ -66,7 +66,7 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
 
   test('connection events carry the job identity, the process and the byte counts', async () => {
     const r = await runJob(['127.0.0.2', String(v4.port), 'inet', 'hello-runguard']);
-    const events = agent.events();
+    const events = (await agent.events());
     const open = events.find((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN' && e.process?.pid === r.pid);
     assert.ok(open, `no CONNECTION_OPEN for pid ${r.pid}`);
     assert.deepEqual(open.destination, { address: '127.0.0.2', port: v4.port });
@@ -94,11 +94,19 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
     assert.ok(Number(close.seq) > Number(open.seq));
   });
 
+  test('`runguard events --json` prints exactly the spooled events, one JSON object per line', async () => {
+    const viaCli = agent.eventsViaCli();
+    const inProcess = await agent.events();
+    assert.ok(viaCli.length > 0);
+    assert.deepEqual(viaCli, inProcess.slice(0, viaCli.length));
+    for (const e of viaCli) assert.match(e.kind, /^EVENT_KIND_/);
+  });
+
   test('exec events give the job its process tree', async () => {
     const shell = await agent.run(['/bin/sh', '-c', `"${PYTHON}" "${CLIENT}" 127.0.0.2 ${v4.port}; echo shell=$$`], GITHUB_ENV);
     const r = parseClient({ ...shell, stdout: String(shell.stdout).split('\n').filter((l) => l.startsWith('{')).join('\n') });
     const shellPid = Number(/shell=(\d+)/.exec(String(shell.stdout))?.[1]);
-    const events = agent.events();
+    const events = (await agent.events());
     const execs = events.filter((e) => e.kind === 'EVENT_KIND_PROCESS_EXEC');
     const client = execs.find((e) => e.process.pid === r.pid && e.exec.filename === PYTHON);
     assert.ok(client, `no exec event for the client pid ${r.pid}`);
@@ -117,11 +125,11 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
   });
 
   test('an unwatched process is not redirected', async () => {
-    const before = agent.events().length;
+    const before = (await agent.events()).length;
     const r = parseClient(await runProcess(PYTHON, [CLIENT, '127.0.0.2', String(v4.port)]));
     assert.deepEqual(r.peer, ['127.0.0.2', v4.port]);
     assert.equal(v4.peers.at(-1)!.port, r.sock![1], 'upstream should see the client socket itself');
-    const after = agent.events().slice(before);
+    const after = (await agent.events()).slice(before);
     assert.equal(after.filter((e) => e.process?.pid === r.pid).length, 0);
   });
 
@@ -130,7 +138,7 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
     assert.deepEqual(r.peer, ['::1', v6.port]);
     assert.equal(r.echo, 'ping');
     assert.notEqual(v6.peers.at(-1)!.port, r.sock![1]);
-    const open = agent.events().find((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN' && e.process?.pid === r.pid);
+    const open = (await agent.events()).find((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN' && e.process?.pid === r.pid);
     assert.deepEqual(open?.destination, { address: '::1', port: v6.port });
     assert.equal(open?.connectionOpen.ipFamily, 6);
   });
@@ -139,7 +147,7 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
     const r = await runJob(['::ffff:127.0.0.2', String(v4.port), 'inet6']);
     assert.deepEqual(r.peer, ['::ffff:127.0.0.2', v4.port]);
     assert.equal(r.echo, 'ping');
-    const open = agent.events().find((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN' && e.process?.pid === r.pid);
+    const open = (await agent.events()).find((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN' && e.process?.pid === r.pid);
     assert.deepEqual(open?.destination, { address: '127.0.0.2', port: v4.port });
     assert.equal(open?.connectionOpen.ipFamily, 6);
   });
@@ -153,7 +161,7 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
     });
     assert.ok(!err || /ECONNRESET|EPIPE/.test(err.message), err?.message);
     await new Promise((r) => setTimeout(r, 100));
-    const refused = agent.events().filter((e) => e.kind === 'EVENT_KIND_CONNECTION_REFUSED');
+    const refused = (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_REFUSED');
     assert.ok(refused.some((e) => e.connectionRefused.reason === 'no_redirect_record'));
   });
 
@@ -161,13 +169,13 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
     const long = 'x'.repeat(3000);
     const r = await agent.run(['/bin/true', 'marker-arg', long]);
     assert.equal(r.status, 0);
-    const exec = agent.events().find((e) => e.kind === 'EVENT_KIND_PROCESS_EXEC' && e.process.argv?.[1] === 'marker-arg');
+    const exec = (await agent.events()).find((e) => e.kind === 'EVENT_KIND_PROCESS_EXEC' && e.process.argv?.[1] === 'marker-arg');
     assert.ok(exec, 'no exec event for /bin/true');
     assert.equal(exec.process.argvTruncated, true);
     assert.ok(exec.process.argv.join('\0').length <= 2048, 'no more than the 2 KiB bound');
     const short = await agent.run(['/bin/true', 'short-marker']);
     assert.equal(short.status, 0);
-    const shortExec = agent.events().find((e) => e.kind === 'EVENT_KIND_PROCESS_EXEC' && e.process.argv?.[1] === 'short-marker');
+    const shortExec = (await agent.events()).find((e) => e.kind === 'EVENT_KIND_PROCESS_EXEC' && e.process.argv?.[1] === 'short-marker');
     assert.equal(shortExec?.process.argvTruncated, undefined, 'a complete argv is not flagged');
   });
 
@@ -188,7 +196,7 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
     agent = await new AgentFixture({ intercept: agent.opts.intercept, reuse: agent }).start();
     const resumed = await runJob(['127.0.0.2', String(v4.port)]);
     assert.deepEqual(resumed.peer, ['127.0.0.2', v4.port]);
-    const events = agent.events();
+    const events = (await agent.events());
     const seqs = events.map((e) => Number(e.seq));
     assert.deepEqual(seqs, seqs.map((_, i) => i + 1), 'sequence numbers are gap-free across restarts');
     assert.ok(events.some((e) => e.kind === 'EVENT_KIND_AGENT_STOP' && /SIGTERM/.test(e.agent.reason)));

@@ -1,0 +1,711 @@
+// PostgreSQL in the data path. The handler speaks the protocol in both directions: it answers the
+// job's SSLRequest with its own certificate, relays (or performs) authentication, and then inspects
+// every simple and extended-protocol statement: classified by the real PostgreSQL parser, decided by
+// policy, audited with its outcome, and masked in the result when policy says so.
+//
+// A denied statement never reaches the database as written: it is replaced by a DO block that raises
+// SQLSTATE 42501 naming the rule, so the *server* reports the error and leaves an open transaction in
+// the failed state exactly as PostgreSQL itself would; the session stays usable.
+import net from 'node:net';
+import tls from 'node:tls';
+import { readFileSync } from 'node:fs';
+import { EventKind, type StatementInfo } from '../../proto/index.js';
+import type { Decision, MaskSpec, Operation, OperationContext, Policy } from '../policy/index.js';
+import { maskCoversColumn } from '../policy/index.js';
+import type { CredentialConfig } from '../config.js';
+import type { AgentCa } from '../tls/ca.js';
+import { Redactor } from '../redact/redactor.js';
+import { detectorHit } from '../redact/detectors.js';
+import type { EndReason, ProtocolHandler, Session, SessionEnd } from '../proxy/handler.js';
+import { FrameReader, PgProtocolError, type Frame } from './frames.js';
+import * as msg from './messages.js';
+import { md5Password, ScramClient, chooseSaslMechanism } from './scram.js';
+import { classify } from './classify.js';
+
+const ch = (c: string) => c.charCodeAt(0);
+const T = {
+  Query: ch('Q'), Parse: ch('P'), Bind: ch('B'), Execute: ch('E'), Sync: ch('S'), Terminate: ch('X'), Password: ch('p'),
+  CopyData: ch('d'), CopyDone: ch('c'), CopyFail: ch('f'), Close: ch('C'), Describe: ch('D'), Flush: ch('H'), FunctionCall: ch('F'),
+  Auth: ch('R'), ParamStatus: ch('S'), KeyData: ch('K'), Ready: ch('Z'), RowDesc: ch('T'), DataRow: ch('D'), Complete: ch('C'),
+  Error: ch('E'), Empty: ch('I'), Suspended: ch('s'), CopyIn: ch('G'), CopyOut: ch('H'), CopyBoth: ch('W'), Notice: ch('N'),
+} as const;
+
+export interface PgHandlerDeps {
+  policy: () => Policy;
+  /** Terminates the job's TLS; without it SSLRequest is declined and the job talks plaintext to us. */
+  ca?: AgentCa;
+  /** Credentials the agent holds for a destination ("address:port"), if any. */
+  credentials: (destination: string) => CredentialConfig | undefined;
+  serverTls: 'prefer' | 'require' | 'disable';
+}
+
+/** One statement waiting for its outcome from the server. */
+interface Pending {
+  kind: 'statement' | 'sync' | 'simple-end';
+  op?: Operation;
+  info?: StatementInfo;
+  started?: bigint;
+  mask?: MaskSpec;
+}
+
+interface Prepared {
+  ops: Operation[];
+  parseError?: string;
+  decision: Decision;
+  denied: boolean;
+}
+
+const denySql = (message: string, hint: string): string => {
+  // $runguard$ quoting: nothing inside may close it, so dollar signs are dropped from the texts.
+  const lit = (s: string) => s.replace(/\$/g, '').replace(/'/g, "''");
+  return `DO $runguard$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '${lit(message)}', HINT = '${lit(hint)}'; END$runguard$`;
+};
+
+function denialText(decision: Decision, op: Operation | undefined): { message: string; hint: string } {
+  const what = op?.type ?? 'statement';
+  if (decision.action === 'review') {
+    return {
+      message: `runguard: ${what} requires approval under policy rule "${decision.rule}"`,
+      hint: `${decision.reason ? decision.reason + '. ' : ''}Just-in-time approvals are not available in this runguard version, so the statement is denied.`,
+    };
+  }
+  return { message: `runguard: ${what} denied by policy rule "${decision.rule}"`, hint: decision.reason || 'Ask the owners of the runguard policy.' };
+}
+
+/** Most severe first: one forbidden statement decides a multi-statement string as a whole. */
+const SEVERITY: Record<Decision['action'], number> = { deny: 3, review: 2, mask: 1, allow: 0 };
+
+export function postgresHandler(deps: PgHandlerDeps): ProtocolHandler {
+  return { name: 'postgres', run: (s) => new PgSession(s, deps).run() };
+}
+
+class PgSession {
+  private client: net.Socket;
+  private server?: net.Socket;
+  private readonly fromClient = new FrameReader({ direction: 'frontend' });
+  private readonly fromServer = new FrameReader({ direction: 'backend' });
+  private phase: 'startup' | 'connecting' | 'auth' | 'ready' | 'closed' = 'startup';
+  private end?: SessionEnd;
+  private finish!: (end: SessionEnd) => void;
+  private clientTls = false;
+  private serverTls = false;
+  private params = new Map<string, string>();
+  private user = '';
+  private database = '';
+  private authMethod = 'trust';
+  private backendPid = 0;
+  private injected?: { user: string; password: string; scram?: ScramClient; serverProven?: boolean };
+  /** The injected password must never reach the trail either. */
+  private credentialRedactor?: Redactor;
+  private readonly queue: Pending[] = [];
+  private readonly prepared = new Map<string, Prepared>();
+  private readonly portals = new Map<string, { stmt: string; params: (Buffer | null)[] }>();
+  private maskColumns: boolean[] | undefined;
+  private maskSpec: MaskSpec | undefined;
+  private requestSeq = 0;
+  private bytesUp = 0;
+  private bytesDown = 0;
+  private readonly redactor: Redactor;
+
+  constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
+    this.client = s.client;
+    this.redactor = s.redactor ?? new Redactor();
+  }
+
+  run(): Promise<SessionEnd> {
+    return new Promise<SessionEnd>((resolve) => {
+      this.finish = resolve;
+      this.attachClient(this.client);
+      this.s.stopping.addEventListener('abort', () => this.close('agent_stopping'), { once: true });
+    });
+  }
+
+  // ---- plumbing -------------------------------------------------------------------------------
+
+  private attachClient(sock: net.Socket): void {
+    this.client = sock;
+    sock.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    sock.on('end', () => this.close('client_closed'));
+    sock.on('error', (err) => this.close('client_error', err.message));
+    sock.on('close', () => this.close('client_closed'));
+  }
+
+  private attachServer(sock: net.Socket): void {
+    this.server = sock;
+    sock.on('data', (chunk: Buffer) => this.onServerData(chunk));
+    sock.on('end', () => this.close('upstream_closed'));
+    sock.on('error', (err) => this.close('upstream_error', err.message));
+    sock.on('close', () => this.close('upstream_closed'));
+    // Backpressure both ways: a slow reader pauses the other side instead of buffering without bound.
+    sock.on('drain', () => this.client.resume());
+    this.client.on('drain', () => sock.resume());
+  }
+
+  private toServer(b: Buffer): void {
+    this.bytesUp += b.length;
+    if (!this.server!.write(b)) this.client.pause();
+  }
+
+  private toClient(b: Buffer): void {
+    this.bytesDown += b.length;
+    if (!this.client.write(b)) this.server?.pause();
+  }
+
+  private close(reason: EndReason, error?: string): void {
+    if (this.end) return;
+    this.end = { reason, error, bytesUp: this.bytesUp, bytesDown: this.bytesDown };
+    this.phase = 'closed';
+    // Statements still waiting for an outcome are recorded as such, not forgotten.
+    for (const p of this.queue) if (p.kind === 'statement') this.complete(p, { error: `session ended (${reason}) before the server answered` });
+    this.queue.length = 0;
+    this.client.end();
+    this.server?.end();
+    setTimeout(() => {
+      this.client.destroy();
+      this.server?.destroy();
+    }, 1000).unref();
+    this.finish(this.end);
+  }
+
+  /** A malformed message from either side ends the session with a clear error to the job. */
+  private protocolError(side: 'job' | 'server', err: PgProtocolError): void {
+    const text = `runguard: the ${side === 'job' ? 'client' : 'server'} sent an invalid message; ending the session: ${err.message}`;
+    this.s.log.warn({ side, err: err.message }, 'postgres protocol error');
+    if (!this.client.destroyed) this.client.write(msg.errorResponse({ severity: 'FATAL', code: '08P01', message: text }));
+    this.close('protocol_error', `${side}: ${err.message}`);
+  }
+
+  // ---- job -> agent ---------------------------------------------------------------------------
+
+  private onClientData(chunk: Buffer): void {
+    if (this.phase === 'closed') return;
+    this.server?.cork();
+    const err = this.fromClient.push(chunk, (f) => this.onClientFrame(f));
+    if (this.server) process.nextTick(() => this.server?.uncork());
+    if (err) this.protocolError('job', err);
+  }
+
+  private onClientFrame(f: Frame): void {
+    if (this.phase === 'closed') return;
+    if (this.phase === 'startup') return void this.onStartupPacket(f);
+    const raw = f.buffer.subarray(f.start, f.end);
+    if (this.phase === 'connecting') return void this.protocolError('job', new PgProtocolError('malformed', 'a message arrived before the server connection was ready'));
+    if (this.phase === 'auth') {
+      if (this.injected) return void this.protocolError('job', new PgProtocolError('auth', 'the agent authenticates this session itself; the client must not answer'));
+      if (f.type === T.Password && this.authMethod.startsWith('scram')) {
+        // Channel binding cannot work through a terminating proxy: we never offer -PLUS.
+        const init = msg.decodeSASLInitialResponse(f.body);
+        if (!(init instanceof PgProtocolError) && init.mechanism.endsWith('-PLUS')) {
+          return void this.protocolError('job', new PgProtocolError('auth', 'SCRAM channel binding (-PLUS) is not possible through the runguard proxy'));
+        }
+      }
+      return void this.toServer(raw);
+    }
+    switch (f.type) {
+      case T.Query: return this.onQuery(f, raw);
+      case T.Parse: return this.onParse(f, raw);
+      case T.Bind: return this.onBind(f, raw);
+      case T.Execute: return this.onExecute(f, raw);
+      case T.Sync:
+        this.queue.push({ kind: 'sync' });
+        return this.toServer(raw);
+      case T.Close: {
+        const c = msg.decodeClose(f.body);
+        if (!(c instanceof PgProtocolError)) (c.kind === 'S' ? this.prepared : this.portals).delete(c.name);
+        return this.toServer(raw);
+      }
+      case T.FunctionCall:
+        this.audit({ type: 'FUNCTION CALL' }, { action: 'allow', rule: 'default', reason: '' }, { prepared: true });
+        return this.toServer(raw);
+      case T.Terminate:
+        this.toServer(raw);
+        return this.close('client_closed');
+      default:
+        return this.toServer(raw); // Describe, Flush, CopyData/Done/Fail: relayed as they are
+    }
+  }
+
+  private onStartupPacket(f: Frame): void {
+    const p = msg.decodeStartupPacket(f.body);
+    if (p instanceof PgProtocolError) return this.protocolError('job', p);
+    if (p.kind === 'gssenc') return void this.client.write(Buffer.from('N'));
+    if (p.kind === 'ssl') return this.startClientTls();
+    if (p.kind === 'cancel') return void this.forwardCancel(f.buffer.subarray(f.start, f.end), p.pid);
+    this.params = p.params;
+    this.user = p.params.get('user') ?? '';
+    this.database = p.params.get('database') ?? this.user;
+    this.phase = 'connecting';
+    this.client.pause();
+    this.connect().then(
+      () => this.client.resume(),
+      (err: Error) => {
+        this.client.write(msg.errorResponse({ severity: 'FATAL', code: '08006', message: `runguard: ${err.message}` }));
+        this.close('upstream_unreachable', err.message);
+      },
+    );
+  }
+
+  private startClientTls(): void {
+    const ca = this.deps.ca;
+    if (!ca) return void this.client.write(Buffer.from('N'));
+    const raw = this.client;
+    raw.removeAllListeners('data');
+    raw.removeAllListeners('end');
+    raw.removeAllListeners('close');
+    raw.removeAllListeners('error');
+    raw.on('error', (err) => this.close('client_error', err.message));
+    raw.pause();
+    const address = this.s.destination.address;
+    // The certificate names the destination the job dialled; libpq sends SNI only for host names.
+    ca.contextFor([address]).then((secureContext) => {
+      if (this.phase === 'closed') return;
+      raw.write(Buffer.from('S'));
+      const socket = new tls.TLSSocket(raw, {
+        isServer: true,
+        secureContext,
+        SNICallback: (servername, cb) => {
+          if (!servername || servername === address) return cb(null, secureContext);
+          ca.contextFor([servername, address]).then((ctx) => cb(null, ctx), (err: Error) => cb(err));
+        },
+      });
+      this.clientTls = true;
+      this.attachClient(socket);
+      raw.resume();
+    }, (err: Error) => {
+      this.s.log.error({ err }, 'cannot issue a TLS certificate for the job; declining TLS');
+      raw.write(Buffer.from('N'));
+      this.attachClient(raw);
+      raw.resume();
+    });
+  }
+
+  private async forwardCancel(raw: Buffer, pid: number): Promise<void> {
+    this.phase = 'closed';
+    try {
+      const up = await this.s.connectUpstream();
+      up.end(raw);
+      this.audit({ type: 'CANCEL REQUEST' }, { action: 'allow', rule: 'default', reason: '' }, { params: [`backend pid ${pid}`] });
+    } catch (err) {
+      this.s.log.warn({ err }, 'cannot forward a cancel request');
+    }
+    this.client.end();
+    this.finish({ reason: 'client_closed', bytesUp: raw.length, bytesDown: 0 });
+  }
+
+  // ---- connecting and authentication ---------------------------------------------------------
+
+  private async connect(): Promise<void> {
+    let sock = await this.s.connectUpstream();
+    if (this.deps.serverTls !== 'disable') sock = await this.upgradeServerTls(sock);
+    const dest = `${this.s.destination.address.includes(':') ? `[${this.s.destination.address}]` : this.s.destination.address}:${this.s.destination.port}`;
+    const cred = this.deps.credentials(dest);
+    const params = new Map(this.params);
+    if (cred) {
+      const password = cred.passwordFile ? readFileSync(cred.passwordFile, 'utf8').split('\n')[0]! : process.env[cred.passwordEnv!] ?? '';
+      if (!password) throw new Error(`no password for ${dest}: ${cred.passwordFile ?? `$${cred.passwordEnv}`} is empty`);
+      const user = cred.user ?? this.user;
+      params.set('user', user);
+      this.injected = { user, password };
+      this.credentialRedactor = new Redactor([{ name: 'injected-credential', value: password }]);
+    }
+    this.phase = 'auth';
+    this.attachServer(sock);
+    this.toServer(msg.startupMessage(params));
+  }
+
+  private upgradeServerTls(sock: net.Socket): Promise<net.Socket> {
+    return new Promise((resolve, reject) => {
+      sock.once('data', (b: Buffer) => {
+        if (b.length !== 1 || (b[0] !== ch('S') && b[0] !== ch('N'))) return reject(new Error('the server answered SSLRequest with something other than S or N'));
+        if (b[0] === ch('N')) {
+          if (this.deps.serverTls === 'require') return reject(new Error('the server does not offer TLS and serverTls is "require"'));
+          return resolve(sock);
+        }
+        const t = tls.connect({ socket: sock, rejectUnauthorized: false, servername: net.isIP(this.s.destination.address) ? undefined : this.s.destination.address });
+        t.once('secureConnect', () => {
+          this.serverTls = true;
+          t.removeAllListeners('error');
+          resolve(t);
+        });
+        t.once('error', reject);
+      });
+      sock.once('error', reject);
+      sock.write(msg.sslRequest());
+    });
+  }
+
+  // ---- server -> agent ------------------------------------------------------------------------
+
+  private onServerData(chunk: Buffer): void {
+    if (this.phase === 'closed') return;
+    this.client.cork();
+    const err = this.fromServer.push(chunk, (f) => this.onServerFrame(f));
+    process.nextTick(() => this.client.uncork());
+    if (err) this.protocolError('server', err);
+  }
+
+  private onServerFrame(f: Frame): void {
+    if (this.phase === 'closed') return;
+    const raw = f.buffer.subarray(f.start, f.end);
+    if (this.phase === 'auth') return this.onAuthFrame(f, raw);
+    switch (f.type) {
+      case T.RowDesc: {
+        const bad = this.describeResult(f.body);
+        if (bad) return this.protocolError('server', bad);
+        return this.toClient(raw);
+      }
+      case T.DataRow: {
+        if (this.maskColumns) {
+          const masked = this.maskRow(f.body);
+          if (masked instanceof PgProtocolError) return this.protocolError('server', masked);
+          return this.toClient(masked ?? raw);
+        }
+        const bad = checkDataRow(f.body);
+        if (bad) return this.protocolError('server', bad);
+        return this.toClient(raw);
+      }
+      case T.Complete: {
+        const c = msg.decodeCommandComplete(f.body);
+        if (c instanceof PgProtocolError) return this.protocolError('server', c);
+        this.settle({ tag: c.tag, rows: c.rows });
+        return this.toClient(raw);
+      }
+      case T.Auth:
+      case T.KeyData:
+        return this.protocolError('server', new PgProtocolError('malformed', `message ${String.fromCharCode(f.type)} is not allowed after authentication`));
+      case T.Empty:
+      case T.Suspended:
+        this.settle({ tag: f.type === T.Empty ? 'EMPTY' : 'SUSPENDED' });
+        return this.toClient(raw);
+      case T.Error: {
+        const e = msg.decodeErrorResponse(f.body);
+        if (e instanceof PgProtocolError) return this.protocolError('server', e);
+        this.settle({ errorCode: e.code, error: e.message }, true);
+        return this.toClient(raw);
+      }
+      case T.Ready: {
+        const z = msg.decodeReadyForQuery(f.body);
+        if (z instanceof PgProtocolError) return this.protocolError('server', z);
+        this.onReady();
+        return this.toClient(raw);
+      }
+      default:
+        return this.toClient(raw);
+    }
+  }
+
+  private onAuthFrame(f: Frame, raw: Buffer): void {
+    if (f.type === T.Error) {
+      const e = msg.decodeErrorResponse(f.body);
+      this.toClient(raw);
+      return this.close('upstream_closed', `authentication failed: ${e instanceof PgProtocolError ? e.message : e.message}`);
+    }
+    if (f.type === T.Auth) {
+      const a = msg.decodeAuthentication(f.body);
+      if (a instanceof PgProtocolError) return this.protocolError('server', a);
+      if (this.injected) return this.injectAuth(a, raw);
+      switch (a.kind) {
+        case 'ok': break;
+        case 'cleartext': this.authMethod = 'cleartext'; break;
+        case 'md5': this.authMethod = 'md5'; break;
+        case 'sasl': {
+          this.authMethod = 'scram-sha-256';
+          const offered = a.mechanisms.filter((m) => !m.endsWith('-PLUS'));
+          if (offered.length !== a.mechanisms.length) return this.toClient(msg.authenticationSASL(offered));
+          break;
+        }
+        default: break;
+      }
+      return this.toClient(raw);
+    }
+    // Between authentication and the first ReadyForQuery only these may come, each well formed.
+    let bad: PgProtocolError | undefined;
+    switch (f.type) {
+      case T.KeyData: {
+        const k = msg.decodeBackendKeyData(f.body);
+        if (k instanceof PgProtocolError) bad = k;
+        else this.backendPid = k.pid;
+        break;
+      }
+      case T.ParamStatus: {
+        const p = msg.decodeParameterStatus(f.body);
+        if (p instanceof PgProtocolError) bad = p;
+        break;
+      }
+      case T.Notice: {
+        const n = msg.decodeErrorResponse(f.body);
+        if (n instanceof PgProtocolError) bad = n;
+        break;
+      }
+      case T.Ready: {
+        const z = msg.decodeReadyForQuery(f.body);
+        if (z instanceof PgProtocolError) bad = z;
+        break;
+      }
+      case ch('v'): {
+        const v = msg.decodeNegotiateProtocolVersion(f.body);
+        if (v instanceof PgProtocolError) bad = v;
+        break;
+      }
+      default:
+        bad = new PgProtocolError('malformed', `message ${String.fromCharCode(f.type)} is not allowed during authentication`);
+    }
+    if (bad) return this.protocolError('server', bad);
+    if (f.type === T.Ready) {
+      this.phase = 'ready';
+      this.sessionStarted();
+    }
+    this.toClient(raw);
+  }
+
+  /** Credential injection: the agent answers the server; the job sees only AuthenticationOk. */
+  private injectAuth(a: msg.Authentication, raw: Buffer): void {
+    const inj = this.injected!;
+    switch (a.kind) {
+      case 'ok':
+        if (inj.scram && !inj.serverProven) return this.protocolError('server', new PgProtocolError('auth', 'the server skipped the SCRAM server proof'));
+        this.authMethod = `injected:${this.authMethod}`;
+        return this.toClient(raw);
+      case 'cleartext':
+        this.authMethod = 'cleartext';
+        return this.toServer(msg.passwordMessage(inj.password));
+      case 'md5':
+        this.authMethod = 'md5';
+        return this.toServer(msg.passwordMessage(md5Password(inj.user, inj.password, a.salt)));
+      case 'sasl': {
+        const mech = chooseSaslMechanism(a.mechanisms);
+        if (mech instanceof PgProtocolError) return this.protocolError('server', mech);
+        this.authMethod = 'scram-sha-256';
+        inj.scram = new ScramClient({ password: inj.password });
+        return this.toServer(msg.saslInitialResponse(mech, inj.scram.clientFirstMessage()));
+      }
+      case 'sasl-continue': {
+        const final = inj.scram?.clientFinalMessage(a.data);
+        if (final === undefined || final instanceof PgProtocolError) return this.protocolError('server', final ?? new PgProtocolError('auth', 'SASL continue without a SASL exchange'));
+        return this.toServer(msg.saslResponse(final));
+      }
+      case 'sasl-final': {
+        const ok = inj.scram?.verifyServerFinal(a.data);
+        if (ok === undefined || ok instanceof PgProtocolError) return this.protocolError('server', ok ?? new PgProtocolError('auth', 'SASL final without a SASL exchange'));
+        inj.serverProven = true;
+        return;
+      }
+      default:
+        return this.protocolError('server', new PgProtocolError('auth', `the server asks for an authentication method (${a.subtype}) the agent cannot perform`));
+    }
+  }
+
+  private sessionStarted(): void {
+    this.s.emit({
+      kind: EventKind.EVENT_KIND_DB_SESSION_START!,
+      dbSession: {
+        protocol: 'postgres', database: this.database, user: this.injected?.user ?? this.user, clientUser: this.user,
+        application: this.params.get('application_name') ?? '', clientTls: this.clientTls, serverTls: this.serverTls,
+        auth: this.authMethod, backendPid: this.backendPid,
+      },
+    });
+  }
+
+  // ---- statements -----------------------------------------------------------------------------
+
+  private context(op: Operation): OperationContext {
+    return {
+      protocol: 'postgres', target: this.s.destination, job: this.s.job, database: this.database,
+      user: this.injected?.user ?? this.user, operation: op,
+    };
+  }
+
+  /** Classifies SQL and decides it; the most severe decision over its statements wins. */
+  private decide(sql: string, exact = false): Prepared {
+    const c = classify(sql, { exact });
+    const policy = this.deps.policy();
+    if ('error' in c) {
+      const op: Operation = { type: 'UNPARSED', text: sql };
+      return { ops: [op], parseError: c.error, decision: policy.evaluate(this.context(op)), denied: false };
+    }
+    let decision: Decision | undefined;
+    for (const op of c.statements) {
+      const d = policy.evaluate(this.context(op));
+      if (!decision || SEVERITY[d.action] > SEVERITY[decision.action]) decision = d;
+    }
+    decision ??= policy.evaluate(this.context({ type: 'EMPTY', text: sql }));
+    const denied = decision.action === 'deny' || decision.action === 'review';
+    // Nested statements (a DELETE inside a WITH, EXPLAIN ANALYZE's statement) are judged above but
+    // get no CommandComplete of their own: the audit follows the top-level statements.
+    return { ops: c.statements.filter((op) => !op.nested), decision, denied };
+  }
+
+  private onQuery(f: Frame, raw: Buffer): void {
+    const q = msg.decodeQuery(f.body);
+    if (q instanceof PgProtocolError) return this.protocolError('job', q);
+    const p = this.decide(q.sql);
+    const started = process.hrtime.bigint();
+    if (p.denied) {
+      const blocker = p.ops.find((op) => SEVERITY[this.deps.policy().evaluate(this.context(op)).action] >= 2) ?? p.ops[0];
+      const { message, hint } = denialText(p.decision, blocker);
+      // Every statement of the string is recorded as denied: none of them runs.
+      for (const op of p.ops) this.audit(op, p.decision, { error: message, errorCode: '42501' });
+      this.queue.push({ kind: 'simple-end' });
+      return this.toServer(msg.query(denySql(message, hint)));
+    }
+    for (const op of p.ops) {
+      this.queue.push({ kind: 'statement', op, started, mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
+        info: this.statementInfo(op, p.decision, { parseError: p.parseError }) });
+    }
+    this.queue.push({ kind: 'simple-end' });
+    this.toServer(raw);
+  }
+
+  private onParse(f: Frame, raw: Buffer): void {
+    const m = msg.decodeParse(f.body);
+    if (m instanceof PgProtocolError) return this.protocolError('job', m);
+    const p = this.decide(m.sql, true);
+    this.prepared.set(m.name, p);
+    if (!p.denied) return this.toServer(raw);
+    const { message, hint } = denialText(p.decision, p.ops[0]);
+    this.audit(p.ops[0]!, p.decision, { error: message, errorCode: '42501', prepared: true });
+    this.toServer(msg.parse(m.name, denySql(message, hint), []));
+  }
+
+  private onBind(f: Frame, raw: Buffer): void {
+    const b = msg.decodeBind(f.body);
+    if (b instanceof PgProtocolError) return this.protocolError('job', b);
+    this.portals.set(b.portal, { stmt: b.statement, params: b.params });
+    const p = this.prepared.get(b.statement);
+    // The denied statement was replaced by one without parameters: bind it with none.
+    if (p?.denied) return this.toServer(msg.bind({ portal: b.portal, statement: b.statement, resultFormats: b.resultFormats }));
+    this.toServer(raw);
+  }
+
+  private onExecute(f: Frame, raw: Buffer): void {
+    const e = msg.decodeExecute(f.body);
+    if (e instanceof PgProtocolError) return this.protocolError('job', e);
+    const portal = this.portals.get(e.portal);
+    const p = portal ? this.prepared.get(portal.stmt) : undefined;
+    if (p && !p.denied) {
+      const op = p.ops[0] ?? { type: 'EMPTY' };
+      const params = portal!.params.map((v) => (v === null ? 'NULL' : this.redact(v.toString('utf8'))));
+      this.queue.push({ kind: 'statement', op, started: process.hrtime.bigint(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
+        info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }) });
+    }
+    this.toServer(raw);
+  }
+
+  private redact(text: string): string {
+    const r = this.redactor.redact(text);
+    return this.credentialRedactor ? this.credentialRedactor.redact(r) : r;
+  }
+
+  private statementInfo(op: Operation, d: Decision, extra: Partial<StatementInfo>): StatementInfo {
+    return {
+      protocol: 'postgres', text: op.text ? this.redact(op.text) : '', type: op.type, objects: op.objects ?? [],
+      decision: { action: d.action, rule: d.rule, reason: d.reason }, database: this.database, user: this.injected?.user ?? this.user,
+      ...extra,
+    };
+  }
+
+  /** Records a statement that got no server round trip of its own (denied, cancel, function call). */
+  private audit(op: Operation, d: Decision, extra: Partial<StatementInfo>): void {
+    this.emitStatement(this.statementInfo(op, d, extra));
+  }
+
+  private emitStatement(info: StatementInfo): void {
+    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statement: info });
+  }
+
+  /** The head statement got its outcome (CommandComplete, EmptyQuery, PortalSuspended, Error). */
+  private settle(outcome: { tag?: string; rows?: number; errorCode?: string; error?: string }, isError = false): void {
+    const i = this.queue.findIndex((p) => p.kind === 'statement');
+    const head = this.queue[0];
+    if (i !== 0 || !head) return; // an error outside any statement (e.g. in Parse of a denied one)
+    this.queue.shift();
+    this.complete(head, outcome);
+    this.maskColumns = undefined;
+    if (isError) {
+      // After an error the server skips the rest of the simple query / of the pipeline until Sync.
+      while (this.queue[0]?.kind === 'statement') this.complete(this.queue.shift()!, { error: 'not executed: an earlier statement failed' });
+    }
+  }
+
+  private complete(p: Pending, outcome: { tag?: string; rows?: number; errorCode?: string; error?: string }): void {
+    const info = p.info!;
+    if (outcome.tag) info.commandTag = outcome.tag;
+    if (outcome.rows !== undefined) info.rows = outcome.rows;
+    if (outcome.errorCode) info.errorCode = outcome.errorCode;
+    if (outcome.error) info.error = this.redact(outcome.error);
+    if (p.started) info.durationUs = Number((process.hrtime.bigint() - p.started) / 1000n);
+    if (this.maskedValues) info.maskedValues = this.maskedValues;
+    this.maskedValues = 0;
+    this.emitStatement(info);
+  }
+
+  private onReady(): void {
+    // ReadyForQuery closes a simple query or a pipeline up to its Sync.
+    while (this.queue.length) {
+      const p = this.queue.shift()!;
+      if (p.kind === 'statement') this.complete(p, { error: 'no outcome before ReadyForQuery' });
+      if (p.kind === 'sync' || p.kind === 'simple-end') break;
+    }
+    this.maskColumns = undefined;
+  }
+
+  // ---- masking --------------------------------------------------------------------------------
+
+  private maskedValues = 0;
+  private maskFormats: number[] = [];
+
+  private describeResult(body: Buffer): PgProtocolError | undefined {
+    const head = this.queue.find((p) => p.kind === 'statement');
+    const spec = head?.mask;
+    this.maskColumns = undefined;
+    this.maskSpec = spec;
+    const rd = msg.decodeRowDescription(body);
+    if (rd instanceof PgProtocolError) return rd;
+    if (!spec) return undefined;
+    const tables = head?.op?.objects ?? [];
+    const cols = rd.fields.map((fd) => maskCoversColumn(spec, fd.name) || tables.some((t) => maskCoversColumn(spec, fd.name, t)));
+    this.maskFormats = rd.fields.map((fd) => fd.format);
+    if (cols.some(Boolean) || spec.detectors.length) this.maskColumns = cols;
+    return undefined;
+  }
+
+  /** The masked row; undefined when nothing in it needed masking. */
+  private maskRow(body: Buffer): Buffer | PgProtocolError | undefined {
+    const spec = this.maskSpec!;
+    const cols = this.maskColumns!;
+    let select: boolean[] = cols;
+    if (spec.detectors.length) {
+      const row = msg.decodeDataRow(body);
+      if (row instanceof PgProtocolError) return row;
+      select = row.values.map((v, i) => cols[i] || (v !== null && this.maskFormats[i] === 0 && detectorHit(spec.detectors, v.toString('utf8'))));
+    }
+    if (!select.some(Boolean)) return checkDataRow(body);
+    return msg.rewriteDataRow(body, select, (_v, i) => {
+      this.maskedValues++;
+      // Text values become a marker; binary values (type-specific encodings) become NULL-free zeroes
+      // would be wrong for many types, so a binary column is masked as an empty value.
+      return this.maskFormats[i] === 1 ? Buffer.alloc(0) : MASKED;
+    });
+  }
+}
+
+const MASKED = Buffer.from('[MASKED]');
+
+/**
+ * A DataRow's column lengths must add up to its body: walked without decoding, so a malformed row
+ * from the server ends the session here instead of confusing the job's driver.
+ */
+function checkDataRow(body: Buffer): PgProtocolError | undefined {
+  if (body.length < 2) return new PgProtocolError('malformed', 'DataRow: missing the column count');
+  const n = body.readUInt16BE(0);
+  let pos = 2;
+  for (let i = 0; i < n; i++) {
+    if (pos + 4 > body.length) return new PgProtocolError('malformed', `DataRow: column ${i + 1} of ${n} is cut off`);
+    const len = body.readInt32BE(pos);
+    pos += 4;
+    if (len === -1) continue;
+    if (len < 0 || pos + len > body.length) return new PgProtocolError('malformed', `DataRow: column ${i + 1} declares ${len} bytes, ${body.length - pos} remain`);
+    pos += len;
+  }
+  return pos === body.length ? undefined : new PgProtocolError('malformed', `DataRow: ${body.length - pos} bytes after the last column`);
+}
