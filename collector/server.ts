@@ -136,7 +136,15 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
     grpcPort, httpPort, store, ingestor, publishCheckpoint,
     async stop() {
       clearInterval(timer);
-      await new Promise<void>((r) => server.tryShutdown(() => r()));
+      // Agents hold their ingest streams open; every ack is sent only after its commit, so cutting
+      // them after a short grace loses nothing (the agents resend what was not acknowledged).
+      await new Promise<void>((r) => {
+        const force = setTimeout(() => server.forceShutdown(), 1000);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          r();
+        });
+      });
       if (httpServer) await new Promise<void>((r) => httpServer!.close(() => r()));
       publishCheckpoint();
       store.close();

@@ -26,7 +26,7 @@ export function storeSource(dataDir: string): LogSource & { close(): void } {
       }
     },
     async agents(): Promise<AgentKeys[]> {
-      return store.agents().map((a) => ({ agentId: a.agentId, signingKey: a.signingKey, batches: store.batchSignatures(a.agentId) }));
+      return store.agents().map((a) => ({ agentId: a.agentId, signingKey: a.signingKey, certificate: a.certificate, batches: store.batchSignatures(a.agentId) }));
     },
     async gaps() {
       return store.gaps();
@@ -88,9 +88,9 @@ export function httpSource(baseUrl: string): LogSource {
       return hashes[index % TILE_WIDTH];
     },
     async agents(): Promise<AgentKeys[]> {
-      const list = JSON.parse((await get('agents')).toString('utf8')) as { agentId: string; signingKey: string; batches: { lastSeq: number; signature: string }[] }[];
+      const list = JSON.parse((await get('agents')).toString('utf8')) as { agentId: string; signingKey: string; certificate: string; batches: { lastSeq: number; signature: string }[] }[];
       return list.map((a) => ({
-        agentId: a.agentId, signingKey: Buffer.from(a.signingKey, 'base64'),
+        agentId: a.agentId, signingKey: Buffer.from(a.signingKey, 'base64'), certificate: a.certificate,
         batches: a.batches.map((b) => ({ lastSeq: b.lastSeq, signature: Buffer.from(b.signature, 'base64') })),
       }));
     },

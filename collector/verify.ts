@@ -7,11 +7,13 @@ import type { KeyObject } from 'node:crypto';
 import { AuditEventType } from '../proto/index.js';
 import { eventHash, verifyBatchTip } from '../proto/batch.js';
 import { hashEqual, leafHash, openCheckpoint, TreeBuilder, type Checkpoint, type NoteVerifier } from './merkle/index.js';
-import { ed25519FromRaw } from './pki/identity.js';
+import { agentIdentityFromCert, ed25519FromRaw } from './pki/identity.js';
 
 export interface AgentKeys {
   agentId: string;
   signingKey: Buffer;
+  /** PEM the agent presented at first contact; checked against the CA with `caCert`. */
+  certificate?: string;
   batches: { lastSeq: number; signature: Buffer }[];
 }
 
@@ -39,6 +41,7 @@ export interface VerifyReport {
   agents: number;
   signaturesChecked: number;
   checkpointSigned: boolean;
+  agentCertsChecked: boolean;
   problems: Problem[];
   firstProblem?: Problem;
 }
@@ -50,6 +53,8 @@ export interface VerifyOptions {
   onProgress?: (done: number, total: number) => void;
   /** Stop collecting after this many problems (the first is what matters). */
   maxProblems?: number;
+  /** The fleet CA (ca.crt): every agent key in the log must come from a certificate it issued. */
+  caCert?: string;
 }
 
 const ZERO = Buffer.alloc(32);
@@ -78,7 +83,7 @@ export async function verifyLog(source: LogSource, opts: VerifyOptions = {}): Pr
   if (opts.verifier) {
     const opened = openCheckpoint(note, [opts.verifier]);
     if (!opened.ok) {
-      return finish({ size: 0, leavesChecked: 0, agents: 0, signaturesChecked: 0, checkpointSigned: false, problems: [{ index: -1, reason: `checkpoint: ${opened.reason}` }] });
+      return finish({ size: 0, leavesChecked: 0, agents: 0, signaturesChecked: 0, checkpointSigned: false, agentCertsChecked: false, problems: [{ index: -1, reason: `checkpoint: ${opened.reason}` }] });
     }
     cp = opened.value.checkpoint;
     checkpointSigned = true;
@@ -96,7 +101,18 @@ export async function verifyLog(source: LogSource, opts: VerifyOptions = {}): Pr
   }
 
   const chains = new Map<string, ChainState>();
-  for (const a of await source.agents()) {
+  const agents = await source.agents();
+  if (opts.caCert) {
+    // Without this, a collector could invent an agent whose chain and signatures all hold.
+    for (const a of agents) {
+      const id = a.certificate ? agentIdentityFromCert(a.certificate, { ca: opts.caCert }) : { ok: false as const, reason: 'no certificate stored' };
+      if (!id.ok) report(-1, `agent ${a.agentId}: its certificate does not come from the fleet CA: ${id.reason}`);
+      else if (id.value.agentId !== a.agentId || !id.value.signingKeyRaw.equals(a.signingKey)) {
+        report(-1, `agent ${a.agentId}: the key in the log is not the one its certificate binds`);
+      }
+    }
+  }
+  for (const a of agents) {
     chains.set(a.agentId, {
       key: ed25519FromRaw(a.signingKey), lastSeq: 0, lastHash: ZERO,
       tips: new Map(a.batches.map((b) => [b.lastSeq, b.signature])), tipHashes: new Map(), gapsFrom: new Map(), lastIndexForSeq: new Map(),
@@ -146,12 +162,15 @@ export async function verifyLog(source: LogSource, opts: VerifyOptions = {}): Pr
       }
     }
     const covered = Math.max(0, ...[...c.tips.keys()].filter((s) => c.tipHashes.has(s)));
-    if (c.lastSeq > covered) {
+    // A log cut inside a signed batch leaves that batch's first events without their tip: the
+    // truncation is the problem (reported at its index above), not a missing signature.
+    const cutInsideBatch = expected < cp.size && [...c.tips.keys()].some((s) => s > c.lastSeq);
+    if (c.lastSeq > covered && !cutInsideBatch) {
       report(c.lastIndexForSeq.get(covered + 1) ?? -1, `agent ${agentId}: events after seq ${covered} are not covered by any agent signature`);
     }
   }
   opts.onProgress?.(expected, cp.size);
-  return finish({ size: cp.size, leavesChecked: expected, agents: chains.size, signaturesChecked, checkpointSigned, problems });
+  return finish({ size: cp.size, leavesChecked: expected, agents: chains.size, signaturesChecked, checkpointSigned, agentCertsChecked: !!opts.caCert, problems });
 
   function finish(r: Omit<VerifyReport, 'ok' | 'firstProblem'>): VerifyReport {
     const sorted = [...r.problems].sort((a, b) => (a.index < 0 ? Infinity : a.index) - (b.index < 0 ? Infinity : b.index));

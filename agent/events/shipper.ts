@@ -72,7 +72,11 @@ export class Shipper {
     }
     const Ingest = grpc.makeGenericClientConstructor(IngestService, 'Ingest');
     const Log = grpc.makeGenericClientConstructor(LogService, 'Log');
-    const channelOptions = { 'grpc.keepalive_time_ms': 20_000, 'grpc.max_receive_message_length': 64 << 20 };
+    // grpc-js's own reconnect backoff grows to 2 minutes by default; the shipper paces retries itself.
+    const channelOptions = {
+      'grpc.keepalive_time_ms': 20_000, 'grpc.max_receive_message_length': 64 << 20,
+      'grpc.initial_reconnect_backoff_ms': BACKOFF_MIN_MS, 'grpc.max_reconnect_backoff_ms': BACKOFF_MAX_MS,
+    };
     this.client = new Ingest(opts.target, opts.credentials, channelOptions);
     this.logClient = new Log(opts.target, opts.credentials, channelOptions);
   }
@@ -106,13 +110,14 @@ export class Shipper {
   private async run(): Promise<void> {
     let backoff = BACKOFF_MIN_MS;
     while (!this.stopped) {
-      const started = Date.now();
+      const ackedBefore = this.state.ackedSeq;
       const err = await this.session();
       if (this.stopped) break;
       this.stats.connected = false;
       this.stats.reconnects++;
       this.stats.lastError = err;
-      if (Date.now() - started > 10_000) backoff = BACKOFF_MIN_MS;
+      // A session that delivered anything means the collector is up: retry soon.
+      if (this.state.ackedSeq > ackedBefore) backoff = BACKOFF_MIN_MS;
       this.opts.log.warn({ err, retryInMs: backoff, ackedSeq: this.state.ackedSeq }, 'collector stream ended; resending from the last acknowledged event');
       await sleep(backoff, this.abort.signal);
       backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
@@ -123,7 +128,8 @@ export class Shipper {
   private session(): Promise<string> {
     return new Promise<string>((resolve) => {
       const sessionAbort = new AbortController();
-      const onStop = () => sessionAbort.abort();
+      // Stopping ends the stream too: waiting for the collector to hang up would hold the agent.
+      const onStop = () => end('the agent is stopping');
       this.abort.signal.addEventListener('abort', onStop, { once: true });
       const call = this.client.makeBidiStreamRequest(IngestService.stream.path, IngestService.stream.requestSerialize,
         IngestService.stream.responseDeserialize) as grpc.ClientDuplexStream<EventBatch, BatchAck>;
@@ -256,11 +262,16 @@ function unary<Req, Res>(client: grpc.Client, m: grpc.MethodDefinition<Req, Res>
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => {
+    if (signal.aborted) return resolve();
+    const onAbort = () => {
       clearTimeout(t);
       resolve();
-    }, { once: true });
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
 }
 
