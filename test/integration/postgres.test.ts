@@ -10,6 +10,8 @@ import path from 'node:path';
 import { AgentFixture, ROOT, RUNGUARD, runProcess, type ProcResult } from '../helpers/agent.js';
 import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
+import { CollectorProcess, freePort, initPki, shipperState, waitFor } from '../helpers/collector.js';
+import Database from 'better-sqlite3';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 const SECRET = 'sup3r-s3cret-deploy-token-value';
@@ -22,6 +24,7 @@ const JOB_ENV = {
 describe('PostgreSQL through the agent', { skip }, () => {
   let pg: PgServer;
   let agent: AgentFixture;
+  let collector: CollectorProcess;
   let work: string;
   let url: string;
   const psql = (args: string[], env: Record<string, string> = {}, input?: string): Promise<ProcResult> =>
@@ -43,12 +46,15 @@ describe('PostgreSQL through the agent', { skip }, () => {
       'credentials:',
       `  - target: 127.0.0.2:${pg.port}`, '    user: scram_user', `    passwordFile: ${passwordFile}`,
     ].join('\n') + '\n');
-    agent = new AgentFixture({ intercept: ['127.0.0.2/32'], extraArgs: ['--config', config, '--policy', path.join(ROOT, 'examples/policy.yaml')] });
+    const pki = await initPki(work, 'test-agent');
+    collector = await new CollectorProcess({ dataDir: path.join(work, 'collector'), tlsDir: pki.caDir, grpcPort: await freePort(), httpPort: await freePort() }).start();
+    agent = new AgentFixture({ intercept: ['127.0.0.2/32'], extraArgs: ['--config', config, '--policy', path.join(ROOT, 'examples/policy.yaml'), '--collector', collector.target, '--tls', pki.agentDir] });
     await agent.start();
   });
 
   after(async () => {
     await agent?.cleanup();
+    await collector?.stop();
     pg?.stop();
   });
 
