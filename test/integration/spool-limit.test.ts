@@ -27,7 +27,7 @@ describe('a full spool', { skip }, () => {
     const pki = await initPki(work, 'test-agent');
     collector = new CollectorProcess({ dataDir: path.join(work, 'collector'), tlsDir: pki.caDir, grpcPort: await freePort(), httpPort: await freePort() });
     const config = path.join(work, 'agent.yaml');
-    writeFileSync(config, 'spoolMaxBytes: 16384\n');
+    writeFileSync(config, 'spoolMaxBytes: 65536\n');
     // The collector is not started yet: events pile up in the spool.
     agent = await new AgentFixture({ intercept: ['127.0.0.2/32'], extraArgs: ['--config', config, '--collector', collector.target, '--tls', pki.agentDir] }).start();
   });
@@ -43,7 +43,7 @@ describe('a full spool', { skip }, () => {
     assert.match(ok.stdout, /"echo": "ping"/, 'connections work while the spool has room');
     // Fill it: every exec and exit of a watched job is an event.
     for (let i = 0; i < 4 && !/audit spool cannot take events/.test(agent.log); i++) {
-      await agent.run(['sh', '-c', 'i=0; while [ $i -lt 60 ]; do /bin/true; i=$((i+1)); done']);
+      await agent.run(['sh', '-c', 'i=0; while [ $i -lt 150 ]; do /bin/true; i=$((i+1)); done']);
     }
     await waitFor('the agent to report a full spool', () => /audit spool cannot take events/.test(agent.log) || undefined, 15_000);
     const refused = await agent.run(['python3', CLIENT, '127.0.0.2', String(server.port)]);
