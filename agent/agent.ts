@@ -104,7 +104,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
     postgres: postgresHandler({ policy: () => policy, ca, credentials: (dst) => credentials.get(dst), serverTls: cfg.serverTls }),
   };
 
-  const identity = new Attribution();
+  const identity = new Attribution(undefined, { labelsDir: path.join(cfg.stateDir, 'jobs') });
   const bpf = new BpfRuntime({ pinDir: cfg.pinDir, onExec: (rec) => onExec(rec) });
   const onExec = (rec: ExecRecord) => {
     try {

@@ -5,6 +5,7 @@ type Command = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
   agent: { summary: 'run the host agent (BPF redirect, proxy, audit spool)', load: async () => (await import('./agent-cmd.js')).agentCommand },
+  hook: { summary: 'CI runner job hooks: hook job-started|job-completed [--state-dir DIR] (watch and label each job)', load: async () => (await import('./hook-cmd.js')).hookCommand },
   run: { summary: 'run a command as a watched job: runguard run -- CMD ARGS...', load: async () => (await import('./run-cmd.js')).runCommand },
   events: { summary: 'print audit events from the local spool or a collector (--json: proto3 JSON)', load: async () => (await import('./events-cmd.js')).eventsCommand },
   collector: { summary: 'run the collector (gRPC ingest, Merkle log, checkpoints, read API)', load: async () => (await import('./collector-cmd.js')).collectorCommand },
