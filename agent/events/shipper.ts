@@ -207,9 +207,24 @@ export class Shipper {
     this.opts.spool.ackUpTo(ack.lastSeq).catch((err) => this.opts.log.error({ err }, 'cannot release acknowledged spool segments'));
   }
 
+  private witnessing = false;
+
   /** One witness round: the newest checkpoint is signed, consistent with ours, and has our events. */
   async witness(): Promise<void> {
-    if (this.state.lastIndex < 0) return;
+    // One round at a time: a slow round must not overlap the next timer tick.
+    if (this.witnessing || this.state.lastIndex < 0) return;
+    this.witnessing = true;
+    try {
+      await this.witnessRound();
+    } finally {
+      this.witnessing = false;
+    }
+  }
+
+  private async witnessRound(): Promise<void> {
+    // What we check inclusion of is fixed before any await: acks arriving meanwhile move the
+    // agent's own newest index past the checkpoint fetched here.
+    const own = { index: this.state.lastIndex, leafHash: this.state.lastLeafHash };
     let note: string;
     try {
       note = (await unary<Record<string, never>, SignedCheckpoint>(this.logClient, LogService.getCheckpoint, {})).note;
@@ -217,7 +232,7 @@ export class Shipper {
       return; // unreachable collector: shipping reports that
     }
     this.stats.witnessChecks++;
-    const problem = await this.checkCheckpoint(note);
+    const problem = await this.checkCheckpoint(note, own);
     if (problem) {
       this.stats.witnessFailures++;
       this.opts.log.error({ problem }, 'WITNESS FAILURE: the collector log is not consistent with what this agent saw');
@@ -225,7 +240,7 @@ export class Shipper {
     }
   }
 
-  private async checkCheckpoint(note: string): Promise<string | undefined> {
+  private async checkCheckpoint(note: string, own: { index: number; leafHash: string }): Promise<string | undefined> {
     const opened = openCheckpoint(note, [this.opts.checkpointVerifier]);
     if (!opened.ok) return `checkpoint does not verify: ${opened.reason}`;
     const cp = opened.value.checkpoint;
@@ -238,10 +253,11 @@ export class Shipper {
     } else if (prev && cp.size === prev.size && !Buffer.from(cp.root).equals(Buffer.from(prev.root))) {
       return `two checkpoints of size ${cp.size} with different roots`;
     }
-    if (this.state.lastIndex >= 0 && this.state.lastIndex < cp.size) {
-      const proof = await unary<InclusionProofRequest, Proof>(this.logClient, LogService.getInclusionProof, { index: this.state.lastIndex, treeSize: cp.size });
-      const v = verifyInclusion(Buffer.from(this.state.lastLeafHash, 'base64'), this.state.lastIndex, cp.size, proof.hashes, cp.root);
-      if (!v.ok) return `this agent's event at index ${this.state.lastIndex} is not included in checkpoint ${cp.size}: ${v.reason}`;
+    // An event acknowledged before this checkpoint was fetched must be in it (a later one may not be yet).
+    if (own.index >= 0 && own.index < cp.size) {
+      const proof = await unary<InclusionProofRequest, Proof>(this.logClient, LogService.getInclusionProof, { index: own.index, treeSize: cp.size });
+      const v = verifyInclusion(Buffer.from(own.leafHash, 'base64'), own.index, cp.size, proof.hashes, cp.root);
+      if (!v.ok) return `this agent's event at index ${own.index} is not included in checkpoint ${cp.size}: ${v.reason}`;
     }
     this.checkpoint = { note, cp };
     this.stats.checkpointSize = cp.size;

@@ -5,7 +5,7 @@
 // process. A connection without a record did not come through the redirect (someone dialled the
 // proxy directly) and is refused: the proxy is not an open relay.
 import net from 'node:net';
-import { randomUUID } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import type { Logger } from 'pino';
 import { EventKind, type EventDraft, type JobInfo, type ProcessInfo } from '../../proto/index.js';
 import type { Origin } from '../bpf/layout.js';
@@ -38,6 +38,21 @@ export interface ProxyOptions {
 }
 
 const LISTEN_ADDRESSES = ['127.0.0.1', '::1'];
+
+const idBytes = Buffer.alloc(16);
+
+/**
+ * A UUIDv7 (RFC 9562): time-ordered, so the collector's session index grows at its right edge
+ * instead of taking random page splits (random UUIDs halved its insert rate in bench/ingest).
+ */
+export function sessionId(now = Date.now()): string {
+  randomFillSync(idBytes, 6, 10);
+  idBytes.writeUIntBE(now, 0, 6);
+  idBytes[6] = (idBytes[6]! & 0x0f) | 0x70;
+  idBytes[8] = (idBytes[8]! & 0x3f) | 0x80;
+  const h = idBytes.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
 
 export class ProxyServer {
   private readonly servers: net.Server[] = [];
@@ -94,7 +109,7 @@ export class ProxyServer {
     client.resetAndDestroy();
     const draft: EventDraft = {
       kind: EventKind.EVENT_KIND_CONNECTION_REFUSED!,
-      sessionId: randomUUID(),
+      sessionId: sessionId(),
       source: { address: client.remoteAddress ?? '', port: client.remotePort ?? 0 },
       connectionRefused: { reason, error },
     };
@@ -108,7 +123,7 @@ export class ProxyServer {
 
   private async runSession(client: net.Socket, origin: Origin, peerAddress: string, peerPort: number): Promise<void> {
     const started = Date.now();
-    const id = randomUUID();
+    const id = sessionId();
     const destination = { address: bytes16ToIp(origin.addr), port: origin.port };
     const source = { address: peerAddress.replace(/^::ffff:/, ''), port: peerPort };
     const { process, job, redactor } = this.opts.identity.forConnection(origin);
