@@ -1,10 +1,11 @@
 // The batch signature of the ingest contract (proto/runguard/v1/ingest.proto). Each event carries
 // the SHA-256 of its predecessor, so a signature over the newest event's hash commits to the agent's
 // whole chain: the collector can neither drop, reorder nor forge an event without breaking it.
-import { createHash, sign, verify, type KeyObject } from 'node:crypto';
+import { hash, sign, verify, type KeyObject } from 'node:crypto';
 
 export function eventHash(bytes: Uint8Array): Buffer {
-  return createHash('sha256').update(bytes).digest();
+  // One-shot hashing: no Hash object per event (verify hashes every event in the log).
+  return hash('sha256', bytes, 'buffer');
 }
 
 export function batchTipMessage(agentId: string, lastSeq: number, lastEventHash: Uint8Array): Buffer {
