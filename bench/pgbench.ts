@@ -1,0 +1,722 @@
+// PostgreSQL benchmark: what full statement audit costs, side by side in one run with the plain
+// kernel path and the usual pooler, all to the same PostgreSQL 15 on 127.0.0.2:
+//   direct     pgbench is in no watched cgroup and talks to 127.0.0.2:PORT itself;
+//   runguard   pgbench runs as a watched job (`runguard run`) and dials the same 127.0.0.2:PORT: the
+//              BPF connect4 hook redirects it to the agent, whose PostgreSQL handler (agent config
+//              `protocols: {PORT: postgres}`, `--policy examples/policy.yaml`) parses every message,
+//              classifies every statement with libpg-query, decides it by policy, checks/masks every
+//              DataRow and appends one STATEMENT event per statement to the fsynced spool;
+//   pgbouncer  pgbench talks to a pgbouncer (Debian package) in session mode on 127.0.0.1, started
+//              here with a generated ini (auth_type trust, default_pool_size 20, max_client_conn 100).
+// Workloads: pgbench select-only (-S) with the simple and the prepared protocol, and the default
+// TPC-B-like script with the simple protocol; CLIENTS clients over THREADS threads, a short warm-up,
+// then TIME seconds each, every path of a workload back to back (order rotated per workload). The
+// pgbench database (scale SCALE) is initialised once over the unix socket, outside every proxy; the
+// history table is truncated and the small tables vacuumed before each TPC-B-like run (pgbench's own
+// vacuum, with its TRUNCATE, would be denied by the policy, so every run uses -n).
+// tps is pgbench's "without initial connection time"; avg is its "latency average"; p50/p99 come from
+// its per-transaction logs (-l, latency column in microseconds). The ratios are the result: the
+// absolutes depend on the host (and a 2-cpu VM shares its cpus between pgbench, PostgreSQL and the
+// proxy, so a proxy's cpu cost shows up directly as lost throughput). The STATEMENT events in the
+// agent's spool are counted around every run: the runguard runs must show at least transactions x
+// statements per transaction, the others none. The cpu columns say where the time went, and "other
+// cpu" (busy time no process of the bench accounts for) flags a run that shared the host with
+// someone else's load: the report then warns that its ratios are not to be trusted.
+// Exit status: 0, or 3 when the runguard path could not be measured or a check failed.
+//
+//   npx tsc -p . && node dist/bench/pgbench.js
+//   node dist/bench/pgbench.js [--time 15] [--warmup 2] [--clients 8] [--threads 2] [--scale 10]
+//                              [--workloads select-simple,select-prepared,tpcb] [--cpu-prof DIR]
+//
+// --cpu-prof DIR profiles the agent's main thread from the moment it runs (V8 sampling profiler via
+// bench/agent-cpu-prof.ts; not `node --cpu-prof`, which makes its BPF program load fail with EAGAIN),
+// writes DIR/agent-PID.cpuprofile and prints the top self-time functions at the end.
+//
+// Needs root (the agent attaches BPF programs), pgbench and the PostgreSQL 15 server binaries, and
+// pgbouncer for the third path (`apt-get install -y pgbouncer`; without it that path is reported as
+// unavailable). PostgreSQL runs with the test helper's settings (test/helpers/postgres.ts: fsync=off,
+// shared_buffers=64MB, max_connections=100) but without server TLS, and every client uses
+// sslmode=disable, so no path pays for TLS (the agent would otherwise terminate the job's TLS).
+// Everything it starts is undone at exit, Ctrl-C included: the agent is stopped by pid and its hooks
+// unpinned (AgentFixture.cleanup), pgbouncer is stopped by pid, PostgreSQL is stopped by its
+// postmaster pid, and the temp dirs are removed.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { AgentFixture, ROOT, RUNGUARD } from '../test/helpers/agent.js';
+import { startPostgres, type PgServer } from '../test/helpers/postgres.js';
+import { readSpoolDir } from '../agent/events/read-spool-dir.js';
+import { decodeEvent, EventKind } from '../proto/index.js';
+
+const HOST = '127.0.0.2';
+const POLICY = path.join(ROOT, 'examples/policy.yaml');
+const PROF_HOOK = path.join(ROOT, 'dist/bench/agent-cpu-prof.js');
+/** pgbench talks plaintext on every path: see the header. */
+const CLIENT_ENV = { PGSSLMODE: 'disable', PGCONNECT_TIMEOUT: '10' };
+
+type PathName = 'direct' | 'runguard' | 'pgbouncer';
+const PATHS: PathName[] = ['direct', 'runguard', 'pgbouncer'];
+
+interface Workload {
+  name: string;
+  label: string;
+  args: string[];
+  /** Statements the script sends per transaction: what the audit must show at least. */
+  statementsPerTxn: number;
+  writes: boolean;
+}
+
+const WORKLOADS: Workload[] = [
+  { name: 'select-simple', label: 'select-only -M simple', args: ['-S', '-M', 'simple'], statementsPerTxn: 1, writes: false },
+  { name: 'select-prepared', label: 'select-only -M prepared', args: ['-S', '-M', 'prepared'], statementsPerTxn: 1, writes: false },
+  // BEGIN; UPDATE accounts; SELECT; UPDATE tellers; UPDATE branches; INSERT history; END
+  { name: 'tpcb', label: 'TPC-B-like -M simple', args: ['-M', 'simple'], statementsPerTxn: 7, writes: true },
+];
+
+interface Options {
+  time: number;
+  warmup: number;
+  clients: number;
+  threads: number;
+  scale: number;
+  workloads: Workload[];
+  cpuProf?: string;
+}
+
+interface RunResult {
+  tps: number;
+  avgMs: number;
+  p50Ms: number;
+  p99Ms: number;
+  txns: number;
+  failed: number;
+  /** STATEMENT events the agent recorded during the measured run (runguard), or that leaked (others). */
+  statements: number;
+  /** cpu seconds of the proxy process (agent or pgbouncer) per wall second. */
+  proxyCpu: number;
+  /** The proxy's cpu time over the run divided by the transactions (connection setup included). */
+  proxyUsPerTxn: number;
+  /** Whole-host cpu busy fraction over the run (all cpus). */
+  hostBusy: number;
+  /** Busy fraction of all cpus not explained by the bench's own processes: outside load. */
+  otherCpu: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup: every resource registers its undo right after it exists; run once, in reverse, from the
+// finally block or from a signal.
+
+const undo: { what: string; fn: () => unknown }[] = [];
+/** Set by a signal: no new run starts, cleanup is under way. */
+let interrupted = false;
+const children = new Set<ChildProcess>();
+let cleaning: Promise<void> | undefined;
+
+function onCleanup(what: string, fn: () => unknown): void {
+  undo.push({ what, fn });
+}
+
+function cleanupAll(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    for (const { what, fn } of undo.reverse()) {
+      try {
+        await fn();
+      } catch (err) {
+        process.stderr.write(`bench: cleanup of ${what} failed: ${(err as Error).message}\n`);
+      }
+    }
+  })();
+  return cleaning;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+function parseArgs(argv: string[]): Options {
+  const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS };
+  const usage = 'usage: pgbench.js [--time S] [--warmup S] [--clients N] [--threads N] [--scale N] ' +
+    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR]`;
+  for (let i = 0; i < argv.length; i++) {
+    const key = argv[i]?.replace(/^--/, '');
+    const value = argv[++i];
+    if (value === undefined) throw new Error(usage);
+    if (key === 'workloads') {
+      opts.workloads = value.split(',').map((n) => {
+        const w = WORKLOADS.find((x) => x.name === n);
+        if (!w) throw new Error(`unknown workload "${n}"; ${usage}`);
+        return w;
+      });
+    } else if (key === 'cpu-prof') {
+      opts.cpuProf = path.resolve(value);
+    } else if (key === 'time' || key === 'warmup' || key === 'clients' || key === 'threads' || key === 'scale') {
+      const n = Number(value);
+      if (!Number.isInteger(n) || n < (key === 'warmup' ? 0 : 1)) throw new Error(`--${key} ${value}: not a valid count; ${usage}`);
+      opts[key] = n;
+    } else {
+      throw new Error(`unknown option ${argv[i - 1]}; ${usage}`);
+    }
+  }
+  return opts;
+}
+
+function run(argv: string[], opts: { timeoutMs: number; env?: Record<string, string> }):
+  Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const [cmd, ...args] = argv;
+    const child = spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+    children.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      children.delete(child);
+      reject(err);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      children.delete(child);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+function sh(cmd: string, args: string[]): { ok: boolean; out: string } {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 15_000 });
+  return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? r.error.message : ''}`.trim() };
+}
+
+/** Waits for a child to exit after `signal`, escalating to SIGKILL after `graceMs`. */
+async function stopChild(child: ChildProcess, graceMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen({ host, port: 0 }, () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function canConnect(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * cpu seconds of a process (all its threads); withChildren adds the children it has reaped (so the
+ * postmaster's count covers its exited backends, and ours the pgbench runs that exited).
+ */
+function cpuSeconds(pid: number | 'self' | undefined, withChildren = false): number {
+  if (!pid) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    return (f[11]! + f[12]! + (withChildren ? f[13]! + f[14]! : 0)) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * Busy cpu seconds of the whole host (all cpus), from /proc/stat; `tasks` leaves out interrupt and
+ * softirq time (loopback networking runs there, charged to no process) and steal.
+ */
+function hostBusySeconds(): { busy: number; tasks: number } {
+  const [user = 0, nice = 0, system = 0, , , ...rest] = // idle and iowait skipped
+    readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  return { busy: (user + nice + system + rest.reduce((a, b) => a + b, 0)) / 100, tasks: (user + nice + system) / 100 };
+}
+
+/**
+ * Where the host's cpu goes during a run: the proxy, and whatever is not the bench's own
+ * (pgbench, `runguard run`, PostgreSQL, the proxy, this process). "other" is load from outside
+ * the bench: on a shared machine it is what makes one path's numbers incomparable to another's.
+ */
+class CpuMeter {
+  private readonly t0 = process.hrtime.bigint();
+  private readonly host0 = hostBusySeconds();
+  private readonly proxy0: number;
+  private readonly pg0: number;
+  private readonly self0 = cpuSeconds('self', true);
+  constructor(private readonly proxyPid: number | undefined, private readonly postmasterPid: number) {
+    this.proxy0 = cpuSeconds(proxyPid);
+    this.pg0 = postgresCpuSeconds(postmasterPid);
+  }
+  /** Fractions: proxy of one cpu; host and other of all cpus. */
+  read(): { wall: number; proxy: number; host: number; other: number } {
+    const wall = Number(process.hrtime.bigint() - this.t0) / 1e9;
+    const now = hostBusySeconds();
+    const host = now.busy - this.host0.busy;
+    const tasks = now.tasks - this.host0.tasks;
+    const proxy = cpuSeconds(this.proxyPid) - this.proxy0;
+    const ours = (postgresCpuSeconds(this.postmasterPid) - this.pg0) + (cpuSeconds('self', true) - this.self0) + (Number.isFinite(proxy) ? proxy : 0);
+    const cpus = os.cpus().length;
+    return { wall, proxy: proxy / wall, host: host / (wall * cpus), other: Math.max(0, tasks - ours) / (wall * cpus) };
+  }
+}
+
+function postmasterPid(pg: PgServer): number {
+  return Number(readFileSync(path.join(pg.dir, 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
+}
+
+/**
+ * cpu seconds of PostgreSQL: the postmaster with the backends it has reaped, plus its live children
+ * (pgbouncer keeps its server connections open, so their backends never exit during the bench).
+ */
+function postgresCpuSeconds(pm: number): number {
+  let total = cpuSeconds(pm, true);
+  try {
+    for (const child of readFileSync(`/proc/${pm}/task/${pm}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)) {
+      const c = cpuSeconds(Number(child));
+      if (Number.isFinite(c)) total += c;
+    }
+  } catch {
+    // no /proc/PID/task/PID/children (CONFIG_PROC_CHILDREN): reaped backends only
+  }
+  return total;
+}
+
+/** Busy fraction of all cpus over `ms` while the bench does nothing: load from someone else. */
+async function idleLoad(ms: number): Promise<number> {
+  const before = hostBusySeconds().busy;
+  await sleep(ms);
+  return (hostBusySeconds().busy - before) / ((ms / 1000) * os.cpus().length);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) runguard: the real agent with the postgres handler on PORT and the shipped policy.
+
+async function startAgent(pg: PgServer, work: string, cpuProf: string | undefined): Promise<AgentFixture> {
+  const config = path.join(work, 'agent.yaml');
+  writeFileSync(config, `protocols:\n  ${pg.port}: postgres\n`);
+  const agent = new AgentFixture({
+    intercept: [`${HOST}/32`],
+    extraArgs: ['--config', config, '--policy', POLICY, '--agent-id', 'bench', '--log-level', 'info'],
+  });
+  onCleanup('runguard agent', () => agent.cleanup());
+  if (!cpuProf) {
+    await agent.start();
+  } else {
+    // The profiler is loaded with --import and started (SIGUSR2) only once the agent runs: see
+    // bench/agent-cpu-prof.ts for why not --cpu-prof. The fixture stops the agent as usual.
+    mkdirSync(cpuProf, { recursive: true });
+    const proc = spawn(process.execPath, ['--import', PROF_HOOK, RUNGUARD, ...agent.args()],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RG_BENCH_CPU_PROF_DIR: cpuProf } });
+    agent.proc = proc;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the agent did not start in 20 s:\n${agent.log.slice(-2000)}`)), 20_000);
+      const onData = (d: Buffer) => {
+        agent.log += d.toString();
+        if (agent.log.includes('"agent running')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      proc.stdout!.on('data', onData);
+      proc.stderr!.on('data', onData);
+      proc.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`the agent exited with ${code} before running:\n${agent.log.slice(-2000)}`));
+      });
+    });
+    proc.kill('SIGUSR2');
+  }
+  const line = agent.log.split('\n').find((l) => l.includes('"agent running'));
+  const status = line ? (JSON.parse(line) as { bpfStatus?: string }).bpfStatus : undefined;
+  if (status !== 'attached') throw new Error(`the agent runs without its BPF hooks (bpfStatus ${status}):\n${line ?? agent.log.slice(-2000)}`);
+  return agent;
+}
+
+/**
+ * Counts STATEMENT events in the agent's spool past a cursor, read in-process (as agent.events()
+ * does, but only the new records and only their kind).
+ */
+class StatementCounter {
+  private next = 1;
+  constructor(private readonly spoolDir: string) {}
+
+  private async drain(): Promise<{ records: number; statements: number }> {
+    let records = 0;
+    let statements = 0;
+    for await (const rec of readSpoolDir(this.spoolDir, this.next)) {
+      this.next = rec.seq + 1;
+      records++;
+      if ((decodeEvent(rec.bytes) as unknown as { kind: number }).kind === EventKind.EVENT_KIND_STATEMENT) statements++;
+    }
+    return { records, statements };
+  }
+
+  /** Statements recorded since the last call, once the agent has written everything it will. */
+  async settle(): Promise<number> {
+    let statements = 0;
+    for (let quiet = 0, i = 0; quiet < 2 && i < 50; i++) {
+      await sleep(150);
+      const d = await this.drain();
+      statements += d.statements;
+      quiet = d.records === 0 ? quiet + 1 : 0;
+    }
+    return statements;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) pgbouncer in session mode
+
+interface Bouncer {
+  port: number;
+  pid: number;
+  version: string;
+}
+
+async function startPgbouncer(pg: PgServer): Promise<Bouncer> {
+  const bin = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer'].find((p) => existsSync(p)) ?? 'pgbouncer';
+  const version = sh(bin, ['--version']);
+  if (!version.ok) throw new Error(`pgbouncer is not installed (apt-get install -y pgbouncer): ${version.out}`);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'rg-pgbouncer-'));
+  onCleanup('pgbouncer dir', () => rmSync(dir, { recursive: true, force: true }));
+  chmodSync(dir, 0o755); // pgbouncer drops to the postgres user (-u) before reading its files
+  const port = await freePort();
+  writeFileSync(path.join(dir, 'userlist.txt'), '"postgres" ""\n', { mode: 0o644 });
+  writeFileSync(path.join(dir, 'pgbouncer.ini'), [
+    '[databases]',
+    `postgres = host=${HOST} port=${pg.port} dbname=postgres user=postgres`,
+    '[pgbouncer]',
+    `listen_addr = 127.0.0.1`, `listen_port = ${port}`, 'unix_socket_dir =',
+    'auth_type = trust', `auth_file = ${path.join(dir, 'userlist.txt')}`,
+    'pool_mode = session', 'default_pool_size = 20', 'max_client_conn = 100',
+    'log_connections = 0', 'log_disconnections = 0', 'log_pooler_errors = 1',
+  ].join('\n') + '\n', { mode: 0o644 });
+  const proc = spawn(bin, ['-u', 'postgres', path.join(dir, 'pgbouncer.ini')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(proc);
+  proc.once('exit', () => children.delete(proc));
+  onCleanup('pgbouncer', () => stopChild(proc, 5000));
+  let log = '';
+  proc.stdout!.on('data', (d: Buffer) => (log = (log + d).slice(-8192)));
+  proc.stderr!.on('data', (d: Buffer) => (log = (log + d).slice(-8192)));
+  for (let i = 0; i < 100; i++) {
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`pgbouncer exited with ${proc.exitCode}:\n${log}`);
+    if (await canConnect('127.0.0.1', port)) return { port, pid: proc.pid!, version: version.out.split('\n')[0]! };
+    await sleep(100);
+  }
+  throw new Error(`pgbouncer does not listen on 127.0.0.1:${port} after 10 s:\n${log}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// pgbench
+
+interface Target {
+  /** argv prefix that runs pgbench on this path. */
+  launch: (argv: string[]) => string[];
+  host: string;
+  port: number;
+  /** The process whose cpu the path adds (agent, pgbouncer), if any. */
+  proxyPid?: number;
+  note: string;
+  unavailable?: string;
+}
+
+function percentile(sorted: Float64Array, q: number): number {
+  if (!sorted.length) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+/** The latency column (3rd, microseconds) of every per-transaction log under `dir`. */
+function readLatencies(dir: string): Float64Array {
+  const values: number[] = [];
+  for (const file of readdirSync(dir)) {
+    if (!file.startsWith('pgbench_log.')) continue;
+    for (const line of readFileSync(path.join(dir, file), 'utf8').split('\n')) {
+      const us = Number(line.split(' ', 3)[2]); // "failed"/"skipped" lines are NaN: not latencies
+      if (line && Number.isFinite(us)) values.push(us);
+    }
+  }
+  return Float64Array.from(values).sort();
+}
+
+function pgbenchArgs(w: Workload, t: Target, opts: Options, seconds: number, logDir?: string): string[] {
+  return [
+    'pgbench', '-n', ...w.args, '-c', String(opts.clients), '-j', String(opts.threads), '-T', String(seconds),
+    ...(logDir ? ['-l', `--log-prefix=${path.join(logDir, 'pgbench_log')}`] : []),
+    '-h', t.host, '-p', String(t.port), '-U', 'postgres', 'postgres',
+  ];
+}
+
+async function pgbench(w: Workload, t: Target, opts: Options, seconds: number, logDir?: string) {
+  const r = await run(t.launch(pgbenchArgs(w, t, opts, seconds, logDir)), { timeoutMs: (seconds + 60) * 1000, env: CLIENT_ENV });
+  const num = (re: RegExp) => Number(re.exec(r.stdout)?.[1]);
+  const out = {
+    // PostgreSQL 15 says "without initial connection time"; before 14 "excluding connections establishing".
+    tps: num(/^tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)\)/m),
+    avgMs: num(/^latency average = ([\d.]+) ms/m),
+    txns: num(/^number of transactions actually processed: (\d+)/m),
+    failed: num(/^number of failed transactions: (\d+)/m) || 0,
+  };
+  if (r.code !== 0 || !Number.isFinite(out.tps) || !(out.txns > 0)) {
+    throw new Error(`pgbench ${w.name} exited with ${r.code}: ${(r.stderr.trim() || r.stdout.trim()).slice(-1500)}`);
+  }
+  return out;
+}
+
+async function measure(w: Workload, name: PathName, t: Target, opts: Options, work: string, pg: PgServer,
+  counter: StatementCounter | undefined): Promise<RunResult> {
+  if (w.writes) {
+    // Same starting point for every path: empty history, vacuumed hot tables, nothing dirty.
+    pg.admin('TRUNCATE pgbench_history');
+    for (const table of ['pgbench_branches', 'pgbench_tellers', 'pgbench_history']) pg.admin(`VACUUM ${table}`);
+    pg.admin('CHECKPOINT');
+  }
+  if (opts.warmup > 0) await pgbench(w, t, opts, opts.warmup);
+  await counter?.settle(); // the warm-up's statements are not the measured run's
+  const logDir = path.join(work, `${w.name}-${name}`);
+  mkdirSync(logDir);
+  const meter = new CpuMeter(t.proxyPid, postmasterPid(pg));
+  const res = await pgbench(w, t, opts, opts.time, logDir);
+  const cpu = meter.read();
+  const lat = readLatencies(logDir);
+  rmSync(logDir, { recursive: true, force: true });
+  const statements = counter ? await counter.settle() : 0;
+  return {
+    ...res, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements,
+    proxyCpu: cpu.proxy, proxyUsPerTxn: (cpu.proxy * cpu.wall * 1e6) / res.txns, hostBusy: cpu.host, otherCpu: cpu.other,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// --cpu-prof: the agent's top self-time functions
+
+function summarizeProfile(dir: string, top = 25): string[] {
+  const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).map((f) => path.join(dir, f));
+  if (!files.length) return [`no .cpuprofile in ${dir} (did the agent exit cleanly?)`];
+  const out: string[] = [];
+  for (const file of files) {
+    interface Node { id: number; callFrame: { functionName: string; url: string; lineNumber: number } }
+    const prof = JSON.parse(readFileSync(file, 'utf8')) as { nodes: Node[]; samples: number[]; timeDeltas: number[] };
+    const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+    const self = new Map<string, number>();
+    let total = 0;
+    prof.samples.forEach((id, i) => {
+      const n = byId.get(id)!;
+      const dt = prof.timeDeltas[i] ?? 0;
+      total += dt;
+      const url = n.callFrame.url.replace(/^file:\/\//, '').replace(ROOT + '/', '').replace(/.*\/node_modules\//, '');
+      const key = `${n.callFrame.functionName || '(anonymous)'} ${url ? `${url}:${n.callFrame.lineNumber + 1}` : ''}`.trim();
+      self.set(key, (self.get(key) ?? 0) + dt);
+    });
+    const idle = self.get('(idle)') ?? 0;
+    out.push(`${path.basename(file)}: ${(total / 1e6).toFixed(1)} s sampled, ${((total - idle) / 1e6).toFixed(1)} s on cpu (main thread)`);
+    const rows: string[][] = [['self ms', '% busy', 'function']];
+    for (const [k, us] of [...self].filter(([k]) => k !== '(idle)').sort((a, b) => b[1] - a[1]).slice(0, top)) {
+      rows.push([(us / 1000).toFixed(0), `${((100 * us) / (total - idle)).toFixed(1)}%`, k]);
+    }
+    out.push(table(rows, 'rrl'));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+/** `align`: one letter per column, l or r (default: the first column left, the rest right). */
+function table(rows: string[][], align = 'l'): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  const left = (i: number) => (align[i] ?? 'r') === 'l';
+  return rows.map((r, ri) => {
+    const line = r.map((c, i) => (left(i) ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+    return ri === 0 ? `${line}\n${widths.map((w) => '-'.repeat(w)).join('  ')}` : line;
+  }).join('\n');
+}
+
+const f0 = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : '-');
+const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '-');
+const f3 = (n: number) => (Number.isFinite(n) ? n.toFixed(3) : '-');
+const pct = (n: number) => (Number.isFinite(n) ? `${(100 * n).toFixed(0)}%` : '-');
+const fx = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}x` : '-');
+const plus = (n: number) => (Number.isFinite(n) ? `${n >= 0 ? '+' : ''}${n.toFixed(3)}` : '-');
+
+async function main(): Promise<number> {
+  const opts = parseArgs(process.argv.slice(2));
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('bench: run as root (the agent attaches BPF programs; PostgreSQL runs as the postgres user)\n');
+    return 1;
+  }
+  const pgbenchVersion = sh('pgbench', ['--version']);
+  if (!pgbenchVersion.ok) throw new Error(`pgbench is needed (apt-get install postgresql-client): ${pgbenchVersion.out}`);
+  const started = Date.now();
+  const elapsed = () => `${((Date.now() - started) / 1000).toFixed(0)} s`;
+  const say = (s: string) => process.stderr.write(`bench: ${s} (${elapsed()})\n`);
+
+  const loadBefore = await idleLoad(2000);
+  const work = mkdtempSync(path.join(os.tmpdir(), 'rg-pgbench-'));
+  onCleanup('work dir', () => rmSync(work, { recursive: true, force: true }));
+  const pg = startPostgres({ ssl: false });
+  // pg.stop() reads the postmaster's pid; a Ctrl-C may have stopped it already.
+  onCleanup('postgres', () => (existsSync(path.join(pg.dir, 'data', 'postmaster.pid')) ? pg.stop() : rmSync(pg.dir, { recursive: true, force: true })));
+  say(`PostgreSQL on ${HOST}:${pg.port}; pgbench -i -s ${opts.scale} over the unix socket`);
+  const init = await run(['pgbench', '-i', '-s', String(opts.scale), '-q', '-h', pg.dir, '-p', String(pg.port), '-U', 'postgres', 'postgres'],
+    { timeoutMs: 300_000 });
+  if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.stderr}`);
+
+  const targets: Record<PathName, Target> = {
+    direct: { launch: (a) => a, host: HOST, port: pg.port, note: 'pgbench in the bench\'s own cgroup, not watched' },
+    runguard: { launch: (a) => a, host: HOST, port: pg.port, note: '' },
+    pgbouncer: { launch: (a) => a, host: '127.0.0.1', port: 0, note: '' },
+  };
+  let agent: AgentFixture | undefined;
+  let counter: StatementCounter | undefined;
+  try {
+    try {
+      agent = await startAgent(pg, work, opts.cpuProf);
+    } catch (err) {
+      // A BPF program load can fail transiently (EAGAIN) while another agent loads on the host.
+      say(`the agent did not start, trying once more: ${(err as Error).message.split('\n').slice(-2).join(' ')}`);
+      agent = await startAgent(pg, work, opts.cpuProf);
+    }
+    const a = agent;
+    counter = new StatementCounter(path.join(a.stateDir, 'spool'));
+    targets.runguard.launch = (argv) => [RUNGUARD, 'run', '--state-dir', a.stateDir, '--', ...argv];
+    targets.runguard.proxyPid = a.proc?.pid;
+    targets.runguard.note = `bin/runguard run: BPF redirect -> agent, postgres handler, policy ${path.relative(ROOT, POLICY)}, ` +
+      `one fsynced STATEMENT event per statement (state dir on ${sh('findmnt', ['-n', '-o', 'FSTYPE', '-T', a.stateDir]).out || 'an unknown filesystem'})` +
+      `${opts.cpuProf ? '; agent under the cpu profiler (slower)' : ''}`;
+  } catch (err) {
+    targets.runguard.unavailable = (err as Error).message;
+  }
+  try {
+    const b = await startPgbouncer(pg);
+    targets.pgbouncer.port = b.port;
+    targets.pgbouncer.proxyPid = b.pid;
+    targets.pgbouncer.note = `${b.version}, session mode on 127.0.0.1:${b.port}, pool 20, run as postgres (-u)`;
+  } catch (err) {
+    targets.pgbouncer.unavailable = (err as Error).message;
+  }
+
+  const results = new Map<string, RunResult>();
+  const errors: string[] = [];
+  const key = (w: Workload, n: PathName) => `${w.name}/${n}`;
+  for (const [wi, w] of opts.workloads.entries()) {
+    const order = PATHS.filter((n) => !targets[n].unavailable);
+    const rotated = [...order.slice(wi % order.length), ...order.slice(0, wi % order.length)];
+    for (const name of rotated) {
+      if (interrupted) return 130;
+      const t = targets[name];
+      say(`${w.label} via ${name}: ${opts.warmup} s warm-up, ${opts.time} s measured`);
+      try {
+        // Runs off the runguard path must not be audited (they did not go through the agent), and
+        // the runguard path's must be, all of them: the count is taken around every run.
+        const r = await measure(w, name, t, opts, work, pg, counter);
+        results.set(key(w, name), r);
+        if (name !== 'runguard' && r.statements !== 0) errors.push(`${w.name} via ${name}: ${r.statements} statements went through the agent`);
+        if (name === 'runguard' && r.statements < r.txns * w.statementsPerTxn) {
+          errors.push(`${w.name} via runguard: ${r.statements} STATEMENT events for ${r.txns} transactions x ${w.statementsPerTxn} statements`);
+        }
+      } catch (err) {
+        errors.push(`${w.name} via ${name}: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  // Report
+  const out: string[] = [''];
+  out.push(`pgbench to PostgreSQL ${pg.admin('SHOW server_version').trim()} on ${HOST}:${pg.port}, scale ${opts.scale}, ` +
+    `-c ${opts.clients} -j ${opts.threads}, ${opts.warmup} s warm-up + ${opts.time} s per run, -n (vacuum by the bench, outside the proxy)`);
+  out.push(`host: ${os.cpus().length} cpus (${os.cpus()[0]?.model.trim()}), Linux ${os.release()}, node ${process.version}, ${pgbenchVersion.out}`);
+  out.push('server: test/helpers/postgres.ts settings (fsync=off, shared_buffers=64MB, max_connections=100), ssl=off; clients sslmode=disable');
+  for (const n of PATHS) out.push(`  ${n.padEnd(9)} ${targets[n].unavailable ? `UNAVAILABLE: ${targets[n].unavailable}` : targets[n].note}`);
+  out.push('');
+  const rows: string[][] = [['workload', 'path', 'tps', 'avg ms', 'p50 ms', 'p99 ms', 'txns', 'failed', 'STATEMENT events', 'proxy cpu', 'proxy us/txn', 'host cpu', 'other cpu']];
+  for (const w of opts.workloads) {
+    for (const n of PATHS) {
+      const r = results.get(key(w, n));
+      if (!r) {
+        rows.push([w.label, n, 'n/a', '', '', '', '', '', '', '', '', '', '']);
+        continue;
+      }
+      rows.push([w.label, n, f0(r.tps), f3(r.avgMs), f3(r.p50Ms), f3(r.p99Ms), String(r.txns), String(r.failed),
+        n === 'runguard' ? `${r.statements} (${f2(r.statements / r.txns)}/txn)` : String(r.statements),
+        n === 'direct' ? '-' : pct(r.proxyCpu), n === 'direct' ? '-' : f0(r.proxyUsPerTxn), pct(r.hostBusy), pct(r.otherCpu)]);
+    }
+  }
+  out.push(table(rows, 'll'));
+  out.push('  proxy cpu: cpu time of the agent / pgbouncer process per wall second (100% = one cpu); proxy us/txn: that cpu time');
+  out.push('  per transaction (a single-threaded proxy at 100% caps tps at 1e6 / us/txn); host cpu: all cpus busy;');
+  out.push('  other cpu: busy time of all cpus not spent by pgbench, PostgreSQL, the proxy or the bench (load from outside)');
+  out.push(`  host load before the bench started: ${pct(loadBefore)} of all cpus busy`);
+  const noisy = [...results.values()].some((r) => r.otherCpu > 0.1) || loadBefore > 0.1;
+  if (noisy) out.push('  WARNING: other processes used the cpus during the bench; the ratios are not trustworthy, run again on a quiet host');
+
+  const ratios: string[][] = [['workload', 'tps rg/direct', 'tps pgb/direct', 'tps rg/pgb', 'rg +p50 ms', 'rg +p99 ms', 'pgb +p50 ms', 'pgb +p99 ms', 'rg-pgb p50', 'rg-pgb p99']];
+  for (const w of opts.workloads) {
+    const d = results.get(key(w, 'direct'));
+    const g = results.get(key(w, 'runguard'));
+    const b = results.get(key(w, 'pgbouncer'));
+    const r = (x: RunResult | undefined, y: RunResult | undefined, f: (r: RunResult) => number) => (x && y ? f(x) / f(y) : NaN);
+    const dd = (x: RunResult | undefined, y: RunResult | undefined, f: (r: RunResult) => number) => (x && y ? f(x) - f(y) : NaN);
+    ratios.push([w.label, fx(r(g, d, (v) => v.tps)), fx(r(b, d, (v) => v.tps)), fx(r(g, b, (v) => v.tps)),
+      plus(dd(g, d, (v) => v.p50Ms)), plus(dd(g, d, (v) => v.p99Ms)), plus(dd(b, d, (v) => v.p50Ms)), plus(dd(b, d, (v) => v.p99Ms)),
+      plus(dd(g, b, (v) => v.p50Ms)), plus(dd(g, b, (v) => v.p99Ms))]);
+  }
+  out.push('');
+  out.push(table(ratios));
+  out.push('  rg = runguard (full audit), pgb = pgbouncer (session mode); +p50/+p99: latency added over direct, in ms');
+  out.push('');
+  out.push('anchor (issue 4, this machine earlier): direct ~15,000-18,000 tps select-only, pgbouncer ~10,000-11,000, a bare Node');
+  out.push('socket pipe ~8,500. Target: runguard >= 0.9 x pgbouncer throughput with every statement audited.');
+  for (const w of opts.workloads) {
+    const g = results.get(key(w, 'runguard'));
+    const b = results.get(key(w, 'pgbouncer'));
+    if (g && b) {
+      const ratio = g.tps / b.tps;
+      out.push(`  ${w.label}: runguard/pgbouncer ${fx(ratio)} -> ${ratio >= 0.9 ? 'meets' : 'MISSES'} the 0.9x target; ` +
+        `${g.statements} statements audited for ${g.txns} transactions`);
+    }
+  }
+  if (errors.length) out.push('', 'errors:', ...errors.map((e) => `  ${e}`));
+
+  if (opts.cpuProf && agent) {
+    await agent.stop(); // the profile is written as the agent exits
+    out.push('', `agent cpu profile (${opts.cpuProf}): top self time, main thread`, ...summarizeProfile(opts.cpuProf));
+  }
+  out.push('', `done in ${elapsed()}`);
+  process.stdout.write(out.join('\n') + '\n');
+  return targets.runguard.unavailable || errors.length ? 3 : 0;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(sig, () => {
+    interrupted = true;
+    process.stderr.write(`bench: ${sig}, cleaning up\n`);
+    void cleanupAll().finally(() => process.exit(130));
+  });
+}
+
+try {
+  process.exitCode = await main();
+} catch (err) {
+  process.stderr.write(`bench: ${(err as Error).stack ?? err}\n`);
+  process.exitCode = 1;
+} finally {
+  if (!interrupted) await cleanupAll();
+}
