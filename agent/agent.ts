@@ -22,6 +22,7 @@ import { Shipper } from './events/shipper.js';
 import { loadAgentIdentity, loadCheckpointVerifier, tlsClientCredentials } from '../collector/pki/identity.js';
 import { Attribution } from './identity/attribution.js';
 import { VERSION } from './version.js';
+import { CollectorApprovals } from './approvals/client.js';
 
 /** Written to the state directory for `runguard run` and `runguard events`. */
 export interface AgentState {
@@ -99,9 +100,13 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
   await loadClassifier();
   const ca = await AgentCa.open(path.join(cfg.stateDir, 'tls'), cfg.agentId);
   const credentials = new Map(cfg.credentials.map((c) => [c.target, c]));
+  // Review decisions come from the collector, over the same mutual-TLS identity as the shipper.
+  const approvals = cfg.collector
+    ? new CollectorApprovals({ agentId: cfg.agentId, target: cfg.collector, credentials: tlsClientCredentials(cfg.tlsDir!), log: log.child({ component: 'approvals' }) })
+    : undefined;
   const handlers: Record<string, ProtocolHandler> = {
     tcp: tcpHandler,
-    postgres: postgresHandler({ policy: () => policy, ca, credentials: (dst) => credentials.get(dst), serverTls: cfg.serverTls }),
+    postgres: postgresHandler({ policy: () => policy, ca, credentials: (dst) => credentials.get(dst), serverTls: cfg.serverTls, approvals }),
   };
 
   const identity = new Attribution(undefined, { labelsDir: path.join(cfg.stateDir, 'jobs') });
@@ -184,6 +189,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
           await shipper.drain(spool.stats().lastSeq, 3000);
           await shipper.stop();
         }
+        approvals?.close();
         await spool.close();
         log.info({ reason, failOpen: cfg.failOpen }, cfg.failOpen ? 'agent stopped; hooks detached (fail-open)' : 'agent stopped; hooks stay pinned and refuse connections (fail-closed)');
       })();

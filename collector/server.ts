@@ -3,11 +3,12 @@
 import http from 'node:http';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { IngestService, LogService, type BatchAck, type EventBatch } from '../proto/services.js';
+import { ApprovalsService, IngestService, LogService, type BatchAck, type EventBatch } from '../proto/services.js';
 import { consistencyProof, inclusionProof, signCheckpoint } from './merkle/index.js';
 import { Ingestor, type AgentPeer } from './ingest.js';
 import { createReadApi } from './http.js';
 import { SqliteStore } from './store/sqlite.js';
+import { ApprovalRegistry, approvalsServiceImpl, createApprovalsApi, postApprovalWebhook, UserStore } from './approvals/index.js';
 import { agentIdentityFromCert, ed25519Raw, loadCheckpointSigner, tlsServerCredentials } from './pki/identity.js';
 
 export interface CollectorOptions {
@@ -17,6 +18,8 @@ export interface CollectorOptions {
   http?: string;            // host:port for the read API
   log: Logger;
   checkpointIntervalMs?: number;
+  /** Slack-compatible incoming webhook told about every new approval request. */
+  approvalWebhook?: string;
 }
 
 export interface RunningCollector {
@@ -24,6 +27,7 @@ export interface RunningCollector {
   httpPort?: number;
   store: SqliteStore;
   ingestor: Ingestor;
+  approvals: ApprovalRegistry;
   publishCheckpoint(): void;
   stop(): Promise<void>;
 }
@@ -52,6 +56,12 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
   };
   publishCheckpoint();
   const timer = setInterval(publishCheckpoint, opts.checkpointIntervalMs ?? 1000);
+
+  const approvals = new ApprovalRegistry(store.db, log.child({ component: 'approvals' }));
+  if (opts.approvalWebhook) {
+    const url = opts.approvalWebhook;
+    approvals.on('opened', (rec) => void postApprovalWebhook(url, rec, log));
+  }
 
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 64 << 20 });
   server.addService(IngestService, {
@@ -115,6 +125,7 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
       );
     },
   });
+  server.addService(ApprovalsService, approvalsServiceImpl(approvals, log.child({ component: 'approvals' })));
   const listen = splitHostPort(opts.listen, '--listen');
   const grpcPort = await new Promise<number>((resolve, reject) => {
     server.bindAsync(`${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`, tlsServerCredentials(opts.tlsDir), (err, port) => (err ? reject(err) : resolve(port)));
@@ -124,7 +135,9 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
   let httpPort: number | undefined;
   if (opts.http) {
     const h = splitHostPort(opts.http, '--http');
-    httpServer = http.createServer(createReadApi({ store, checkpoint: () => latest, log }));
+    const readApi = createReadApi({ store, checkpoint: () => latest, log });
+    const approvalsApi = createApprovalsApi({ registry: approvals, users: UserStore.forDataDir(opts.dataDir), log });
+    httpServer = http.createServer((req, res) => void (approvalsApi(req, res) || readApi(req, res)));
     httpPort = await new Promise<number>((resolve, reject) => {
       httpServer!.once('error', reject);
       httpServer!.listen(h.port, h.host, () => resolve((httpServer!.address() as { port: number }).port));
@@ -133,7 +146,7 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
   log.info({ grpc: `${listen.host}:${grpcPort}`, http: httpPort ? `${opts.http?.replace(/:\d+$/, '')}:${httpPort}` : undefined, size: store.size(), origin: signer.name }, 'collector running');
 
   return {
-    grpcPort, httpPort, store, ingestor, publishCheckpoint,
+    grpcPort, httpPort, store, ingestor, approvals, publishCheckpoint,
     async stop() {
       clearInterval(timer);
       // Agents hold their ingest streams open; every ack is sent only after its commit, so cutting
@@ -145,7 +158,11 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
           r();
         });
       });
-      if (httpServer) await new Promise<void>((r) => httpServer!.close(() => r()));
+      if (httpServer) {
+        httpServer.closeAllConnections();
+        await new Promise<void>((r) => httpServer!.close(() => r()));
+      }
+      approvals.close();
       publishCheckpoint();
       store.close();
     },

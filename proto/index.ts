@@ -4,7 +4,10 @@ import path from 'node:path';
 import protobuf from 'protobufjs';
 import { PROTO_DIR } from '../agent/paths.js';
 
-export const root = protobuf.loadSync(['events.proto', 'ingest.proto'].map((f) => path.join(PROTO_DIR, 'runguard/v1', f)));
+// Imports name files from the proto directory ("runguard/v1/events.proto"), as protoc -I proto would.
+const loader = new protobuf.Root();
+loader.resolvePath = (origin, target) => (target.startsWith('runguard/') ? path.join(PROTO_DIR, target) : protobuf.util.path.resolve(origin, target));
+export const root = loader.loadSync(['events.proto', 'ingest.proto', 'approvals.proto'].map((f) => path.join(PROTO_DIR, 'runguard/v1', f)));
 root.resolveAll();
 
 export const AuditEventType = root.lookupType('runguard.v1.AuditEvent');
@@ -51,11 +54,16 @@ export interface EventDraft {
     clientTls?: boolean; serverTls?: boolean; auth?: string; backendPid?: number;
   };
   statement?: StatementInfo;
+  approvalRequested?: {
+    approvalId?: string; protocol?: string; operationType?: string; text?: string; objects?: string[];
+    rule?: string; approvers?: string; approvals?: number; timeoutMs?: number;
+  };
+  approvalDecided?: { approvalId?: string; outcome?: string; approvers?: string[]; reason?: string; waitedMs?: number; rule?: string };
 }
 
 export interface StatementInfo {
   protocol?: string; text?: string; type?: string; objects?: string[]; params?: string[];
-  decision?: { action?: string; rule?: string; reason?: string };
+  decision?: { action?: string; rule?: string; reason?: string; outcome?: string; approvalId?: string };
   rows?: number; commandTag?: string; durationUs?: number; errorCode?: string; error?: string;
   maskedValues?: number; database?: string; user?: string; parseError?: string; prepared?: boolean;
 }

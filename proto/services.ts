@@ -14,7 +14,7 @@ function codec<T>(typeName: string) {
   };
 }
 
-function method<Req, Res>(service: string, name: string, req: string, res: string, requestStream: boolean, responseStream: boolean): MethodDefinition<Req, Res> {
+export function method<Req, Res>(service: string, name: string, req: string, res: string, requestStream: boolean, responseStream: boolean): MethodDefinition<Req, Res> {
   const q = codec<Req>(`runguard.v1.${req}`);
   const r = codec<Res>(`runguard.v1.${res}`);
   return {
@@ -55,4 +55,44 @@ export const LogService = {
   getCheckpoint: method<Record<string, never>, SignedCheckpoint>('Log', 'GetCheckpoint', 'CheckpointRequest', 'SignedCheckpoint', false, false),
   getInclusionProof: method<InclusionProofRequest, Proof>('Log', 'GetInclusionProof', 'InclusionProofRequest', 'Proof', false, false),
   getConsistencyProof: method<ConsistencyProofRequest, Proof>('Log', 'GetConsistencyProof', 'ConsistencyProofRequest', 'Proof', false, false),
+} satisfies ServiceDefinition;
+
+export interface ApprovalOperationMsg { type: string; text: string; objects: string[]; database: string; user: string }
+
+/** An approval request; job, process and target use the field names of events.proto. */
+export interface ApprovalRequestMsg {
+  requestId: string;
+  agentId: string;
+  sessionId: string;
+  job: Record<string, unknown> | null;
+  process: Record<string, unknown> | null;
+  target: { address: string; port: number; hostname: string } | null;
+  protocol: string;
+  operation: ApprovalOperationMsg | null;
+  rule: string;
+  ruleReason: string;
+  approvers: string;
+  approvals: number;
+  timeoutMs: number;
+}
+
+export const APPROVAL_STATES = ['unspecified', 'pending', 'approved', 'denied', 'expired'] as const;
+export type ApprovalStateName = (typeof APPROVAL_STATES)[number];
+
+export interface ApprovalVoteMsg { approver: string; verdict: string; reason: string; timeMs: number }
+
+export interface ApprovalUpdateMsg {
+  requestId: string;
+  /** ApprovalState enum value: index into APPROVAL_STATES. */
+  state: number;
+  approvedBy: string[];
+  deniedBy: string;
+  reason: string;
+  approvalsNeeded: number;
+  deadlineMs: number;
+  votes: ApprovalVoteMsg[];
+}
+
+export const ApprovalsService = {
+  request: method<ApprovalRequestMsg, ApprovalUpdateMsg>('Approvals', 'Request', 'ApprovalRequest', 'ApprovalUpdate', false, true),
 } satisfies ServiceDefinition;

@@ -4,11 +4,12 @@ import { startCollector } from '../../collector/server.js';
 import { parseArgs, UsageError } from './args.js';
 
 export async function collectorCommand(argv: string[]): Promise<number> {
-  const a = parseArgs(argv, { 'data-dir': 'string', tls: 'string', listen: 'string', http: 'string', 'log-level': 'string' });
-  if (!a['data-dir'] || !a.tls) throw new UsageError('usage: runguard collector --data-dir DIR --tls DIR [--listen HOST:PORT] [--http HOST:PORT]');
+  const a = parseArgs(argv, { 'data-dir': 'string', tls: 'string', listen: 'string', http: 'string', 'log-level': 'string', 'approval-webhook': 'string' });
+  if (!a['data-dir'] || !a.tls) throw new UsageError('usage: runguard collector --data-dir DIR --tls DIR [--listen HOST:PORT] [--http HOST:PORT] [--approval-webhook URL]');
   const log = pino({ level: a['log-level'] ?? process.env.RUNGUARD_LOG_LEVEL ?? 'info', base: { component: 'collector' } });
   const collector = await startCollector({
     dataDir: a['data-dir'], tlsDir: a.tls, listen: a.listen ?? '127.0.0.1:7443', http: a.http ?? '127.0.0.1:7480', log,
+    approvalWebhook: a['approval-webhook'],
   });
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

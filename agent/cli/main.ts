@@ -11,6 +11,10 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   collector: { summary: 'run the collector (gRPC ingest, Merkle log, checkpoints, read API)', load: async () => (await import('./collector-cmd.js')).collectorCommand },
   verify: { summary: 'verify a log offline: leaves, tree, checkpoint, agent signatures and chains', load: async () => (await import('./verify-cmd.js')).verifyCommand },
   ca: { summary: 'ca init --dir DIR: create the collector CA, its certificate and checkpoint key', load: async () => (await import('../../collector/pki/cli.js')).caCommand },
+  approvals: { summary: 'list approval requests on a collector: approvals --collector URL [--state pending|all] [--json]', load: async () => (await import('./approvals-cmd.js')).approvalsCommand },
+  approve: { summary: 'approve a held operation: approve ID --collector URL [--user NAME] (password: $RUNGUARD_PASSWORD or stdin)', load: async () => (await import('./approvals-cmd.js')).approveCommand },
+  deny: { summary: 'deny a held operation: deny ID --collector URL [--reason TEXT] [--user NAME]', load: async () => (await import('./approvals-cmd.js')).denyCommand },
+  user: { summary: 'collector users: user add --data-dir DIR --name NAME --role approver --group dba (password on stdin)', load: async () => (await import('./user-cmd.js')).userCommand },
   enroll: { summary: 'issue an agent certificate and signing key: enroll --ca DIR --agent-id ID --out DIR', load: async () => (await import('../../collector/pki/cli.js')).enrollCommand },
 };
 

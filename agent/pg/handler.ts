@@ -21,6 +21,8 @@ import { FrameReader, PgProtocolError, type Frame } from './frames.js';
 import * as msg from './messages.js';
 import { md5Password, ScramClient, chooseSaslMechanism } from './scram.js';
 import { classify } from './classify.js';
+import type { ApprovalClient } from '../approvals/client.js';
+import { approvalsUnavailable, holdForApproval, reviewDenialText, type ReviewResult } from '../approvals/review.js';
 
 const ch = (c: string) => c.charCodeAt(0);
 const T = {
@@ -37,6 +39,8 @@ export interface PgHandlerDeps {
   /** Credentials the agent holds for a destination ("address:port"), if any. */
   credentials: (destination: string) => CredentialConfig | undefined;
   serverTls: 'prefer' | 'require' | 'disable';
+  /** Where review decisions come from (the collector); without it review denies, saying why. */
+  approvals?: ApprovalClient;
 }
 
 /** One statement waiting for its outcome from the server. */
@@ -53,6 +57,8 @@ interface Prepared {
   parseError?: string;
   decision: Decision;
   denied: boolean;
+  /** A reviewed prepared statement: how its review ended. */
+  review?: ReviewResult;
 }
 
 const denySql = (message: string, hint: string): string => {
@@ -63,12 +69,7 @@ const denySql = (message: string, hint: string): string => {
 
 function denialText(decision: Decision, op: Operation | undefined): { message: string; hint: string } {
   const what = op?.type ?? 'statement';
-  if (decision.action === 'review') {
-    return {
-      message: `runguard: ${what} requires approval under policy rule "${decision.rule}"`,
-      hint: `${decision.reason ? decision.reason + '. ' : ''}Just-in-time approvals are not available in this runguard version, so the statement is denied.`,
-    };
-  }
+  if (decision.action === 'review') return approvalsUnavailable(what, decision);
   return { message: `runguard: ${what} denied by policy rule "${decision.rule}"`, hint: decision.reason || 'Ask the owners of the runguard policy.' };
 }
 
@@ -106,6 +107,8 @@ class PgSession {
   private bytesUp = 0;
   private bytesDown = 0;
   private readonly redactor: Redactor;
+  /** Set while a statement waits for review: the job's later messages, kept in order until then. */
+  private held?: Frame[];
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
     this.client = s.client;
@@ -137,7 +140,7 @@ class PgSession {
     sock.on('error', (err) => this.close('upstream_error', err.message));
     sock.on('close', () => this.close('upstream_closed'));
     // Backpressure both ways: a slow reader pauses the other side instead of buffering without bound.
-    sock.on('drain', () => this.client.resume());
+    sock.on('drain', () => { if (!this.held) this.client.resume(); });
     this.client.on('drain', () => sock.resume());
   }
 
@@ -187,6 +190,7 @@ class PgSession {
 
   private onClientFrame(f: Frame): void {
     if (this.phase === 'closed') return;
+    if (this.held) return void this.held.push(f);
     if (this.phase === 'startup') return void this.onStartupPacket(f);
     const raw = f.buffer.subarray(f.start, f.end);
     if (this.phase === 'connecting') return void this.protocolError('job', new PgProtocolError('malformed', 'a message arrived before the server connection was ready'));
@@ -539,21 +543,64 @@ class PgSession {
     const q = msg.decodeQuery(f.body);
     if (q instanceof PgProtocolError) return this.protocolError('job', q);
     const p = this.decide(q.sql);
-    const started = process.hrtime.bigint();
-    if (p.denied) {
-      const blocker = p.ops.find((op) => SEVERITY[this.deps.policy().evaluate(this.context(op)).action] >= 2) ?? p.ops[0];
-      const { message, hint } = denialText(p.decision, blocker);
-      // Every statement of the string is recorded as denied: none of them runs.
-      for (const op of p.ops) this.audit(op, p.decision, { error: message, errorCode: '42501' });
-      this.queue.push({ kind: 'simple-end' });
-      return this.toServer(msg.query(denySql(message, hint)));
+    const blocker = () => p.ops.find((op) => SEVERITY[this.deps.policy().evaluate(this.context(op)).action] >= 2) ?? p.ops[0];
+    if (p.decision.action === 'review' && this.deps.approvals) {
+      return this.holdForReview(p, blocker() ?? { type: 'EMPTY' }, (r) => (r.decision === 'approved' ? this.forwardQuery(raw, p, r) : this.denyQuery(p, blocker(), r)));
     }
+    if (p.denied) return this.denyQuery(p, blocker());
+    this.forwardQuery(raw, p);
+  }
+
+  private denyQuery(p: Prepared, blocker: Operation | undefined, review?: ReviewResult): void {
+    const { message, hint } = review ? reviewDenialText(blocker?.type ?? 'statement', p.decision, review) : denialText(p.decision, blocker);
+    // Every statement of the string is recorded as denied: none of them runs.
+    for (const op of p.ops) this.audit(op, p.decision, { error: message, errorCode: '42501' }, review);
+    this.queue.push({ kind: 'simple-end' });
+    this.toServer(msg.query(denySql(message, hint)));
+  }
+
+  private forwardQuery(raw: Buffer, p: Prepared, review?: ReviewResult): void {
+    const started = process.hrtime.bigint();
     for (const op of p.ops) {
       this.queue.push({ kind: 'statement', op, started, mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
-        info: this.statementInfo(op, p.decision, { parseError: p.parseError }) });
+        info: this.statementInfo(op, p.decision, { parseError: p.parseError }, review) });
     }
     this.queue.push({ kind: 'simple-end' });
     this.toServer(raw);
+  }
+
+  /**
+   * Review: the statement is held, not forwarded, and nothing more is read from this job's session
+   * (later messages wait in order; other sessions go on) until the approvers decide. Then `then`
+   * forwards or denies it and the waiting messages are handled as if they had just arrived. The
+   * session has no idle timeout, so the job's connection stays open however long the review takes.
+   */
+  private holdForReview(p: Prepared, op: Operation, then: (r: ReviewResult) => void): void {
+    this.held = [];
+    const client = this.client;
+    client.pause();
+    const ended = new AbortController();
+    const onClose = () => ended.abort();
+    client.once('close', onClose);
+    const held = { protocol: 'postgres' as const, operation: { ...op, text: op.text ? this.redact(op.text) : op.text }, decision: p.decision,
+      database: this.database, user: this.injected?.user ?? this.user };
+    holdForApproval(this.deps.approvals!, this.s, held, ended.signal)
+      .catch((err: Error): ReviewResult => ({ decision: 'denied', by: [], reason: `approval failed: ${err.message}`, id: '-', waitedMs: 0 }))
+      .then((r) => {
+        client.off('close', onClose);
+        if (this.phase === 'closed') return;
+        const waiting = this.held ?? [];
+        this.held = undefined;
+        this.server?.cork();
+        then(r);
+        for (const f of waiting) this.onClientFrame(f); // one of them may start another hold: the rest wait again
+        process.nextTick(() => this.server?.uncork());
+        if (!this.held) this.client.resume();
+      })
+      .catch((err: Error) => {
+        this.s.log.error({ err }, 'cannot resume a session after its review');
+        this.close('protocol_error', `after review: ${err.message}`);
+      });
   }
 
   private onParse(f: Frame, raw: Buffer): void {
@@ -561,10 +608,23 @@ class PgSession {
     if (m instanceof PgProtocolError) return this.protocolError('job', m);
     const p = this.decide(m.sql, true);
     this.prepared.set(m.name, p);
+    if (p.decision.action === 'review' && this.deps.approvals) {
+      return this.holdForReview(p, p.ops[0] ?? { type: 'EMPTY' }, (r) => {
+        p.review = r;
+        if (r.decision !== 'approved') return this.denyParse(m.name, p, r);
+        p.denied = false;
+        this.toServer(raw);
+      });
+    }
     if (!p.denied) return this.toServer(raw);
-    const { message, hint } = denialText(p.decision, p.ops[0]);
-    this.audit(p.ops[0]!, p.decision, { error: message, errorCode: '42501', prepared: true });
-    this.toServer(msg.parse(m.name, denySql(message, hint), []));
+    this.denyParse(m.name, p);
+  }
+
+  private denyParse(name: string, p: Prepared, review?: ReviewResult): void {
+    const what = p.ops[0]?.type ?? 'statement';
+    const { message, hint } = review ? reviewDenialText(what, p.decision, review) : denialText(p.decision, p.ops[0]);
+    this.audit(p.ops[0]!, p.decision, { error: message, errorCode: '42501', prepared: true }, review);
+    this.toServer(msg.parse(name, denySql(message, hint), []));
   }
 
   private onBind(f: Frame, raw: Buffer): void {
@@ -586,7 +646,7 @@ class PgSession {
       const op = p.ops[0] ?? { type: 'EMPTY' };
       const params = portal!.params.map((v) => (v === null ? 'NULL' : this.redact(v.toString('utf8'))));
       this.queue.push({ kind: 'statement', op, started: process.hrtime.bigint(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
-        info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }) });
+        info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review) });
     }
     this.toServer(raw);
   }
@@ -596,17 +656,18 @@ class PgSession {
     return this.credentialRedactor ? this.credentialRedactor.redact(r) : r;
   }
 
-  private statementInfo(op: Operation, d: Decision, extra: Partial<StatementInfo>): StatementInfo {
+  private statementInfo(op: Operation, d: Decision, extra: Partial<StatementInfo>, review?: ReviewResult): StatementInfo {
     return {
       protocol: 'postgres', text: op.text ? this.redact(op.text) : '', type: op.type, objects: op.objects ?? [],
-      decision: { action: d.action, rule: d.rule, reason: d.reason }, database: this.database, user: this.injected?.user ?? this.user,
+      decision: { action: d.action, rule: d.rule, reason: d.reason, ...(review && { outcome: review.decision, approvalId: review.id }) },
+      database: this.database, user: this.injected?.user ?? this.user,
       ...extra,
     };
   }
 
   /** Records a statement that got no server round trip of its own (denied, cancel, function call). */
-  private audit(op: Operation, d: Decision, extra: Partial<StatementInfo>): void {
-    this.emitStatement(this.statementInfo(op, d, extra));
+  private audit(op: Operation, d: Decision, extra: Partial<StatementInfo>, review?: ReviewResult): void {
+    this.emitStatement(this.statementInfo(op, d, extra, review));
   }
 
   private emitStatement(info: StatementInfo): void {

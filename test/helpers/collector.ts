@@ -76,6 +76,8 @@ export interface CollectorOptions {
   tlsDir: string;
   grpcPort: number;
   httpPort: number;
+  /** More `runguard collector` flags, e.g. ['--approval-webhook', URL]. */
+  extraArgs?: string[];
 }
 
 /** `bin/runguard collector` as a child process, with its log collected. */
@@ -92,7 +94,7 @@ export class CollectorProcess {
 
   async start(): Promise<this> {
     const { dataDir, tlsDir, grpcPort, httpPort } = this.opts;
-    const proc = spawn(RUNGUARD, ['collector', '--data-dir', dataDir, '--tls', tlsDir, '--listen', `127.0.0.1:${grpcPort}`, '--http', `127.0.0.1:${httpPort}`, '--log-level', 'debug'],
+    const proc = spawn(RUNGUARD, ['collector', '--data-dir', dataDir, '--tls', tlsDir, '--listen', `127.0.0.1:${grpcPort}`, '--http', `127.0.0.1:${httpPort}`, '--log-level', 'debug', ...(this.opts.extraArgs ?? [])],
       { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = proc;
     const mark = this.log.length;

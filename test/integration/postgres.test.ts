@@ -110,11 +110,21 @@ describe('PostgreSQL through the agent', { skip }, () => {
     assert.equal(ok.status, 0, ok.stderr);
   });
 
-  test('ALTER TABLE is held for review, and without approvals it is denied saying so', async () => {
-    const r = await psql([url, '-c', 'ALTER TABLE accounts ADD COLUMN note text']);
+  test('ALTER TABLE is held for review until a DBA decides; denied, the job gets 42501 naming the rule', async () => {
+    // Approvals end to end are in approvals.test.ts; here: the shipped policy's review rule holds it.
+    const auth = { RUNGUARD_PASSWORD: 'dba-password-1' };
+    const add = await runProcess(RUNGUARD, ['user', 'add', '--data-dir', path.join(work, 'collector'), '--name', 'dba1', '--role', 'approver', '--group', 'dba'], auth);
+    assert.equal(add.status, 0, add.stderr);
+    const job = psql([url, '-c', 'ALTER TABLE accounts ADD COLUMN note text']);
+    const id = await waitFor('the ALTER TABLE to be held', async () => {
+      const l = await runProcess(RUNGUARD, ['approvals', '--json', '--collector', collector.url, '--user', 'dba1'], auth);
+      return l.stdout.split('\n').filter(Boolean).map((x) => JSON.parse(x)).find((x) => x.rule === 'review-schema-changes')?.id as string | undefined;
+    }, 20_000, 200);
+    const d = await runProcess(RUNGUARD, ['deny', id, '--reason', 'not in CI', '--collector', collector.url, '--user', 'dba1'], auth);
+    assert.equal(d.status, 0, d.stderr);
+    const r = await job;
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr, /requires approval under policy rule "review-schema-changes"/);
-    assert.match(r.stderr, /approvals are not available/i);
+    assert.match(r.stderr, /ALTER TABLE was denied by dba1 \(approval ap-[0-9a-f]+, policy rule "review-schema-changes"\): not in CI/);
   });
 
   test('email columns and email-looking values come back masked, with valid rows', async () => {

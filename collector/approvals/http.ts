@@ -1,0 +1,110 @@
+// The approvals API on the collector's --http port, for the CLI now and the dashboard later:
+//   GET  /api/approvals[?state=pending|approved|denied|expired|all][&limit=N]  JSON list (newest first)
+//   GET  /api/approvals/<id>                                                JSON of one request
+//   POST /api/approvals/<id>/approve   {"reason"?: "..."}                  JSON of the request after the vote
+//   POST /api/approvals/<id>/deny      {"reason": "..."}
+// Every call authenticates a local user (DATA_DIR/users.json) with HTTP Basic auth: reading needs
+// any role, deciding needs the approver (or admin) role. POSTs must be application/json, which a
+// browser will not send cross-site without a CORS preflight this server never grants, so a page
+// elsewhere cannot ride on cached Basic credentials. The dashboard will sign in with sessions
+// (secure cookies) and CSRF tokens instead of Basic auth; the routes and JSON stay the same.
+// Errors are JSON { error: CODE, message } with 400/401/403/404/409.
+import type http from 'node:http';
+import type { Logger } from 'pino';
+import { ApprovalError, toJson, type ApprovalRegistry } from './registry.js';
+import { hasRole, type User, type UserStore } from './users.js';
+
+export interface ApprovalsApiOptions {
+  registry: ApprovalRegistry;
+  users: UserStore;
+  log: Logger;
+}
+
+const STATES = new Set(['pending', 'approved', 'denied', 'expired']);
+
+/** Handles /api/approvals...; returns false for any other path (the caller serves it). */
+export function createApprovalsApi(opts: ApprovalsApiOptions): (req: http.IncomingMessage, res: http.ServerResponse) => boolean {
+  const { registry, users, log } = opts;
+  return (req, res) => {
+    const u = new URL(req.url ?? '/', 'http://collector');
+    if (u.pathname !== '/api/approvals' && !u.pathname.startsWith('/api/approvals/')) return false;
+    handle(req, res, u).catch((err: Error) => {
+      if (err instanceof ApprovalError) return sendJson(res, err.status, { error: err.code, message: err.message });
+      log.error({ err, path: u.pathname }, 'approvals API error');
+      if (!res.headersSent) sendJson(res, 500, { error: 'internal', message: err.message });
+    });
+    return true;
+  };
+
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse, u: URL): Promise<void> {
+    const user = authenticate(req);
+    const parts = u.pathname.split('/').filter(Boolean).slice(2).map(decodeURIComponent); // after api/approvals
+    if (req.method === 'GET' && parts.length === 0) {
+      const state = u.searchParams.get('state') ?? 'pending';
+      if (state !== 'all' && !STATES.has(state)) throw new ApprovalError(400, 'bad_request', `state must be pending, approved, denied, expired or all, got "${state}"`);
+      const limit = Number(u.searchParams.get('limit') ?? 500);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new ApprovalError(400, 'bad_request', 'limit must be 1..10000');
+      return sendJson(res, 200, registry.list({ state: state === 'all' ? undefined : state, limit }).map(toJson));
+    }
+    if (req.method === 'GET' && parts.length === 1) {
+      const rec = registry.get(parts[0]!);
+      if (!rec) throw new ApprovalError(404, 'unknown_id', `no approval request ${parts[0]}`);
+      return sendJson(res, 200, toJson(rec));
+    }
+    if (req.method === 'POST' && parts.length === 2 && (parts[1] === 'approve' || parts[1] === 'deny')) {
+      if (!/^application\/json\b/i.test(req.headers['content-type'] ?? '')) throw new ApprovalError(415, 'bad_request', 'send the body as application/json');
+      const body = await readJson(req);
+      const reason = body.reason === undefined ? '' : body.reason;
+      if (typeof reason !== 'string' || reason.length > 1000) throw new ApprovalError(400, 'bad_request', 'reason must be a string of at most 1000 characters');
+      const rec = registry.decide(parts[0]!, user, parts[1] === 'approve' ? 'approve' : 'deny', reason);
+      log.info({ approval: rec.id, user: user.name, verdict: parts[1], state: rec.state }, 'approval decision received');
+      return sendJson(res, 200, toJson(rec));
+    }
+    throw new ApprovalError(req.method === 'GET' || req.method === 'POST' ? 404 : 405, 'not_found', `no such approvals endpoint: ${req.method} ${u.pathname}`);
+  }
+
+  function authenticate(req: http.IncomingMessage): User {
+    const m = /^Basic\s+([A-Za-z0-9+/=]+)$/i.exec(req.headers.authorization ?? '');
+    const decoded = m ? Buffer.from(m[1]!, 'base64').toString('utf8') : '';
+    const colon = decoded.indexOf(':');
+    const user = colon > 0 ? users.authenticate(decoded.slice(0, colon), decoded.slice(colon + 1)) : undefined;
+    if (!user) {
+      throw new ApprovalError(401, 'unauthenticated', m ? 'wrong user name or password' : 'sign in: HTTP Basic auth with a user from `runguard user add`');
+    }
+    if (!hasRole(user, 'viewer')) throw new ApprovalError(403, 'no_role', `user ${user.name} has no role`);
+    return user;
+  }
+}
+
+function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let size = 0;
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > 16_384) {
+        reject(new ApprovalError(413, 'bad_request', 'the body is larger than 16 KiB'));
+        req.destroy();
+      } else chunks.push(c);
+    });
+    req.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8').trim();
+      if (!text) return resolve({});
+      try {
+        const v = JSON.parse(text) as unknown;
+        if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
+        resolve(v as Record<string, unknown>);
+      } catch {
+        reject(new ApprovalError(400, 'bad_request', 'the body must be a JSON object, e.g. {"reason": "..."}'));
+      }
+    });
+    req.on('error', reject);
+  });
+}
+
+function sendJson(res: http.ServerResponse, status: number, value: unknown): void {
+  const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' };
+  if (status === 401) headers['www-authenticate'] = 'Basic realm="runguard", charset="UTF-8"';
+  res.writeHead(status, headers);
+  res.end(JSON.stringify(value) + '\n');
+}
