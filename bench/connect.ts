@@ -16,12 +16,13 @@
 // Needs root (BPF, cgroups, iptables). Everything it starts is undone at exit, Ctrl-C included: the
 // agent is stopped by pid and `runguard agent --cleanup` unpins its hooks, the iptables rule is
 // deleted, the cgroups it created are removed.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cleanupAll, onCleanup, percentile, run, sh, stopChild, table, track } from './harness.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const RUNGUARD = path.join(ROOT, 'bin/runguard');
@@ -58,27 +59,8 @@ interface PathState {
 // Cleanup: every resource registers its undo right after it exists; run once, in reverse, from the
 // finally block or from a signal.
 
-const undo: { what: string; fn: () => unknown }[] = [];
-const children = new Set<ChildProcess>();
-let cleaning: Promise<void> | undefined;
 
-function onCleanup(what: string, fn: () => unknown): void {
-  undo.push({ what, fn });
-}
 
-function cleanupAll(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    for (const { what, fn } of undo.reverse()) {
-      try {
-        await fn();
-      } catch (err) {
-        process.stderr.write(`bench: cleanup of ${what} failed: ${(err as Error).message}\n`);
-      }
-    }
-  })();
-  return cleaning;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -96,43 +78,8 @@ function parseArgs(argv: string[]): { count: number; rounds: number; concurrency
   return opts;
 }
 
-function run(argv: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const [cmd, ...args] = argv;
-    const child = spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d: Buffer) => (stdout += d));
-    child.stderr!.on('data', (d: Buffer) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      children.delete(child);
-      reject(err);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
-function sh(cmd: string, args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 15_000 });
-  return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? r.error.message : ''}`.trim() };
-}
 
-/** Waits for a child to exit after `signal`, escalating to SIGKILL after `graceMs`. */
-async function stopChild(child: ChildProcess, graceMs = 15_000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -213,8 +160,7 @@ async function startAgent(): Promise<Agent> {
     '--intercept', `${TARGET}/32`, '--agent-id', 'bench', '--log-level', 'info',
   ];
   const proc = spawn(RUNGUARD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(proc);
-  proc.once('exit', () => children.delete(proc));
+  track(proc);
   onCleanup('runguard agent', async () => {
     await stopChild(proc);
     const r = sh(RUNGUARD, ['agent', '--cleanup', '--state-dir', stateDir, '--pin-dir', pinDir, '--job-cgroup', jobCgroup]);
@@ -247,7 +193,7 @@ async function startAgent(): Promise<Agent> {
 
 /** CONNECTION_OPEN events in the agent's spool: one per connection that went through the proxy. */
 async function sessionsAudited(agent: Agent): Promise<number> {
-  const r = await run([RUNGUARD, 'events', '--state-dir', agent.stateDir, '--json', '--kind', 'CONNECTION_OPEN'], 60_000);
+  const r = await run([RUNGUARD, 'events', '--state-dir', agent.stateDir, '--json', '--kind', 'CONNECTION_OPEN'], { timeoutMs: 60_000 });
   if (r.code !== 0) throw new Error(`runguard events: ${r.stderr}`);
   return r.stdout.split('\n').filter(Boolean).length;
 }
@@ -262,8 +208,7 @@ interface RefProxy {
 
 async function startRefProxy(): Promise<RefProxy> {
   const proc = spawn(process.execPath, [REF_PROXY, '--port', '0'], { stdio: ['pipe', 'pipe', 'inherit'] });
-  children.add(proc);
-  proc.once('exit', () => children.delete(proc));
+  track(proc);
   onCleanup('reference proxy', () => stopChild(proc, 3000));
   const lines: string[] = [];
   const waiters: ((line: string) => void)[] = [];
@@ -346,7 +291,7 @@ async function setupIptables(echoPort: number, proxyPort: number):
 
 async function runClient(p: PathState, port: number, count: number, concurrency: number): Promise<ClientResult> {
   const argv = p.launch([CLIENT, TARGET, String(port), String(count), String(concurrency)]);
-  const r = await run(argv, 120_000);
+  const r = await run(argv, { timeoutMs: 120_000 });
   const line = r.stdout.trim().split('\n').pop() ?? '';
   if (r.code !== 0 || !line.startsWith('{')) {
     throw new Error(`client on path ${p.name} exited with ${r.code}: ${r.stderr.trim().slice(-1500) || r.stdout.slice(-500)}`);
@@ -356,10 +301,6 @@ async function runClient(p: PathState, port: number, count: number, concurrency:
   return res;
 }
 
-function percentile(sorted: number[], q: number): number {
-  if (!sorted.length) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
-}
 
 interface Summary {
   seqRate: number;
@@ -384,13 +325,6 @@ function summarize(p: PathState): Summary {
   };
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r, ri) => {
-    const line = r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-    return ri === 0 ? `${line}\n${widths.map((w) => '-'.repeat(w)).join('  ')}` : line;
-  }).join('\n');
-}
 
 const f0 = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : '-');
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '-');

@@ -38,6 +38,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { caInit, enroll } from '../collector/pki/index.js';
+import { cleanupAll, onCleanup, percentile, stopChild, table, track } from './harness.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const RUNGUARD = path.join(ROOT, 'bin/runguard');
@@ -49,27 +50,8 @@ const now = () => performance.timeOrigin + performance.now();
 // Cleanup: every resource registers its undo right after it exists; run once, in reverse, from the
 // finally block or from a signal.
 
-const undo: { what: string; fn: () => unknown }[] = [];
-const children = new Set<ChildProcess>();
-let cleaning: Promise<void> | undefined;
 
-function onCleanup(what: string, fn: () => unknown): void {
-  undo.push({ what, fn });
-}
 
-function cleanupAll(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    for (const { what, fn } of undo.reverse()) {
-      try {
-        await fn();
-      } catch (err) {
-        process.stderr.write(`bench: cleanup of ${what} failed: ${(err as Error).message}\n`);
-      }
-    }
-  })();
-  return cleaning;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -165,21 +147,7 @@ function lineReader(child: ChildProcess, name: string) {
   };
 }
 
-/** Waits for a child to exit after SIGTERM, escalating to SIGKILL after `graceMs`. */
-async function stopChild(child: ChildProcess, graceMs = 15_000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
 
-function track(child: ChildProcess): ChildProcess {
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return child;
-}
 
 /** argv that runs a Node script, under the V8 CPU profiler when --profile DIR is given. */
 let profileDir: string | undefined;
@@ -528,18 +496,7 @@ function opensslSpeed(bytes: number): { bytesPerSec: number; version: string } {
 // ---------------------------------------------------------------------------------------------
 // Reporting
 
-function percentile(sorted: number[], q: number): number {
-  if (!sorted.length) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
-}
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r, ri) => {
-    const line = r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-    return ri === 0 ? `${line}\n${widths.map((w) => '-'.repeat(w)).join('  ')}` : line;
-  }).join('\n');
-}
 
 const f0 = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : '-');
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '-');
@@ -710,7 +667,7 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   process.once(sig, () => {
     interrupted = true;
     process.stderr.write(`bench: ${sig}, cleaning up\n`);
-    void cleanupAll().finally(() => process.exit(130));
+    void cleanupAll('SIGKILL').finally(() => process.exit(130));
   });
 }
 
@@ -720,5 +677,5 @@ try {
   process.stderr.write(`bench: ${(err as Error).stack ?? err}\n`);
   process.exitCode = 1;
 } finally {
-  if (!interrupted) await cleanupAll();
+  if (!interrupted) await cleanupAll('SIGKILL');
 }

@@ -40,7 +40,7 @@
 // Everything it starts is undone at exit, Ctrl-C included: the agent is stopped by pid and its hooks
 // unpinned (AgentFixture.cleanup), pgbouncer is stopped by pid, PostgreSQL is stopped by its
 // postmaster pid, and the temp dirs are removed.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -49,6 +49,7 @@ import { AgentFixture, ROOT, RUNGUARD } from '../test/helpers/agent.js';
 import { startPostgres, type PgServer } from '../test/helpers/postgres.js';
 import { readSpoolDir } from '../agent/events/read-spool-dir.js';
 import { decodeEvent, EventKind } from '../proto/index.js';
+import { cleanupAll, onCleanup, percentile, run, sh, stopChild, table, track } from './harness.js';
 
 const HOST = '127.0.0.2';
 const POLICY = path.join(ROOT, 'examples/policy.yaml');
@@ -108,29 +109,10 @@ interface RunResult {
 // Cleanup: every resource registers its undo right after it exists; run once, in reverse, from the
 // finally block or from a signal.
 
-const undo: { what: string; fn: () => unknown }[] = [];
 /** Set by a signal: no new run starts, cleanup is under way. */
 let interrupted = false;
-const children = new Set<ChildProcess>();
-let cleaning: Promise<void> | undefined;
 
-function onCleanup(what: string, fn: () => unknown): void {
-  undo.push({ what, fn });
-}
 
-function cleanupAll(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    for (const { what, fn } of undo.reverse()) {
-      try {
-        await fn();
-      } catch (err) {
-        process.stderr.write(`bench: cleanup of ${what} failed: ${(err as Error).message}\n`);
-      }
-    }
-  })();
-  return cleaning;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -162,44 +144,8 @@ function parseArgs(argv: string[]): Options {
   return opts;
 }
 
-function run(argv: string[], opts: { timeoutMs: number; env?: Record<string, string> }):
-  Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const [cmd, ...args] = argv;
-    const child = spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
-    children.add(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d: Buffer) => (stdout += d));
-    child.stderr!.on('data', (d: Buffer) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      children.delete(child);
-      reject(err);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
-function sh(cmd: string, args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 15_000 });
-  return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? r.error.message : ''}`.trim() };
-}
 
-/** Waits for a child to exit after `signal`, escalating to SIGKILL after `graceMs`. */
-async function stopChild(child: ChildProcess, graceMs = 10_000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
 
 function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -410,8 +356,7 @@ async function startPgbouncer(pg: PgServer): Promise<Bouncer> {
     'log_connections = 0', 'log_disconnections = 0', 'log_pooler_errors = 1',
   ].join('\n') + '\n', { mode: 0o644 });
   const proc = spawn(bin, ['-u', 'postgres', path.join(dir, 'pgbouncer.ini')], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(proc);
-  proc.once('exit', () => children.delete(proc));
+  track(proc);
   onCleanup('pgbouncer', () => stopChild(proc, 5000));
   let log = '';
   proc.stdout!.on('data', (d: Buffer) => (log = (log + d).slice(-8192)));
@@ -438,10 +383,6 @@ interface Target {
   unavailable?: string;
 }
 
-function percentile(sorted: Float64Array, q: number): number {
-  if (!sorted.length) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
-}
 
 /** The latency column (3rd, microseconds) of every per-transaction log under `dir`. */
 function readLatencies(dir: string): Float64Array {
@@ -539,15 +480,6 @@ function summarizeProfile(dir: string, top = 25): string[] {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-/** `align`: one letter per column, l or r (default: the first column left, the rest right). */
-function table(rows: string[][], align = 'l'): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  const left = (i: number) => (align[i] ?? 'r') === 'l';
-  return rows.map((r, ri) => {
-    const line = r.map((c, i) => (left(i) ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
-    return ri === 0 ? `${line}\n${widths.map((w) => '-'.repeat(w)).join('  ')}` : line;
-  }).join('\n');
-}
 
 const f0 = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : '-');
 const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '-');

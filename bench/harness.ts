@@ -1,0 +1,92 @@
+// What every benchmark needs around its measurements: child processes it can always stop, a
+// cleanup registry that runs once (from the finally block or a signal), and table printing.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+
+const undo: { what: string; fn: () => unknown }[] = [];
+/** Children started through run() or track(): signalled first when cleaning up. */
+export const children = new Set<ChildProcess>();
+let cleaning: Promise<void> | undefined;
+
+/** Registers how to undo a resource, right after it exists; undone in reverse order. */
+export function onCleanup(what: string, fn: () => unknown): void {
+  undo.push({ what, fn });
+}
+
+/** Signals live children, then runs every undo once; later calls get the same promise. */
+export function cleanupAll(childSignal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  cleaning ??= (async () => {
+    for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill(childSignal);
+    for (const { what, fn } of undo.reverse()) {
+      try {
+        await fn();
+      } catch (err) {
+        process.stderr.write(`bench: cleanup of ${what} failed: ${(err as Error).message}\n`);
+      }
+    }
+  })();
+  return cleaning;
+}
+
+/** Keeps a child in `children` until it exits. */
+export function track(child: ChildProcess): ChildProcess {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+
+/** Runs argv to completion (killed after timeoutMs), collecting its output. */
+export function run(argv: string[], opts: { timeoutMs: number; env?: Record<string, string> }):
+  Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const [cmd, ...args] = argv;
+    const child = spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+    children.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      children.delete(child);
+      reject(err);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      children.delete(child);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A short command, synchronously: whether it succeeded and everything it said. */
+export function sh(cmd: string, args: string[]): { ok: boolean; out: string } {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 15_000 });
+  return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? r.error.message : ''}`.trim() };
+}
+
+/** Waits for a child to exit after SIGTERM, escalating to SIGKILL after `graceMs`. */
+export async function stopChild(child: ChildProcess, graceMs = 15_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** The q-quantile (0..1) of ascending values, nearest rank. */
+export function percentile(sorted: ArrayLike<number>, q: number): number {
+  if (!sorted.length) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+/** A text table: the first row is the header; `align` has one 'l' or 'r' per column (default r). */
+export function table(rows: string[][], align = 'l'): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  const left = (i: number) => (align[i] ?? 'r') === 'l';
+  return rows.map((r, ri) => {
+    const line = r.map((c, i) => (left(i) ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+    return ri === 0 ? `${line}\n${widths.map((w) => '-'.repeat(w)).join('  ')}` : line;
+  }).join('\n');
+}
