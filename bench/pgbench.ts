@@ -269,26 +269,8 @@ async function startAgent(pg: PgServer, work: string, cpuProf: string | undefine
     // The profiler is loaded with --import and started (SIGUSR2) only once the agent runs: see
     // bench/agent-cpu-prof.ts for why not --cpu-prof. The fixture stops the agent as usual.
     mkdirSync(cpuProf, { recursive: true });
-    const proc = spawn(process.execPath, ['--import', PROF_HOOK, RUNGUARD, ...agent.args()],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RG_BENCH_CPU_PROF_DIR: cpuProf } });
-    agent.proc = proc;
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the agent did not start in 20 s:\n${agent.log.slice(-2000)}`)), 20_000);
-      const onData = (d: Buffer) => {
-        agent.log += d.toString();
-        if (agent.log.includes('"agent running')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      proc.stdout!.on('data', onData);
-      proc.stderr!.on('data', onData);
-      proc.once('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`the agent exited with ${code} before running:\n${agent.log.slice(-2000)}`));
-      });
-    });
-    proc.kill('SIGUSR2');
+    await agent.start([process.execPath, '--import', PROF_HOOK, RUNGUARD], { RG_BENCH_CPU_PROF_DIR: cpuProf });
+    agent.proc!.kill('SIGUSR2');
   }
   const line = agent.log.split('\n').find((l) => l.includes('"agent running'));
   const status = line ? (JSON.parse(line) as { bpfStatus?: string }).bpfStatus : undefined;

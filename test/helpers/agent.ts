@@ -67,9 +67,13 @@ export class AgentFixture {
     ];
   }
 
-  /** Starts the agent and resolves once it logs that it is running. */
-  async start(): Promise<this> {
-    const proc = spawn(RUNGUARD, this.args(), { stdio: ['ignore', 'pipe', 'pipe'] });
+  /**
+   * Starts the agent and resolves once it logs that it is running. `launcher` runs it through
+   * something else (a profiler hook: [node, '--import', hook, RUNGUARD]); `env` adds variables.
+   */
+  async start(launcher: string[] = [RUNGUARD], env: Record<string, string> = {}): Promise<this> {
+    const [cmd, ...pre] = launcher;
+    const proc = spawn(cmd!, [...pre, ...this.args()], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     this.proc = proc;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`agent did not start in 20 s:\n${this.log}`)), 20_000);
