@@ -636,6 +636,25 @@ function integerKind(sql: string, start: number, end: number): string {
 const KIND_OTHER = 0;
 const KIND_STRING = 1;
 
+/**
+ * The index just past a quoted token that opens at `open` ('...' or "..."), where a doubled quote
+ * stands for itself; undefined (not cacheable) when it is unterminated, holds a control character,
+ * or (for strings) a backslash, whose meaning depends on standard_conforming_strings.
+ */
+function skipQuoted(sql: string, open: number, quote: number, noBackslash: boolean): number | undefined {
+  for (let i = open + 1; i < sql.length; ) {
+    const d = sql.charCodeAt(i);
+    if (d === quote) {
+      if (sql.charCodeAt(i + 1) !== quote) return i + 1;
+      i += 2;
+      continue;
+    }
+    if ((noBackslash && d === 92 /* \ */) || (d < 32 && !isSpace(d))) return undefined;
+    i++;
+  }
+  return undefined;
+}
+
 /** The shape of sql, or undefined when it is not safe to share a classification with other texts. */
 export function shapeOf(sql: string): string | undefined {
   return scanShape(sql)?.shape;
@@ -685,41 +704,16 @@ function scanShape(sql: string): { shape: string; count: number } | undefined {
       if (lastKind === KIND_STRING) return undefined; // possible 'a'<newline>'b' continuation
       const prev = i > 0 ? sql.charCodeAt(i - 1) : 32;
       if (isIdentChar(prev) || prev === 38 /* & */) return undefined; // E'' B'' X'' N'' U&'' typed'..'
-      i++;
-      for (;;) {
-        if (i >= n) return undefined; // unterminated
-        const d = sql.charCodeAt(i);
-        if (d === 92 /* \ */) return undefined;
-        if (d === 39) {
-          if (sql.charCodeAt(i + 1) === 39) {
-            i += 2;
-            continue;
-          }
-          i++;
-          break;
-        }
-        if (d < 32 && !isSpace(d)) return undefined;
-        i++;
-      }
+      const end = skipQuoted(sql, i, 39, true);
+      if (end === undefined) return undefined;
+      i = end;
       text = PH_STR;
       kind = KIND_STRING;
     } else if (c === 34 /* " */) {
       if (i > 0 && sql.charCodeAt(i - 1) === 38 /* U&" */) return undefined;
-      i++;
-      for (;;) {
-        if (i >= n) return undefined;
-        const d = sql.charCodeAt(i);
-        if (d === 34) {
-          if (sql.charCodeAt(i + 1) === 34) {
-            i += 2;
-            continue;
-          }
-          i++;
-          break;
-        }
-        if (d < 32 && !isSpace(d)) return undefined;
-        i++;
-      }
+      const end = skipQuoted(sql, i, 34, false);
+      if (end === undefined) return undefined;
+      i = end;
       text = sql.slice(start, i);
     } else if (isIdentStart(c)) {
       i++;
