@@ -364,7 +364,7 @@ class PgSession {
           if (masked instanceof PgProtocolError) return this.protocolError('server', masked);
           return this.toClient(masked ?? raw);
         }
-        const bad = checkDataRow(f.body);
+        const bad = msg.checkDataRow(f.body);
         if (bad) return this.protocolError('server', bad);
         return this.toClient(raw);
       }
@@ -740,7 +740,7 @@ class PgSession {
       if (row instanceof PgProtocolError) return row;
       select = row.values.map((v, i) => cols[i] || (v !== null && this.maskFormats[i] === 0 && detectorHit(spec.detectors, v.toString('utf8'))));
     }
-    if (!select.some(Boolean)) return checkDataRow(body);
+    if (!select.some(Boolean)) return msg.checkDataRow(body);
     return msg.rewriteDataRow(body, select, (_v, i) => {
       this.maskedValues++;
       // Text values become a marker; binary values (type-specific encodings) become NULL-free zeroes
@@ -751,22 +751,3 @@ class PgSession {
 }
 
 const MASKED = Buffer.from('[MASKED]');
-
-/**
- * A DataRow's column lengths must add up to its body: walked without decoding, so a malformed row
- * from the server ends the session here instead of confusing the job's driver.
- */
-function checkDataRow(body: Buffer): PgProtocolError | undefined {
-  if (body.length < 2) return new PgProtocolError('malformed', 'DataRow: missing the column count');
-  const n = body.readUInt16BE(0);
-  let pos = 2;
-  for (let i = 0; i < n; i++) {
-    if (pos + 4 > body.length) return new PgProtocolError('malformed', `DataRow: column ${i + 1} of ${n} is cut off`);
-    const len = body.readInt32BE(pos);
-    pos += 4;
-    if (len === -1) continue;
-    if (len < 0 || pos + len > body.length) return new PgProtocolError('malformed', `DataRow: column ${i + 1} declares ${len} bytes, ${body.length - pos} remain`);
-    pos += len;
-  }
-  return pos === body.length ? undefined : new PgProtocolError('malformed', `DataRow: ${body.length - pos} bytes after the last column`);
-}

@@ -368,26 +368,41 @@ export function decodeRowDescription(body: Buffer): { fields: FieldDescription[]
 }
 
 /** DataRow: values are views into the body (no copy); null for SQL NULL. */
-export function decodeDataRow(body: Buffer): { values: (Buffer | null)[] } | PgProtocolError {
+/**
+ * Walks a DataRow body, checking every column length against the body; `onValue` sees each value
+ * as a view (null for NULL). The one place DataRow lengths are trusted or not.
+ */
+function walkDataRow(body: Buffer, onValue?: (i: number, value: Buffer | null) => void): number | PgProtocolError {
   const what = 'DataRow';
   if (!need(body, 0, 2)) return bad(what, 'missing the column count');
   const n = body.readUInt16BE(0);
   let pos = 2;
   if (!need(body, pos, 4 * n)) return bad(what, `declares ${n} columns but only ${body.length - pos} bytes remain`);
-  const values = new Array<Buffer | null>(n);
   for (let i = 0; i < n; i++) {
     if (!need(body, pos, 4)) return bad(what, `column ${i + 1} is cut off`);
     const len = body.readInt32BE(pos);
     pos += 4;
     if (len === -1) {
-      values[i] = null;
+      onValue?.(i, null);
       continue;
     }
     if (len < 0 || !need(body, pos, len)) return bad(what, `column ${i + 1} declares length ${len} but ${body.length - pos} bytes remain`);
-    values[i] = body.subarray(pos, pos + len);
+    onValue?.(i, body.subarray(pos, pos + len));
     pos += len;
   }
-  return trailing(what, body, pos) ?? { values };
+  return trailing(what, body, pos) ?? n;
+}
+
+export function decodeDataRow(body: Buffer): { values: (Buffer | null)[] } | PgProtocolError {
+  const values: (Buffer | null)[] = [];
+  const r = walkDataRow(body, (i, v) => (values[i] = v));
+  return typeof r === 'number' ? { values } : r;
+}
+
+/** Checks a DataRow's structure without copying or collecting anything (the relay's hot path). */
+export function checkDataRow(body: Buffer): PgProtocolError | undefined {
+  const r = walkDataRow(body);
+  return typeof r === 'number' ? undefined : r;
 }
 
 export interface CommandComplete {
