@@ -6,6 +6,7 @@ import net from 'node:net';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { readSpoolDir } from '../../agent/events/read-spool-dir.js';
+import type { VerifyReport } from '../../collector/verify.js';
 import { eventToJson } from '../../proto/index.js';
 import { ROOT, RUNGUARD, runProcess } from './agent.js';
 
@@ -167,16 +168,8 @@ export function copyStore(fromDir: string, toDir: string): void {
   cpSync(fromDir, toDir, { recursive: true });
 }
 
-export interface VerifyJson {
-  ok: boolean;
-  size: number;
-  leavesChecked: number;
-  agents: number;
-  signaturesChecked: number;
-  checkpointSigned: boolean;
-  problems: { index: number; reason: string }[];
-  firstProblem?: { index: number; reason: string };
-}
+/** What `runguard verify --json` prints: the report of collector/verify.ts plus its run time. */
+export type VerifyJson = VerifyReport & { seconds: number };
 
 /** `runguard verify ARGS --json`: the exit status and the parsed report. */
 export async function verifyJson(args: string[]): Promise<{ status: number | null; report: VerifyJson; stderr: string }> {
