@@ -8,6 +8,7 @@ import { AuditEventType } from '../proto/index.js';
 import { eventHash, verifyBatchTip } from '../proto/batch.js';
 import type { BatchAck, EventBatch } from '../proto/services.js';
 import type { LeafInput, LogStore } from './store/store.js';
+import { leafFields, num, type DecodedEvent as Decoded } from './store/leaf-fields.js';
 
 /** Events per batch the collector accepts; the agent's shipper stays well below. */
 export const MAX_BATCH_EVENTS = 4096;
@@ -21,12 +22,6 @@ export interface AgentPeer {
 }
 
 const ZERO_HASH = Buffer.alloc(32);
-
-type Decoded = { agentId?: string; seq?: number | { toNumber(): number }; prevHash?: Uint8Array; time?: { seconds?: number | { toNumber(): number }; nanos?: number };
-  kind?: number; sessionId?: string; job?: { repository?: string; workflow?: string; runId?: string; job?: string; actor?: string };
-  destination?: { address?: string; port?: number } };
-
-const num = (v: number | { toNumber(): number } | undefined): number => (v === undefined ? 0 : typeof v === 'number' ? v : v.toNumber());
 
 export class Ingestor {
   private readonly keys = new Map<string, KeyObject>();
@@ -87,16 +82,7 @@ export class Ingestor {
       } else if (!Buffer.from(ev.prevHash ?? []).equals(expectedPrev)) {
         return reject(`event seq ${seq} does not chain: its prev_hash is not the hash of seq ${seq - 1}`);
       }
-      const t = ev.time;
-      leaves.push({
-        seq, bytes, hash,
-        timeMs: t ? num(t.seconds) * 1000 + Math.floor((t.nanos ?? 0) / 1e6) : 0,
-        kind: ev.kind ?? 0,
-        sessionId: ev.sessionId ?? '',
-        repository: ev.job?.repository ?? '', workflow: ev.job?.workflow ?? '', runId: ev.job?.runId ?? '',
-        job: ev.job?.job ?? '', actor: ev.job?.actor ?? '',
-        destination: ev.destination?.address ? `${ev.destination.address}:${ev.destination.port ?? 0}` : '',
-      });
+      leaves.push({ seq, bytes, hash, ...leafFields(ev) });
       prevHash = hash;
     }
 

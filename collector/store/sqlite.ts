@@ -7,8 +7,12 @@ import Database from 'better-sqlite3';
 import { TreeBuilder, type NodeGetter } from '../merkle/index.js';
 import { leafHash } from '../merkle/hash.js';
 import type {
-  AgentRecord, AppendBatch, EventQuery, LogStore, StoredCheckpoint, StoredLeaf,
+  ActivityPoint, AgentRecord, AppendBatch, DecisionBucket, EventQuery, JobQuery, JobSummary, LogStore, SessionSummary, StoredCheckpoint, StoredLeaf,
 } from './store.js';
+import { JobRow, jobFromRow, jobWhere, migrate, Rollups } from './rollups.js';
+import { EventKind } from '../../proto/index.js';
+
+const STATEMENT_KIND = EventKind.EVENT_KIND_STATEMENT!;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS leaves (
@@ -24,7 +28,8 @@ CREATE TABLE IF NOT EXISTS leaves (
   run_id TEXT NOT NULL,
   job TEXT NOT NULL,
   actor TEXT NOT NULL,
-  destination TEXT NOT NULL
+  destination TEXT NOT NULL,
+  decision TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS leaves_agent_seq ON leaves(agent_id, seq);
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves(time_ms);
@@ -60,6 +65,42 @@ CREATE TABLE IF NOT EXISTS gaps (
   to_seq INTEGER NOT NULL,
   at_index INTEGER NOT NULL,
   detected_ms INTEGER NOT NULL
+);
+-- Rollups for the dashboard, written in the same transaction as the leaves they count, so a list of
+-- jobs or a chart of decisions never scans the log (it stays quick at millions of events).
+CREATE TABLE IF NOT EXISTS jobs (
+  key TEXT PRIMARY KEY,
+  agent_id TEXT NOT NULL,
+  provider TEXT NOT NULL,
+  repository TEXT NOT NULL,
+  workflow TEXT NOT NULL,
+  run_id TEXT NOT NULL,
+  job TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  ref TEXT NOT NULL,
+  sha TEXT NOT NULL,
+  url TEXT NOT NULL,
+  source INTEGER NOT NULL,
+  first_ms INTEGER NOT NULL,
+  last_ms INTEGER NOT NULL,
+  events INTEGER NOT NULL,
+  statements INTEGER NOT NULL,
+  denied INTEGER NOT NULL,
+  masked INTEGER NOT NULL,
+  reviewed INTEGER NOT NULL,
+  refused INTEGER NOT NULL,
+  last_index INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_last ON jobs(last_ms);
+CREATE TABLE IF NOT EXISTS decision_counts (
+  minute INTEGER NOT NULL,
+  action TEXT NOT NULL,
+  n INTEGER NOT NULL,
+  PRIMARY KEY (minute, action)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
   size INTEGER PRIMARY KEY,
@@ -103,10 +144,27 @@ export class SqliteStore implements LogStore {
       // FULL: the WAL is fsynced at every commit, so an acknowledged batch survives power loss.
       db.pragma('synchronous = FULL');
       db.exec(SCHEMA);
+      migrate(db);
     }
     this.stmt = {
-      insertLeaf: db.prepare(`INSERT INTO leaves (idx, agent_id, seq, bytes, time_ms, kind, session_id, repository, workflow, run_id, job, actor, destination)
-        VALUES (@idx, @agentId, @seq, @bytes, @timeMs, @kind, @sessionId, @repository, @workflow, @runId, @job, @actor, @destination)`),
+      insertLeaf: db.prepare(`INSERT INTO leaves (idx, agent_id, seq, bytes, time_ms, kind, session_id, repository, workflow, run_id, job, actor, destination, decision)
+        VALUES (@idx, @agentId, @seq, @bytes, @timeMs, @kind, @sessionId, @repository, @workflow, @runId, @job, @actor, @destination, @decision)`),
+      upsertJob: db.prepare(`INSERT INTO jobs (key, agent_id, provider, repository, workflow, run_id, job, actor, ref, sha, url, source,
+          first_ms, last_ms, events, statements, denied, masked, reviewed, refused, last_index)
+        VALUES (@key, @agentId, @provider, @repository, @workflow, @runId, @job, @actor, @ref, @sha, @url, @source,
+          @firstMs, @lastMs, @events, @statements, @denied, @masked, @reviewed, @refused, @lastIndex)
+        ON CONFLICT (key) DO UPDATE SET
+          first_ms = MIN(first_ms, excluded.first_ms), last_ms = MAX(last_ms, excluded.last_ms),
+          events = events + excluded.events, statements = statements + excluded.statements,
+          denied = denied + excluded.denied, masked = masked + excluded.masked,
+          reviewed = reviewed + excluded.reviewed, refused = refused + excluded.refused,
+          last_index = MAX(last_index, excluded.last_index),
+          provider = IIF(provider = '', excluded.provider, provider), workflow = IIF(workflow = '', excluded.workflow, workflow),
+          actor = IIF(actor = '', excluded.actor, actor), ref = IIF(ref = '', excluded.ref, ref),
+          sha = IIF(sha = '', excluded.sha, sha), url = IIF(url = '', excluded.url, url), source = MAX(source, excluded.source)`),
+      countDecision: db.prepare(`INSERT INTO decision_counts (minute, action, n) VALUES (?, ?, ?)
+        ON CONFLICT (minute, action) DO UPDATE SET n = n + excluded.n`),
+      job: db.prepare('SELECT * FROM jobs WHERE key = ?'),
       insertNode: db.prepare('INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)'),
       getNode: db.prepare('SELECT hash FROM nodes WHERE level = ? AND idx = ?').pluck(),
       size: db.prepare('SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves').pluck(),
@@ -163,6 +221,7 @@ export class SqliteStore implements LogStore {
 
   appendBatch(batch: AppendBatch): { firstIndex: number; lastIndex: number } {
     const firstIndex = this.tree.size;
+    const rollups = new Rollups();
     const run = this.db.transaction(() => {
       const tree = this.tree.clone();
       if (batch.gap) {
@@ -173,7 +232,9 @@ export class SqliteStore implements LogStore {
           this.stmt.insertNode.run(level, index, hash);
         });
         this.stmt.insertLeaf.run({ idx, agentId: batch.agentId, ...leaf });
+        rollups.add(batch.agentId, idx, leaf);
       }
+      rollups.write(this.stmt.upsertJob, this.stmt.countDecision);
       const last = batch.leaves[batch.leaves.length - 1]!;
       this.stmt.insertBatch.run(batch.agentId, last.seq, batch.tipSignature, Date.now());
       this.stmt.updateAgent.run(last.seq, last.hash, tree.size - 1, Date.now(), batch.agentId);
@@ -228,12 +289,92 @@ export class SqliteStore implements LogStore {
     eq('repository', q.repository);
     eq('run_id', q.runId);
     eq('job', q.job);
+    if (q.jobKey !== undefined) {
+      const j = jobWhere(q.jobKey);
+      where.push(j.sql);
+      args.push(...j.args);
+    }
+    eq('workflow', q.workflow);
+    eq('actor', q.actor);
+    eq('destination', q.destination);
+    eq('decision', q.decision);
+    if (q.text) { where.push('instr(bytes, ?) > 0'); args.push(Buffer.from(q.text, 'utf8')); }
     if (q.sinceMs !== undefined) { where.push('time_ms >= ?'); args.push(q.sinceMs); }
     if (q.untilMs !== undefined) { where.push('time_ms < ?'); args.push(q.untilMs); }
     if (q.afterIndex !== undefined) { where.push('idx > ?'); args.push(q.afterIndex); }
+    if (q.beforeIndex !== undefined) { where.push('idx < ?'); args.push(q.beforeIndex); }
     const limit = Math.min(Math.max(q.limit ?? 1000, 1), 10_000);
-    const sql = `SELECT idx, agent_id, seq, bytes FROM leaves ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY idx LIMIT ${limit}`;
-    return (this.db.prepare(sql).all(...args) as LeafRow[]).map(leafFromRow);
+    const order = q.descending ? 'DESC' : '';
+    const sql = `SELECT idx, agent_id, seq, bytes FROM leaves ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY idx ${order} LIMIT ${limit}`;
+    return (this.cached(sql).all(...args) as LeafRow[]).map(leafFromRow);
+  }
+
+  jobs(q: JobQuery): JobSummary[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    const eq = (col: string, v: string | undefined) => {
+      if (v) {
+        where.push(`${col} = ?`);
+        args.push(v);
+      }
+    };
+    eq('repository', q.repository);
+    eq('workflow', q.workflow);
+    eq('run_id', q.runId);
+    eq('actor', q.actor);
+    if (q.sinceMs !== undefined) { where.push('last_ms >= ?'); args.push(q.sinceMs); }
+    if (q.untilMs !== undefined) { where.push('first_ms < ?'); args.push(q.untilMs); }
+    if (q.beforeMs !== undefined) { where.push('last_ms < ?'); args.push(q.beforeMs); }
+    if (q.flagged) where.push('(denied + reviewed + refused) > 0');
+    const limit = Math.min(Math.max(q.limit ?? 100, 1), 1000);
+    const sql = `SELECT * FROM jobs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY last_ms DESC LIMIT ${limit}`;
+    return (this.cached(sql).all(...args) as JobRow[]).map(jobFromRow);
+  }
+
+  job(key: string): JobSummary | undefined {
+    const r = this.stmt.job.get(key) as JobRow | undefined;
+    return r && jobFromRow(r);
+  }
+
+  jobSessions(key: string, limit: number): SessionSummary[] {
+    const j = jobWhere(key);
+    return this.cached(`SELECT session_id AS sessionId, MIN(time_ms) AS firstMs, MAX(time_ms) AS lastMs, MIN(idx) AS firstIndex,
+        COUNT(*) AS events, SUM(kind = ${STATEMENT_KIND}) AS statements, SUM(decision IN ('deny', 'review', 'refused')) AS flagged,
+        MAX(destination) AS destination
+      FROM leaves WHERE ${j.sql} GROUP BY session_id ORDER BY firstIndex LIMIT ?`).all(...j.args, limit) as SessionSummary[];
+  }
+
+  jobActivity(key: string, limit: number): ActivityPoint[] {
+    const j = jobWhere(key);
+    const rows = this.cached(`SELECT idx AS "index", time_ms AS timeMs, kind, session_id AS sessionId, decision
+      FROM leaves WHERE ${j.sql} ORDER BY idx DESC LIMIT ?`).all(...j.args, limit) as ActivityPoint[];
+    return rows.reverse();
+  }
+
+  decisionCounts(sinceMs: number, untilMs: number, bucketMs: number): DecisionBucket[] {
+    const minutes = Math.max(1, Math.round(bucketMs / 60_000));
+    // Bound JS numbers are REAL in SQLite: cast, or the division is not integral.
+    const rows = this.cached(`SELECT minute / CAST(? AS INTEGER) AS b, action, SUM(n) AS n FROM decision_counts
+      WHERE minute >= ? AND minute < ? GROUP BY b, action ORDER BY b`)
+      .all(minutes, Math.floor(sinceMs / 60_000), Math.ceil(untilMs / 60_000)) as { b: number; action: string; n: number }[];
+    const buckets = new Map<number, DecisionBucket>();
+    for (const r of rows) {
+      let bucket = buckets.get(r.b);
+      if (!bucket) buckets.set(r.b, (bucket = { startMs: r.b * minutes * 60_000, counts: {} }));
+      bucket.counts[r.action] = r.n;
+    }
+    return [...buckets.values()];
+  }
+
+  /** Prepared statements for the dynamic queries, by SQL text (filters make a handful of shapes). */
+  private readonly statements = new Map<string, Database.Statement>();
+  private cached(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) {
+      if (this.statements.size > 256) this.statements.clear();
+      this.statements.set(sql, (st = this.db.prepare(sql)));
+    }
+    return st;
   }
 
   close(): void {

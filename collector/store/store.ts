@@ -26,6 +26,57 @@ export interface LeafInput {
   job: string;
   actor: string;
   destination: string;
+  /** Policy action of a statement (allow, deny, mask, review) or "refused" for a refused connection. */
+  decision: string;
+  /** What the job rollup shows beside the key fields; not indexed per leaf. */
+  jobMeta?: JobMeta;
+}
+
+export interface JobMeta {
+  provider: string;
+  ref: string;
+  sha: string;
+  url: string;
+  source: number;
+}
+
+/** One CI job as the dashboard lists it: kept up to date as its events are appended. */
+export interface JobSummary {
+  key: string;            // "<repository>|<run_id>|<job>", or "agent:<id>" for events without CI identity
+  agentId: string;
+  provider: string;
+  repository: string;
+  workflow: string;
+  runId: string;
+  job: string;
+  actor: string;
+  ref: string;
+  sha: string;
+  url: string;
+  source: number;
+  firstMs: number;
+  lastMs: number;
+  events: number;
+  statements: number;
+  denied: number;
+  masked: number;
+  reviewed: number;
+  refused: number;
+  lastIndex: number;
+}
+
+export interface JobQuery {
+  repository?: string;
+  workflow?: string;
+  runId?: string;
+  actor?: string;
+  sinceMs?: number;
+  untilMs?: number;
+  /** Only jobs with at least one deny, review or refused connection. */
+  flagged?: boolean;
+  limit?: number;
+  /** Pagination: jobs last active before this time. */
+  beforeMs?: number;
 }
 
 export interface AppendBatch {
@@ -50,10 +101,47 @@ export interface EventQuery {
   repository?: string;
   runId?: string;
   job?: string;
+  /** A JobSummary key: the events of that job (see jobKey). */
+  jobKey?: string;
+  workflow?: string;
+  actor?: string;
+  destination?: string;
+  decision?: string;
+  /** Substring of the stored event bytes (statement text, argv, names): a bounded scan. */
+  text?: string;
   sinceMs?: number;
   untilMs?: number;
   afterIndex?: number;
+  /** Newest first, strictly below this index (pagination of the dashboard's lists). */
+  beforeIndex?: number;
+  /** Newest first instead of oldest first. */
+  descending?: boolean;
   limit?: number;
+}
+
+export interface SessionSummary {
+  sessionId: string;
+  firstMs: number;
+  lastMs: number;
+  firstIndex: number;
+  events: number;
+  statements: number;
+  flagged: number;       // deny, review, refused
+  destination: string;
+}
+
+export interface ActivityPoint {
+  index: number;
+  timeMs: number;
+  kind: number;
+  sessionId: string;
+  decision: string;
+}
+
+/** Counts of statement decisions per time bucket, for the dashboard's chart. */
+export interface DecisionBucket {
+  startMs: number;
+  counts: Record<string, number>;
 }
 
 export interface StoredCheckpoint {
@@ -82,5 +170,13 @@ export interface LogStore {
   latestCheckpoint(): StoredCheckpoint | undefined;
   saveCheckpoint(cp: StoredCheckpoint): void;
   queryEvents(q: EventQuery): StoredLeaf[];
+  jobs(q: JobQuery): JobSummary[];
+  job(key: string): JobSummary | undefined;
+  /** The sessions of a job, oldest first, with what happened in each. */
+  jobSessions(key: string, limit: number): SessionSummary[];
+  /** Index, time, kind, session and decision of a job's newest `limit` events, oldest first. */
+  jobActivity(key: string, limit: number): ActivityPoint[];
+  /** Decisions counted per bucket of `bucketMs` (a multiple of a minute) in [sinceMs, untilMs). */
+  decisionCounts(sinceMs: number, untilMs: number, bucketMs: number): DecisionBucket[];
   close(): void;
 }

@@ -31,7 +31,7 @@ interface LeafRow {
 function leafInput(r: LeafRow, bytes = r.bytes): LeafInput {
   return {
     seq: r.seq, bytes, hash: eventHash(bytes), timeMs: r.time_ms, kind: r.kind, sessionId: r.session_id, repository: r.repository,
-    workflow: r.workflow, runId: r.run_id, job: r.job, actor: r.actor, destination: r.destination,
+    workflow: r.workflow, runId: r.run_id, job: r.job, actor: r.actor, destination: r.destination, decision: '',
   };
 }
 
@@ -266,7 +266,7 @@ describe('log integrity: real collector, real agent, tampering on the real store
       const forger = generateKeyPairSync('ed25519').privateKey;
       store.appendBatch({
         agentId: AGENT_ID,
-        leaves: [{ seq, bytes, hash: eventHash(bytes), timeMs: Date.now(), kind: EventKind.EVENT_KIND_CONNECTION_OPEN!, sessionId: 'forged', repository: '', workflow: '', runId: '', job: '', actor: '', destination: '203.0.113.7:443' }],
+        leaves: [{ seq, bytes, hash: eventHash(bytes), timeMs: Date.now(), kind: EventKind.EVENT_KIND_CONNECTION_OPEN!, sessionId: 'forged', repository: '', workflow: '', runId: '', job: '', actor: '', destination: '203.0.113.7:443', decision: '' }],
         tipSignature: signBatchTip(forger, AGENT_ID, seq, eventHash(bytes)),
       });
       resign(store);
@@ -343,7 +343,7 @@ describe('log integrity: real collector, real agent, tampering on the real store
         store.appendBatch({ agentId: AGENT_ID, leaves, tipSignature: b.signature });
         if (n === 0) {
           const bytes = Buffer.from(encodeEvent({ agentId: 'ghost', seq: 1, prevHash: Buffer.alloc(32), time: { seconds: 1, nanos: 0 }, kind: EventKind.EVENT_KIND_AGENT_START }));
-          store.appendBatch({ agentId: 'ghost', leaves: [{ seq: 1, bytes, hash: eventHash(bytes), timeMs: 1000, kind: EventKind.EVENT_KIND_AGENT_START!, sessionId: '', repository: '', workflow: '', runId: '', job: '', actor: '', destination: '' }], tipSignature: signBatchTip(ghost.privateKey, 'ghost', 1, eventHash(bytes)) });
+          store.appendBatch({ agentId: 'ghost', leaves: [{ seq: 1, bytes, hash: eventHash(bytes), timeMs: 1000, kind: EventKind.EVENT_KIND_AGENT_START!, sessionId: '', repository: '', workflow: '', runId: '', job: '', actor: '', destination: '', decision: '' }], tipSignature: signBatchTip(ghost.privateKey, 'ghost', 1, eventHash(bytes)) });
         }
       }
       resign(store);
