@@ -3,20 +3,19 @@
 //   GET  /api/approvals/<id>                                                JSON of one request
 //   POST /api/approvals/<id>/approve   {"reason"?: "..."}                  JSON of the request after the vote
 //   POST /api/approvals/<id>/deny      {"reason": "..."}
-// Every call authenticates a local user (DATA_DIR/users.json) with HTTP Basic auth: reading needs
-// any role, deciding needs the approver (or admin) role. POSTs must be application/json, which a
-// browser will not send cross-site without a CORS preflight this server never grants, so a page
-// elsewhere cannot ride on cached Basic credentials. The dashboard will sign in with sessions
-// (secure cookies) and CSRF tokens instead of Basic auth; the routes and JSON stay the same.
-// Errors are JSON { error: CODE, message } with 400/401/403/404/409.
+// Every call authenticates a local user (DATA_DIR/users.json): the CLI with HTTP Basic auth, the
+// dashboard with its session cookie and CSRF token (collector/dashboard/auth.ts). Reading needs any
+// role, deciding needs the approver (or admin) role. POSTs must be application/json, which a
+// browser will not send cross-site without a CORS preflight this server never grants.
+// Errors are JSON { error: CODE, message } with 400/401/403/404/409/429.
 import type http from 'node:http';
 import type { Logger } from 'pino';
 import { ApprovalError, toJson, type ApprovalRegistry } from './registry.js';
-import { hasRole, type User, type UserStore } from './users.js';
+import { AuthError, type Authenticator } from '../dashboard/auth.js';
 
 export interface ApprovalsApiOptions {
   registry: ApprovalRegistry;
-  users: UserStore;
+  auth: Authenticator;
   log: Logger;
 }
 
@@ -24,12 +23,13 @@ const STATES = new Set(['pending', 'approved', 'denied', 'expired']);
 
 /** Handles /api/approvals...; returns false for any other path (the caller serves it). */
 export function createApprovalsApi(opts: ApprovalsApiOptions): (req: http.IncomingMessage, res: http.ServerResponse) => boolean {
-  const { registry, users, log } = opts;
+  const { registry, auth, log } = opts;
   return (req, res) => {
     const u = new URL(req.url ?? '/', 'http://collector');
     if (u.pathname !== '/api/approvals' && !u.pathname.startsWith('/api/approvals/')) return false;
     handle(req, res, u).catch((err: Error) => {
-      if (err instanceof ApprovalError) return sendJson(res, err.status, { error: err.code, message: err.message });
+      // The dashboard's own fetches get no Basic challenge: the browser would pop up a password box.
+      if (err instanceof ApprovalError || err instanceof AuthError) return sendJson(res, err.status, { error: err.code, message: err.message }, !req.headers['x-runguard-ui']);
       log.error({ err, path: u.pathname }, 'approvals API error');
       if (!res.headersSent) sendJson(res, 500, { error: 'internal', message: err.message });
     });
@@ -37,7 +37,9 @@ export function createApprovalsApi(opts: ApprovalsApiOptions): (req: http.Incomi
   };
 
   async function handle(req: http.IncomingMessage, res: http.ServerResponse, u: URL): Promise<void> {
-    const user = authenticate(req);
+    const write = req.method !== 'GET' && req.method !== 'HEAD';
+    // The registry judges who may decide (role, group, not the requesting actor) and says why not.
+    const { user } = auth.authenticate(req, { write, role: 'viewer' });
     const parts = u.pathname.split('/').filter(Boolean).slice(2).map(decodeURIComponent); // after api/approvals
     if (req.method === 'GET' && parts.length === 0) {
       const state = u.searchParams.get('state') ?? 'pending';
@@ -61,18 +63,6 @@ export function createApprovalsApi(opts: ApprovalsApiOptions): (req: http.Incomi
       return sendJson(res, 200, toJson(rec));
     }
     throw new ApprovalError(req.method === 'GET' || req.method === 'POST' ? 404 : 405, 'not_found', `no such approvals endpoint: ${req.method} ${u.pathname}`);
-  }
-
-  function authenticate(req: http.IncomingMessage): User {
-    const m = /^Basic\s+([A-Za-z0-9+/=]+)$/i.exec(req.headers.authorization ?? '');
-    const decoded = m ? Buffer.from(m[1]!, 'base64').toString('utf8') : '';
-    const colon = decoded.indexOf(':');
-    const user = colon > 0 ? users.authenticate(decoded.slice(0, colon), decoded.slice(colon + 1)) : undefined;
-    if (!user) {
-      throw new ApprovalError(401, 'unauthenticated', m ? 'wrong user name or password' : 'sign in: HTTP Basic auth with a user from `runguard user add`');
-    }
-    if (!hasRole(user, 'viewer')) throw new ApprovalError(403, 'no_role', `user ${user.name} has no role`);
-    return user;
   }
 }
 
@@ -102,9 +92,9 @@ function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
   });
 }
 
-function sendJson(res: http.ServerResponse, status: number, value: unknown): void {
+function sendJson(res: http.ServerResponse, status: number, value: unknown, challenge = false): void {
   const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' };
-  if (status === 401) headers['www-authenticate'] = 'Basic realm="runguard", charset="UTF-8"';
+  if (status === 401 && challenge) headers['www-authenticate'] = 'Basic realm="runguard", charset="UTF-8"';
   res.writeHead(status, headers);
   res.end(JSON.stringify(value) + '\n');
 }
