@@ -1,6 +1,9 @@
 // The collector process: gRPC ingest and log queries over mutual TLS, a checkpointer that signs the
 // tree head every second while it grows, and the HTTP read API.
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
+import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { ApprovalsService, IngestService, LogService, type BatchAck, type EventBatch } from '../proto/services.js';
@@ -9,13 +12,18 @@ import { Ingestor, type AgentPeer } from './ingest.js';
 import { createReadApi } from './http.js';
 import { SqliteStore } from './store/sqlite.js';
 import { ApprovalRegistry, approvalsServiceImpl, createApprovalsApi, postApprovalWebhook, UserStore } from './approvals/index.js';
+import { Authenticator, createDashboard, startVerifier, type Verifier } from './dashboard/index.js';
 import { agentIdentityFromCert, ed25519Raw, loadCheckpointSigner, tlsServerCredentials } from './pki/identity.js';
 
 export interface CollectorOptions {
   dataDir: string;
   tlsDir: string;
   listen: string;           // host:port for gRPC
-  http?: string;            // host:port for the read API
+  http?: string;            // host:port for the read API and the dashboard
+  /** Serve --http over TLS with the collector's certificate (needed off loopback: cookies are Secure). */
+  httpTls?: boolean;
+  /** How often the collector verifies its own log in the background (0: only on request). */
+  verifyIntervalMs?: number;
   log: Logger;
   checkpointIntervalMs?: number;
   /** Slack-compatible incoming webhook told about every new approval request. */
@@ -133,11 +141,25 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
 
   let httpServer: http.Server | undefined;
   let httpPort: number | undefined;
+  let verifier: Verifier | undefined;
   if (opts.http) {
     const h = splitHostPort(opts.http, '--http');
     const readApi = createReadApi({ store, checkpoint: () => latest, log });
-    const approvalsApi = createApprovalsApi({ registry: approvals, users: UserStore.forDataDir(opts.dataDir), log });
-    httpServer = http.createServer((req, res) => void (approvalsApi(req, res) || readApi(req, res)));
+    const auth = new Authenticator(UserStore.forDataDir(opts.dataDir));
+    const approvalsApi = createApprovalsApi({ registry: approvals, auth, log });
+    const interval = opts.verifyIntervalMs ?? 3600_000;
+    verifier = startVerifier({ dataDir: opts.dataDir, tlsDir: opts.tlsDir, intervalMs: interval > 0 ? interval : 2 ** 31 - 1, log: log.child({ component: 'verify' }) });
+    verifier.start('collector start');
+    const dashboard = createDashboard({
+      store, auth, approvals, checkpoint: () => latest, verifierKey: readFileSync(path.join(opts.tlsDir, 'checkpoint.pub'), 'utf8').trim(),
+      verifier, log: log.child({ component: 'dashboard' }),
+    });
+    const handler: http.RequestListener = (req, res) => void (approvalsApi(req, res) || dashboard(req, res) || readApi(req, res));
+    httpServer = opts.httpTls
+      ? https.createServer({
+        cert: readFileSync(path.join(opts.tlsDir, 'server.crt')), key: readFileSync(path.join(opts.tlsDir, 'server.key')),
+      }, handler)
+      : http.createServer(handler);
     httpPort = await new Promise<number>((resolve, reject) => {
       httpServer!.once('error', reject);
       httpServer!.listen(h.port, h.host, () => resolve((httpServer!.address() as { port: number }).port));
@@ -163,6 +185,7 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
         await new Promise<void>((r) => httpServer!.close(() => r()));
       }
       approvals.close();
+      await verifier?.stop();
       publishCheckpoint();
       store.close();
     },
