@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 # libbpf1: the loader. clang, llvm, libbpf-dev, bpftool: rebuild and check the committed BPF objects.
 # postgresql: real servers and clients for the tests. iptables: the reference path in bench/.
 # sudo, systemd: the packaging checks (visudo, systemd-analyze verify). pgbouncer: the reference in bench/.
-PACKAGES=(libbpf1 clang llvm libbpf-dev bpftool linux-libc-dev postgresql postgresql-client iptables python3 procps iproute2 openssl sudo systemd pgbouncer)
+# chromium + fonts: the dashboard's browser tests (driven by playwright-core; no browser download).
+PACKAGES=(libbpf1 clang llvm libbpf-dev bpftool linux-libc-dev postgresql postgresql-client iptables python3 procps iproute2 openssl sudo systemd pgbouncer
+  chromium fonts-dejavu-core fonts-liberation)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
