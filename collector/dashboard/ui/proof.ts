@@ -29,7 +29,7 @@ export function toBase64(b: Uint8Array): string {
   return btoa(s);
 }
 
-const leafHash = (leaf: Uint8Array) => sha256(Uint8Array.of(0), leaf);
+export const leafHash = (leaf: Uint8Array) => sha256(Uint8Array.of(0), leaf);
 const nodeHash = (l: Uint8Array, r: Uint8Array) => sha256(Uint8Array.of(1), l, r);
 
 const bitLength = (n: number) => (n === 0 ? 0 : Math.floor(Math.log2(n)) + 1);
@@ -39,14 +39,20 @@ function popcount(n: number): number {
   return c;
 }
 
-/** RFC 9162 section 2.1.3.2: the root an inclusion proof leads to, or an error. */
-export async function rootFromInclusionProof(index: number, size: number, leaf: Uint8Array, proof: Uint8Array[]): Promise<Uint8Array> {
+/**
+ * RFC 9162 section 2.1.3.2: the root an inclusion proof leads to, or an error. The same algorithm
+ * as collector/merkle/proof.ts, here over WebCrypto; test/unit/dashboard-proof.test.ts runs both
+ * against the reference vectors.
+ */
+export async function rootFromInclusionProof(index: number, size: number, leafHash: Uint8Array, proof: Uint8Array[]): Promise<Uint8Array> {
+  if (!Number.isSafeInteger(index) || !Number.isSafeInteger(size) || index < 0) throw new Error(`bad index ${index} or size ${size}`);
   if (index >= size) throw new Error(`index ${index} is beyond tree size ${size}`);
+  if (leafHash.length !== 32 || proof.some((p) => p.length !== 32)) throw new Error('hashes must be 32 bytes');
   // index ^ (size - 1) overflows 32-bit bitwise operators past 2^31 leaves: use BigInt for it.
   const inner = bitLength(Number(BigInt(index) ^ BigInt(size - 1)));
   const border = popcount(Math.floor(index / 2 ** inner));
   if (proof.length !== inner + border) throw new Error(`proof has ${proof.length} hashes, expected ${inner + border}`);
-  let h = await leafHash(leaf);
+  let h = leafHash;
   for (let i = 0; i < inner; i++) {
     h = Math.floor(index / 2 ** i) % 2 === 0 ? await nodeHash(h, proof[i]!) : await nodeHash(proof[i]!, h);
   }
@@ -73,8 +79,11 @@ export function parseCheckpoint(note: string): ParsedCheckpoint {
 
 /** Checks the note's Ed25519 signature by the key "name+hash+base64(0x01||key)". */
 export async function checkpointSigned(cp: ParsedCheckpoint, verifierKey: string): Promise<boolean> {
-  const [name, hash, key] = verifierKey.split('+');
-  if (!name || !hash || !key) throw new Error('the verifier key is not name+hash+key');
+  // name+hash+key: the name and hash hold no "+", the base64 key may.
+  const a = verifierKey.indexOf('+');
+  const b = verifierKey.indexOf('+', a + 1);
+  const [name, hash, key] = [verifierKey.slice(0, a), verifierKey.slice(a + 1, b), verifierKey.slice(b + 1)];
+  if (a < 1 || b < 0 || !hash || !key) throw new Error('the verifier key is not name+hash+key');
   const raw = fromBase64(key);
   if (raw[0] !== 1 || raw.length !== 33) throw new Error('the verifier key is not an Ed25519 note key');
   const sig = cp.signatures.find((s) => s.name === name && [...s.keyHash].map((b) => b.toString(16).padStart(2, '0')).join('') === hash);

@@ -4,7 +4,7 @@ import type { ViewContext } from './app.js';
 import { decisionChart, type Bucket } from './charts.js';
 import { ago, badge, h, link, num, replace, time } from './dom.js';
 import { decisionOf, endpoint, type IndexedEvent, jobLabel, KINDS, kindName, summary } from './events.js';
-import { checkpointSigned, equal, fromBase64, parseCheckpoint, rootFromInclusionProof } from './proof.js';
+import { checkpointSigned, equal, fromBase64, leafHash, parseCheckpoint, rootFromInclusionProof } from './proof.js';
 
 interface Overview {
   now: number; range: { sinceMs: number; bucketMs: number }; size: number;
@@ -160,7 +160,7 @@ export async function eventView(ctx: ViewContext, arg: string): Promise<void> {
   }
   try {
     const cp = parseCheckpoint(d.checkpoint);
-    const root = await rootFromInclusionProof(d.index, d.proof.size, fromBase64(d.leaf), d.proof.hashes.map(fromBase64));
+    const root = await rootFromInclusionProof(d.index, d.proof.size, await leafHash(fromBase64(d.leaf)), d.proof.hashes.map(fromBase64));
     const signed = await checkpointSigned(cp, d.verifierKey);
     const ok = cp.size === d.proof.size && equal(root, cp.root) && signed;
     proofBox.className = `proof ${ok ? 'ok' : 'bad'}`;
