@@ -15,8 +15,11 @@ export const SESSION_COOKIE = 'rg_session';
 const IDLE_MS = 30 * 60_000;
 const ABSOLUTE_MS = 12 * 3600_000;
 const MAX_SESSIONS = 10_000;
-/** Failed sign-ins allowed per name or address in a window before further attempts wait it out. */
-const FAILURES = { max: 5, windowMs: 60_000 };
+/**
+ * Failed sign-ins allowed in a window before further attempts wait it out: few per user name (a
+ * password guesser), more per address (many people may share one, behind a proxy or NAT).
+ */
+const FAILURES = { perUser: 5, perAddress: 20, windowMs: 60_000 };
 
 export class AuthError extends Error {
   constructor(readonly status: 401 | 403 | 429, readonly code: string, message: string) {
@@ -138,7 +141,7 @@ export class Authenticator {
     const f = this.failures.get(key);
     if (!f) return;
     if (this.now() - f.firstMs > FAILURES.windowMs) this.failures.delete(key);
-    else if (f.n >= FAILURES.max) throw new AuthError(429, 'throttled', 'too many failed sign-ins: wait a minute');
+    else if (f.n >= (key.startsWith('addr:') ? FAILURES.perAddress : FAILURES.perUser)) throw new AuthError(429, 'throttled', 'too many failed sign-ins: wait a minute');
   }
 
   private fail(key: string): void {

@@ -26,6 +26,7 @@ export interface VerifyRun {
 }
 
 export interface Verifier {
+  /** Starts a run, or queues one to start when the current run ends; false once stopped. */
   start(trigger: string): boolean;
   running(): boolean;
   last(): VerifyRun | null;
@@ -41,10 +42,16 @@ export function startVerifier(opts: { dataDir: string; tlsDir: string; intervalM
     // none yet
   }
   let worker: Worker | undefined;
+  let queued: string | undefined;
   let stopped = false;
 
   const start = (trigger: string): boolean => {
-    if (worker || stopped) return false;
+    if (stopped) return false;
+    if (worker) {
+      // The running check may have read the log before whatever prompted this one: run again after.
+      queued = trigger;
+      return true;
+    }
     const startedMs = Date.now();
     const w = new Worker(new URL('./verify-worker.js', import.meta.url), { workerData: { dataDir: opts.dataDir, tlsDir: opts.tlsDir } });
     worker = w;
@@ -59,6 +66,9 @@ export function startVerifier(opts: { dataDir: string; tlsDir: string; intervalM
       }
       if (run.ok) opts.log.info({ size: run.size, ms: run.finishedMs - run.startedMs }, 'self-verify OK');
       else opts.log.error({ problem: run.firstProblem, error: run.error }, 'self-verify FAILED');
+      const next = queued;
+      queued = undefined;
+      if (next) start(next);
     };
     w.once('message', (msg: { report?: VerifyReport; error?: string }) => {
       const r = msg.report;
@@ -82,7 +92,7 @@ export function startVerifier(opts: { dataDir: string; tlsDir: string; intervalM
   timer.unref();
   return {
     start,
-    running: () => worker !== undefined,
+    running: () => worker !== undefined || queued !== undefined,
     last: () => last,
     async stop() {
       stopped = true;
