@@ -10,6 +10,7 @@ import {
 } from './merkle/index.js';
 import { leafHash } from './merkle/hash.js';
 import type { EventQuery, LogStore } from './store/store.js';
+import { statusJson } from './heartbeat.js';
 
 export interface ReadApiOptions {
   store: LogStore;
@@ -94,11 +95,16 @@ export function createReadApi(opts: ReadApiOptions): http.RequestListener {
       if (from < 1 || from > to || to > store.size()) throw new HttpError(400, `no consistency proof from ${from} to ${to} (log size ${store.size()})`);
       json(res, { from, to, hashes: (await consistencyProof(from, to, store.getNode)).map(b64) });
     }],
-    [/^\/agents$/, (_m, _u, res) => json(res, store.agents().map((a) => ({
-      agentId: a.agentId, signingKey: b64(a.signingKey), certificate: a.certificate, lastSeq: a.lastSeq, lastIndex: a.lastIndex,
-      lastSeen: new Date(a.lastSeenMs).toISOString(),
-      batches: store.batchSignatures(a.agentId).map((b) => ({ lastSeq: b.lastSeq, signature: b64(b.signature) })),
-    })))],
+    [/^\/agents$/, (_m, _u, res) => {
+      const statuses = new Map(store.agentStatuses().map((st) => [st.agentId, st]));
+      json(res, store.agents().map((a) => ({
+        agentId: a.agentId, signingKey: b64(a.signingKey), certificate: a.certificate, lastSeq: a.lastSeq, lastIndex: a.lastIndex,
+        lastSeen: new Date(a.lastSeenMs).toISOString(),
+        batches: store.batchSignatures(a.agentId).map((b) => ({ lastSeq: b.lastSeq, signature: b64(b.signature) })),
+        // The latest heartbeat (operational, not verified): null until the agent sends one.
+        status: statusJson(statuses.get(a.agentId)),
+      })));
+    }],
     [/^\/gaps$/, (_m, _u, res) => json(res, store.gaps())],
     [/^\/events$/, (_m, u, res) => {
       const rows = store.queryEvents(eventQueryFromUrl(u));

@@ -1,5 +1,6 @@
 // The collector's storage, behind one interface: SQLite is the embedded default; a PostgreSQL
 // backend for larger fleets implements the same contract.
+import type { AgentStatusMsg } from '../../proto/services.js';
 
 /** What the log knows of an agent: enough to check the next batch's chain and signature. */
 export interface AgentRecord {
@@ -63,6 +64,13 @@ export interface StoredCheckpoint {
   timeMs: number;
 }
 
+/** An agent's latest heartbeat: operational state, kept apart from the log (not a leaf, not signed). */
+export interface StoredAgentStatus {
+  agentId: string;
+  receivedMs: number;
+  status: AgentStatusMsg;
+}
+
 export interface LogStore {
   size(): number;
   agent(agentId: string): AgentRecord | undefined;
@@ -82,5 +90,9 @@ export interface LogStore {
   latestCheckpoint(): StoredCheckpoint | undefined;
   saveCheckpoint(cp: StoredCheckpoint): void;
   queryEvents(q: EventQuery): StoredLeaf[];
+  /** Replaces the agent's status with this one (only the latest is kept). */
+  saveAgentStatus(agentId: string, status: AgentStatusMsg, receivedMs: number): void;
+  /** The latest status of every agent that sent one, by agent id. */
+  agentStatuses(): StoredAgentStatus[];
   close(): void;
 }
