@@ -126,6 +126,8 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
         cb({ code: grpc.status.UNAVAILABLE, details: `collector cannot save the status: ${(err as Error).message}` });
         return;
       }
+      // At debug, every status: the store keeps only the latest, the log the history.
+      log.debug({ agent: agentId, status }, 'agent status');
       cb(null, { receivedMs });
     },
   });
