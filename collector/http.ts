@@ -1,7 +1,8 @@
 // The read API for auditors and witnesses, over plain HTTP: everything in it is public by design
 // (signed, hashed, verifiable). C2SP tlog-tiles paths for the checkpoint, hash tiles and entry
 // bundles, so any independent implementation can recompute every proof; plus proofs by index and
-// size, the agents' keys and batch signatures that `runguard verify` needs, and an event query.
+// size, the agents' keys and batch signatures that `runguard verify` needs (with each agent's latest
+// heartbeat, operational and unverified), and an event query.
 import http from 'node:http';
 import type { Logger } from 'pino';
 import { eventToJson, EventKind } from '../proto/index.js';
