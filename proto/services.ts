@@ -100,7 +100,7 @@ export interface ApprovalRequestMsg {
   timeoutMs: number;
 }
 
-export const APPROVAL_STATES = ['unspecified', 'pending', 'approved', 'denied', 'expired'] as const;
+export const APPROVAL_STATES = ['unspecified', 'pending', 'approved', 'denied', 'expired', 'cancelled'] as const;
 export type ApprovalStateName = (typeof APPROVAL_STATES)[number];
 
 export interface ApprovalVoteMsg { approver: string; verdict: string; reason: string; timeMs: number }
@@ -117,6 +117,9 @@ export interface ApprovalUpdateMsg {
   votes: ApprovalVoteMsg[];
 }
 
+export interface CancelApprovalRequestMsg { requestId: string; agentId: string; reason: string }
+
 export const ApprovalsService = {
   request: method<ApprovalRequestMsg, ApprovalUpdateMsg>('Approvals', 'Request', 'ApprovalRequest', 'ApprovalUpdate', false, true),
+  cancel: method<CancelApprovalRequestMsg, ApprovalUpdateMsg>('Approvals', 'Cancel', 'CancelApprovalRequest', 'ApprovalUpdate', false, false),
 } satisfies ServiceDefinition;
