@@ -6,7 +6,7 @@ import { mkdirSync, writeFileSync, renameSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { EventKind, IdentitySource, type EventDraft } from '../proto/index.js';
-import { BpfRuntime, watchedCgroup } from './bpf/runtime.js';
+import { BpfRuntime, CGROUP_PROGRAMS, EXEC_PROGRAMS, watchedCgroup } from './bpf/runtime.js';
 import type { ExecRecord } from './bpf/layout.js';
 import { cgroup2Root, cgroupId, cgroupOfPid, cgroupPath, ensureCgroup } from './cgroup.js';
 import type { AgentConfig } from './config.js';
@@ -23,6 +23,8 @@ import { loadAgentIdentity, loadCheckpointVerifier, tlsClientCredentials } from 
 import { Attribution } from './identity/attribution.js';
 import { VERSION } from './version.js';
 import { CollectorApprovals } from './approvals/client.js';
+import { HeartbeatSender } from './events/heartbeat.js';
+import { AgentStatusReporter, type BpfStatus } from './status.js';
 
 /** Written to the state directory for `runguard run` and `runguard events`. */
 export interface AgentState {
@@ -61,6 +63,7 @@ export interface RunningAgent {
 }
 
 export async function startAgent(cfg: AgentConfig, log: Logger): Promise<RunningAgent> {
+  const startedMs = Date.now();
   mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
   const spool = await Spool.open({ dir: path.join(cfg.stateDir, 'spool'), agentId: cfg.agentId, maxBytes: cfg.spoolMaxBytes, logger: log });
   const emit = (draft: EventDraft) => spool.append(draft);
@@ -111,6 +114,24 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
 
   const identity = new Attribution(undefined, { labelsDir: path.join(cfg.stateDir, 'jobs') });
   const bpf = new BpfRuntime({ pinDir: cfg.pinDir, onExec: (rec) => onExec(rec) });
+  let bpfState: { state: string; error?: string } = { state: 'loading' };
+  let stopping = false;
+  let reportedDrops = 0n;
+  let proxy: ProxyServer | undefined;
+  const bpfStatus = (): BpfStatus => ({
+    state: bpfState.state, error: bpfState.error ?? '', links: bpf.linkCount, watchedCgroups: watched.length, failOpen: cfg.failOpen,
+    execEventsLost: Number(reportedDrops),
+    // What is attached to the watched cgroups: after a fail-closed stop the pinned hooks stay.
+    programs: bpfState.state === 'attached' || bpfState.state === 'reused' ? [...CGROUP_PROGRAMS, ...EXEC_PROGRAMS]
+      : bpfState.state === 'pinned-fail-closed' ? [...CGROUP_PROGRAMS] : [],
+  });
+  const reporter = shipper && new AgentStatusReporter({
+    agentId: cfg.agentId, startedMs, spool, shipper, proxyPort: cfg.proxyPort, get proxy() { return proxy; }, bpf: bpfStatus, stopping: () => stopping,
+  });
+  const heartbeat = shipper && reporter && new HeartbeatSender({
+    channel: shipper.channel, send: (st, timeoutMs) => shipper.heartbeat(st, timeoutMs), collect: () => reporter.collect(),
+    intervalMs: cfg.heartbeatIntervalMs, log: log.child({ component: 'heartbeat' }),
+  });
   const onExec = (rec: ExecRecord) => {
     try {
       emit(identity.execEvent(rec));
@@ -118,9 +139,14 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
       log.error({ err, pid: rec.pid }, 'cannot record exec event');
     }
   };
-  bpf.load();
+  try {
+    bpf.load();
+  } catch (err) {
+    await reportBpfFailure(err as Error);
+    throw err;
+  }
 
-  const proxy = new ProxyServer({
+  proxy = new ProxyServer({
     port: cfg.proxyPort,
     origins: bpf,
     identity: {
@@ -138,11 +164,17 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
   });
   await proxy.listen();
 
-  bpf.writeConfig({ up: true, proxyPort: cfg.proxyPort, agentCgroupId: cgroupId(ownCgroup), rules: cfg.intercept });
-  const status = bpf.attach(watched);
-  bpf.startExecTracing();
+  let status: Awaited<ReturnType<typeof bpf.attach>>;
+  try {
+    bpf.writeConfig({ up: true, proxyPort: cfg.proxyPort, agentCgroupId: cgroupId(ownCgroup), rules: cfg.intercept });
+    status = bpf.attach(watched);
+    bpf.startExecTracing();
+  } catch (err) {
+    await reportBpfFailure(err as Error);
+    throw err;
+  }
+  bpfState = { state: status };
 
-  let reportedDrops = 0n;
   const dropTimer = setInterval(() => {
     const drops = bpf.execDrops();
     if (drops > reportedDrops) {
@@ -165,15 +197,16 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
   if (cfg.policyFile) log.info({ file: cfg.policyFile, rules: policy.rules.length, default: policy.defaultAction }, 'policy loaded');
   await emit({ kind: EventKind.EVENT_KIND_AGENT_START!, agent: lifecycle }).durable;
   shipper?.start();
+  heartbeat?.start();
   log.info({ ...lifecycle, proxyPort: cfg.proxyPort, stateDir: cfg.stateDir }, `agent running (${status} BPF hooks)`);
 
-  let stopping: Promise<void> | undefined;
+  let stopped: Promise<void> | undefined;
   return {
     proxy,
     spool,
     shipper,
     stop(reason: string) {
-      stopping ??= (async () => {
+      stopped ??= (async () => {
         clearInterval(dropTimer);
         stopWatching();
         // Hooks first: from here on a watched connect either fails at once or goes direct.
@@ -187,15 +220,27 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
         // Give the shipper a moment to deliver the last events; what it cannot stays spooled.
         if (shipper) {
           await shipper.drain(spool.stats().lastSeq, 3000);
+          // The last status tells the agents panel this agent stopped on purpose, and how it left the hooks.
+          stopping = true;
+          bpfState = { state: cfg.failOpen ? 'detached' : 'pinned-fail-closed' };
+          await heartbeat?.stop(() => reporter!.collect());
           await shipper.stop();
         }
         approvals?.close();
         await spool.close();
         log.info({ reason, failOpen: cfg.failOpen }, cfg.failOpen ? 'agent stopped; hooks detached (fail-open)' : 'agent stopped; hooks stay pinned and refuse connections (fail-closed)');
       })();
-      return stopping;
+      return stopped;
     },
   };
+
+  /** An agent whose hooks cannot be attached exits; the collector's agents panel hears why first. */
+  async function reportBpfFailure(err: Error): Promise<void> {
+    if (!heartbeat || !reporter || !shipper) return;
+    bpfState = { state: 'failed', error: err.message };
+    await heartbeat.stop(() => reporter.collect(), 2000);
+    await shipper.stop();
+  }
 }
 
 function createShipper(cfg: AgentConfig, spool: Spool, emit: (d: EventDraft) => unknown, log: Logger): Shipper {

@@ -32,6 +32,8 @@ export interface AgentConfig {
   credentials: CredentialConfig[];
   /** TLS towards PostgreSQL servers: prefer (use it when offered), require, or disable. */
   serverTls: 'prefer' | 'require' | 'disable';
+  /** How often the agent reports its status to the collector (and at once on connecting). */
+  heartbeatIntervalMs: number;
 }
 
 export interface CredentialConfig {
@@ -61,6 +63,7 @@ export function defaultConfig(): AgentConfig {
     protocols: { 5432: 'postgres' },
     credentials: [],
     serverTls: 'prefer',
+    heartbeatIntervalMs: 10_000,
   };
 }
 
@@ -117,7 +120,7 @@ export function parseInterceptRule(text: string): InterceptRule {
 const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
   agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
   watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number',
-  collector: 'string', tlsDir: 'string', policyFile: 'string', serverTls: 'string',
+  collector: 'string', tlsDir: 'string', policyFile: 'string', serverTls: 'string', heartbeatIntervalMs: 'number',
 };
 
 /** Reads a YAML config file; every error names the file and line. */
@@ -207,6 +210,9 @@ export function validate(cfg: AgentConfig, where = 'config'): void {
   }
   if (!/^[A-Za-z0-9._-]{1,128}$/.test(cfg.agentId)) {
     throw new ConfigError(where, `agentId "${cfg.agentId}" may use letters, digits, . _ - only`);
+  }
+  if (!Number.isInteger(cfg.heartbeatIntervalMs) || cfg.heartbeatIntervalMs < 100 || cfg.heartbeatIntervalMs > 3_600_000) {
+    throw new ConfigError(where, `heartbeatIntervalMs must be an integer from 100 to 3600000 (1 h), got ${cfg.heartbeatIntervalMs}`);
   }
   if (cfg.intercept.length > 64) throw new ConfigError(where, 'at most 64 intercept rules');
   if (cfg.collector && !cfg.tlsDir) throw new ConfigError(where, 'a collector needs tlsDir (the directory `runguard enroll --out` wrote)');

@@ -1,7 +1,8 @@
 // The read API for auditors and witnesses, over plain HTTP: everything in it is public by design
 // (signed, hashed, verifiable). C2SP tlog-tiles paths for the checkpoint, hash tiles and entry
 // bundles, so any independent implementation can recompute every proof; plus proofs by index and
-// size, the agents' keys and batch signatures that `runguard verify` needs, and an event query.
+// size, the agents' keys and batch signatures that `runguard verify` needs (with each agent's latest
+// heartbeat, operational and unverified), and an event query.
 import http from 'node:http';
 import type { Logger } from 'pino';
 import { eventToJson, EventKind } from '../proto/index.js';
@@ -10,6 +11,7 @@ import {
 } from './merkle/index.js';
 import { leafHash } from './merkle/hash.js';
 import type { EventQuery, LogStore } from './store/store.js';
+import { statusJson } from './heartbeat.js';
 
 export interface ReadApiOptions {
   store: LogStore;
@@ -94,11 +96,16 @@ export function createReadApi(opts: ReadApiOptions): http.RequestListener {
       if (from < 1 || from > to || to > store.size()) throw new HttpError(400, `no consistency proof from ${from} to ${to} (log size ${store.size()})`);
       json(res, { from, to, hashes: (await consistencyProof(from, to, store.getNode)).map(b64) });
     }],
-    [/^\/agents$/, (_m, _u, res) => json(res, store.agents().map((a) => ({
-      agentId: a.agentId, signingKey: b64(a.signingKey), certificate: a.certificate, lastSeq: a.lastSeq, lastIndex: a.lastIndex,
-      lastSeen: new Date(a.lastSeenMs).toISOString(),
-      batches: store.batchSignatures(a.agentId).map((b) => ({ lastSeq: b.lastSeq, signature: b64(b.signature) })),
-    })))],
+    [/^\/agents$/, (_m, _u, res) => {
+      const statuses = new Map(store.agentStatuses().map((st) => [st.agentId, st]));
+      json(res, store.agents().map((a) => ({
+        agentId: a.agentId, signingKey: b64(a.signingKey), certificate: a.certificate, lastSeq: a.lastSeq, lastIndex: a.lastIndex,
+        lastSeen: new Date(a.lastSeenMs).toISOString(),
+        batches: store.batchSignatures(a.agentId).map((b) => ({ lastSeq: b.lastSeq, signature: b64(b.signature) })),
+        // The latest heartbeat (operational, not verified): null until the agent sends one.
+        status: statusJson(statuses.get(a.agentId)),
+      })));
+    }],
     [/^\/gaps$/, (_m, _u, res) => json(res, store.gaps())],
     [/^\/events$/, (_m, u, res) => {
       const rows = store.queryEvents(eventQueryFromUrl(u));

@@ -6,14 +6,15 @@ import https from 'node:https';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { ApprovalsService, IngestService, LogService, type BatchAck, type EventBatch } from '../proto/services.js';
+import { ApprovalsService, IngestService, LogService, type AgentStatusMsg, type BatchAck, type EventBatch, type HeartbeatAck } from '../proto/services.js';
 import { consistencyProof, inclusionProof, signCheckpoint } from './merkle/index.js';
 import { Ingestor, type AgentPeer } from './ingest.js';
 import { createReadApi } from './http.js';
 import { SqliteStore } from './store/sqlite.js';
 import { ApprovalRegistry, approvalsServiceImpl, createApprovalsApi, postApprovalWebhook, UserStore } from './approvals/index.js';
 import { Authenticator, createDashboard, startVerifier, type Verifier } from './dashboard/index.js';
-import { agentIdentityFromCert, ed25519Raw, loadCheckpointSigner, tlsServerCredentials } from './pki/identity.js';
+import { agentIdentityFromCert, ed25519Raw, loadCheckpointSigner, peerAgentIdentity, tlsServerCredentials } from './pki/identity.js';
+import { heartbeatProblem } from './heartbeat.js';
 
 export interface CollectorOptions {
   dataDir: string;
@@ -103,6 +104,39 @@ export async function startCollector(opts: CollectorOptions): Promise<RunningCol
       });
       call.on('end', () => call.end());
       call.on('error', () => {});
+    },
+    heartbeat: (call: grpc.ServerUnaryCall<AgentStatusMsg, HeartbeatAck>, cb: grpc.sendUnaryData<HeartbeatAck>) => {
+      const status = call.request;
+      const who = peerAgentIdentity(call as unknown as Parameters<typeof peerAgentIdentity>[0]);
+      if (!who.ok) {
+        log.warn({ peer: call.getPeer(), reason: who.reason }, 'refused a heartbeat');
+        cb({ code: grpc.status.UNAUTHENTICATED, details: `not an enrolled agent: ${who.reason}` });
+        return;
+      }
+      const agentId = who.value.agentId;
+      // Checked here rather than by peerAgentIdentity's claim so that a mismatch is a permission
+      // error (enrolled, but speaking for another agent), not an unknown client.
+      if (status.agentId && status.agentId !== agentId) {
+        log.warn({ agent: agentId, claimed: status.agentId }, 'refused a heartbeat for another agent');
+        cb({ code: grpc.status.PERMISSION_DENIED, details: `this client certificate is for agent ${JSON.stringify(agentId)}; it cannot report the status of agent ${JSON.stringify(status.agentId)}` });
+        return;
+      }
+      const problem = heartbeatProblem(status);
+      if (problem) {
+        cb({ code: grpc.status.INVALID_ARGUMENT, details: problem });
+        return;
+      }
+      const receivedMs = Date.now();
+      try {
+        store.saveAgentStatus(agentId, { ...status, agentId }, receivedMs);
+      } catch (err) {
+        log.error({ err, agent: agentId }, 'cannot save an agent status');
+        cb({ code: grpc.status.UNAVAILABLE, details: `collector cannot save the status: ${(err as Error).message}` });
+        return;
+      }
+      // At debug, every status: the store keeps only the latest, the log the history.
+      log.debug({ agent: agentId, status }, 'agent status');
+      cb(null, { receivedMs });
     },
   });
   server.addService(LogService, {

@@ -47,8 +47,32 @@ export interface InclusionProofRequest { index: number; treeSize: number }
 export interface ConsistencyProofRequest { fromSize: number; toSize: number }
 export interface Proof { hashes: Buffer[]; leafHash: Buffer }
 
+/** runguard.v1.AgentStatus as protobufjs hands it over (defaults filled in, 64-bit as numbers). */
+export interface AgentStatusMsg {
+  agentId: string;
+  version: string;
+  sentMs: number;
+  startedMs: number;
+  uptimeMs: number;
+  stopping: boolean;
+  bpf: { state: string; programs: string[]; links: number; watchedCgroups: number; failOpen: boolean; execEventsLost: number; error: string } | null;
+  proxy: { port: number; activeSessions: number; acceptedSessions: number; refusedConnections: number } | null;
+  spool: {
+    backlogEvents: number; backlogBytes: number; oldestUnackedAgeMs: number; bytes: number; maxBytes: number;
+    state: string; refusing: boolean; reason: string; lastSeq: number; ackedSeq: number;
+  } | null;
+  shipper: { connected: boolean; lastAckMs: number; lastError: string; lastErrorMs: number; reconnects: number; batches: number } | null;
+  witness: {
+    checkpointSize: number; lastCheckMs: number; lastCheckOk: boolean; lastProblem: string; lastFailureMs: number;
+    checks: number; failures: number;
+  } | null;
+}
+
+export interface HeartbeatAck { receivedMs: number }
+
 export const IngestService = {
   stream: method<EventBatch, BatchAck>('Ingest', 'Stream', 'EventBatch', 'BatchAck', true, true),
+  heartbeat: method<AgentStatusMsg, HeartbeatAck>('Ingest', 'Heartbeat', 'AgentStatus', 'HeartbeatAck', false, false),
 } satisfies ServiceDefinition;
 
 export const LogService = {
@@ -76,7 +100,7 @@ export interface ApprovalRequestMsg {
   timeoutMs: number;
 }
 
-export const APPROVAL_STATES = ['unspecified', 'pending', 'approved', 'denied', 'expired'] as const;
+export const APPROVAL_STATES = ['unspecified', 'pending', 'approved', 'denied', 'expired', 'cancelled'] as const;
 export type ApprovalStateName = (typeof APPROVAL_STATES)[number];
 
 export interface ApprovalVoteMsg { approver: string; verdict: string; reason: string; timeMs: number }
@@ -93,6 +117,9 @@ export interface ApprovalUpdateMsg {
   votes: ApprovalVoteMsg[];
 }
 
+export interface CancelApprovalRequestMsg { requestId: string; agentId: string; reason: string }
+
 export const ApprovalsService = {
   request: method<ApprovalRequestMsg, ApprovalUpdateMsg>('Approvals', 'Request', 'ApprovalRequest', 'ApprovalUpdate', false, true),
+  cancel: method<CancelApprovalRequestMsg, ApprovalUpdateMsg>('Approvals', 'Cancel', 'CancelApprovalRequest', 'ApprovalUpdate', false, false),
 } satisfies ServiceDefinition;

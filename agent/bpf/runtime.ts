@@ -21,7 +21,7 @@ import { BPF_DIR } from '../paths.js';
 
 /** Hooks of the redirect object, attached to every watched cgroup. */
 export const CGROUP_PROGRAMS = ['rg_connect4', 'rg_connect6', 'rg_getpeername4', 'rg_getpeername6', 'rg_sockops'] as const;
-const EXEC_PROGRAMS = ['rg_exec', 'rg_exit'] as const;
+export const EXEC_PROGRAMS = ['rg_exec', 'rg_exit'] as const;
 const PINNED_MAPS = new Set(['rg_config', 'rg_origins', 'rg_by_addr', 'rg_watched']);
 
 export interface WatchedCgroup {
@@ -53,6 +53,9 @@ export class BpfRuntime {
   private readonly originBuf = Buffer.alloc(ORIGIN.size);
   private readonly objectDir: string;
   status: AttachStatus = 'attached';
+
+  /** BPF links this agent holds open: the cgroup hooks on every watched cgroup, and the tracers. */
+  get linkCount(): number { return this.links.length + this.execLinks.length; }
 
   constructor(private readonly opts: BpfRuntimeOptions) {
     this.objectDir = opts.objectDir ?? BPF_DIR;

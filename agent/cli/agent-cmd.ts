@@ -9,7 +9,7 @@ import { cgroupPath, removeCgroup } from '../cgroup.js';
 const FLAGS = {
   config: 'string', 'state-dir': 'string', intercept: 'strings', 'watch-cgroup': 'strings', 'proxy-port': 'string',
   'pin-dir': 'string', 'job-cgroup': 'string', 'agent-id': 'string', 'fail-open': 'boolean', cleanup: 'boolean',
-  'log-level': 'string', collector: 'string', tls: 'string', policy: 'string',
+  'log-level': 'string', collector: 'string', tls: 'string', policy: 'string', 'heartbeat-interval-ms': 'string',
 } as const;
 
 export function configFromArgs(argv: string[]): { cfg: AgentConfig; cleanup: boolean; logLevel: string } {
@@ -25,6 +25,7 @@ export function configFromArgs(argv: string[]): { cfg: AgentConfig; cleanup: boo
   if (a.collector) cfg.collector = a.collector;
   if (a.tls) cfg.tlsDir = a.tls;
   if (a.policy) cfg.policyFile = a.policy;
+  if (a['heartbeat-interval-ms']) cfg.heartbeatIntervalMs = Number(a['heartbeat-interval-ms']);
   if (a['watch-cgroup']) cfg.watchCgroups = [...cfg.watchCgroups, ...a['watch-cgroup']];
   if (a.intercept) {
     try {

@@ -68,7 +68,7 @@ const targetText = (t: ApprovalJson['target']) => `${t.hostname || t.address || 
 
 export async function approvalsCommand(argv: string[]): Promise<number> {
   const a = parseArgs(argv, { collector: 'string', user: 'string', json: 'boolean', state: 'string' });
-  if (a._.length) throw new UsageError('usage: runguard approvals [--collector URL] [--user NAME] [--state pending|approved|denied|expired|all] [--json]');
+  if (a._.length) throw new UsageError('usage: runguard approvals [--collector URL] [--user NAME] [--state pending|approved|denied|expired|cancelled|all] [--json]');
   const au = await auth(a);
   const list = (await call(au, 'GET', `/api/approvals?state=${encodeURIComponent(a.state ?? 'pending')}`)) as ApprovalJson[];
   if (a.json) {

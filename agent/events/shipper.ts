@@ -15,7 +15,10 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { EventKind, type EventDraft } from '../../proto/index.js';
 import { eventHash, signBatchTip } from '../../proto/batch.js';
-import { IngestService, LogService, type BatchAck, type ConsistencyProofRequest, type EventBatch, type InclusionProofRequest, type Proof, type SignedCheckpoint } from '../../proto/services.js';
+import {
+  IngestService, LogService, type AgentStatusMsg, type BatchAck, type ConsistencyProofRequest, type EventBatch, type HeartbeatAck,
+  type InclusionProofRequest, type Proof, type SignedCheckpoint,
+} from '../../proto/services.js';
 import { leafHash } from '../../collector/merkle/hash.js';
 import { openCheckpoint, verifyConsistency, verifyInclusion, type Checkpoint, type NoteVerifier } from '../../collector/merkle/index.js';
 import type { Spool, SpoolRecord } from './spool.js';
@@ -60,14 +63,22 @@ export class Shipper {
   private witnessTimer?: NodeJS.Timeout;
   private readonly client: grpc.Client;
   private readonly logClient: grpc.Client;
-  stats = { acked: 0, batches: 0, reconnects: 0, connected: false, lastError: '', witnessChecks: 0, witnessFailures: 0, checkpointSize: 0 };
+  stats = {
+    acked: 0, batches: 0, reconnects: 0, connected: false, lastAckMs: 0, lastError: '', lastErrorMs: 0,
+    witnessChecks: 0, witnessFailures: 0, checkpointSize: 0,
+    /** The last witness round that reached the collector: when, and whether the log held up. */
+    witnessLastCheckMs: 0, witnessLastOk: false, witnessLastProblem: '', witnessLastFailureMs: 0,
+  };
 
   constructor(private readonly opts: ShipperOptions) {
     this.state = readJson<ShipperState>(this.stateFile) ?? { ackedSeq: 0, lastIndex: -1, lastLeafHash: '' };
     const saved = readText(this.checkpointFile);
     if (saved) {
       const opened = openCheckpoint(saved, [opts.checkpointVerifier]);
-      if (opened.ok) this.checkpoint = { note: saved, cp: opened.value.checkpoint };
+      if (opened.ok) {
+        this.checkpoint = { note: saved, cp: opened.value.checkpoint };
+        this.stats.checkpointSize = opened.value.checkpoint.size;
+      }
       else opts.log.error({ reason: opened.reason }, 'the saved checkpoint does not verify; starting witness checks afresh');
     }
     const Ingest = grpc.makeGenericClientConstructor(IngestService, 'Ingest');
@@ -84,6 +95,14 @@ export class Shipper {
   private get stateFile(): string { return path.join(this.opts.stateDir, 'shipper.json'); }
   private get checkpointFile(): string { return path.join(this.opts.stateDir, 'checkpoint.note'); }
   get ackedSeq(): number { return this.state.ackedSeq; }
+
+  /** The channel the shipper ships on: heartbeats ride it, so they say nothing about another path. */
+  get channel(): grpc.Channel { return this.client.getChannel() as grpc.Channel; }
+
+  /** Sends one status report (Ingest.Heartbeat) over the shipper's channel and credentials. */
+  heartbeat(status: AgentStatusMsg, timeoutMs: number): Promise<HeartbeatAck> {
+    return unary(this.client, IngestService.heartbeat, status, timeoutMs);
+  }
 
   start(): void {
     this.loop = this.run();
@@ -116,6 +135,7 @@ export class Shipper {
       this.stats.connected = false;
       this.stats.reconnects++;
       this.stats.lastError = err;
+      this.stats.lastErrorMs = Date.now();
       // A session that delivered anything means the collector is up: retry soon.
       if (this.state.ackedSeq > ackedBefore) backoff = BACKOFF_MIN_MS;
       this.opts.log.warn({ err, retryInMs: backoff, ackedSeq: this.state.ackedSeq }, 'collector stream ended; resending from the last acknowledged event');
@@ -203,6 +223,7 @@ export class Shipper {
   private onAck(ack: BatchAck, sent: InFlight): void {
     this.state = { ackedSeq: ack.lastSeq, lastIndex: ack.lastIndex, lastLeafHash: sent.lastIndexLeafHash.toString('base64') };
     this.stats.acked = ack.lastSeq;
+    this.stats.lastAckMs = Date.now();
     writeJsonAtomic(this.stateFile, this.state);
     this.opts.spool.ackUpTo(ack.lastSeq).catch((err) => this.opts.log.error({ err }, 'cannot release acknowledged spool segments'));
   }
@@ -231,10 +252,22 @@ export class Shipper {
     } catch {
       return; // unreachable collector: shipping reports that
     }
+    let problem: string | undefined;
+    try {
+      problem = await this.checkCheckpoint(note, own);
+    } catch (err) {
+      // A proof that cannot be fetched (the collector went away mid-round) is evidence of nothing:
+      // the next round asks again. Left uncaught it would be an unhandled rejection of the timer.
+      this.opts.log.warn({ err }, 'witness round cut short; trying again next round');
+      return;
+    }
     this.stats.witnessChecks++;
-    const problem = await this.checkCheckpoint(note, own);
+    this.stats.witnessLastCheckMs = Date.now();
+    this.stats.witnessLastOk = !problem;
     if (problem) {
       this.stats.witnessFailures++;
+      this.stats.witnessLastProblem = problem;
+      this.stats.witnessLastFailureMs = this.stats.witnessLastCheckMs;
       this.opts.log.error({ problem }, 'WITNESS FAILURE: the collector log is not consistent with what this agent saw');
       this.opts.emit({ kind: EventKind.EVENT_KIND_AGENT_NOTICE!, notice: { level: 'error', code: 'witness_failure', message: problem } });
     }
@@ -267,9 +300,9 @@ export class Shipper {
   }
 }
 
-function unary<Req, Res>(client: grpc.Client, m: grpc.MethodDefinition<Req, Res>, req: Req): Promise<Res> {
+function unary<Req, Res>(client: grpc.Client, m: grpc.MethodDefinition<Req, Res>, req: Req, timeoutMs = 10_000): Promise<Res> {
   return new Promise((resolve, reject) => {
-    client.makeUnaryRequest(m.path, m.requestSerialize, m.responseDeserialize, req, { deadline: Date.now() + 10_000 }, (err, res) => {
+    client.makeUnaryRequest(m.path, m.requestSerialize, m.responseDeserialize, req, { deadline: Date.now() + timeoutMs }, (err, res) => {
       if (err || !res) reject(err ?? new Error('empty response'));
       else resolve(res);
     });

@@ -74,6 +74,13 @@ function denialText(decision: Decision, op: Operation | undefined): { message: s
 }
 
 /** Most severe first: one forbidden statement decides a multi-statement string as a whole. */
+/** What the collector and the trail are told when a session ends while a statement is held. */
+const HOLD_ENDED: Record<EndReason, string> = {
+  client_closed: 'client disconnected', client_error: 'client connection failed', upstream_closed: 'the database server closed the connection',
+  upstream_error: 'the database server connection failed', upstream_unreachable: 'the database server is unreachable',
+  agent_stopping: 'the agent is stopping', protocol_error: 'the session ended on a protocol error',
+};
+
 const SEVERITY: Record<Decision['action'], number> = { deny: 3, review: 2, mask: 1, allow: 0 };
 
 export function postgresHandler(deps: PgHandlerDeps): ProtocolHandler {
@@ -109,6 +116,8 @@ class PgSession {
   private readonly redactor: Redactor;
   /** Set while a statement waits for review: the job's later messages, kept in order until then. */
   private held?: Frame[];
+  /** The review in progress: aborted when the session ends, done once its outcome is recorded. */
+  private holding?: { abort: AbortController; done: Promise<void> };
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
     this.client = s.client;
@@ -167,7 +176,12 @@ class PgSession {
       this.client.destroy();
       this.server?.destroy();
     }, 1000).unref();
-    this.finish(this.end);
+    const end = this.end;
+    if (!this.holding) return this.finish(end);
+    // A held statement's request is withdrawn, and its outcome recorded, before the session's end:
+    // the trail keeps cause before effect, and a stopping agent waits for it.
+    this.holding.abort.abort(HOLD_ENDED[reason]);
+    void this.holding.done.then(() => this.finish(end));
   }
 
   /** A malformed message from either side ends the session with a clear error to the job. */
@@ -580,14 +594,12 @@ class PgSession {
     const client = this.client;
     client.pause();
     const ended = new AbortController();
-    const onClose = () => ended.abort();
-    client.once('close', onClose);
     const held = { protocol: 'postgres' as const, operation: { ...op, text: op.text ? this.redact(op.text) : op.text }, decision: p.decision,
       database: this.database, user: this.injected?.user ?? this.user };
-    holdForApproval(this.deps.approvals!, this.s, held, ended.signal)
+    const done = holdForApproval(this.deps.approvals!, this.s, held, ended.signal)
       .catch((err: Error): ReviewResult => ({ decision: 'denied', by: [], reason: `approval failed: ${err.message}`, id: '-', waitedMs: 0 }))
       .then((r) => {
-        client.off('close', onClose);
+        this.holding = undefined;
         if (this.phase === 'closed') return;
         const waiting = this.held ?? [];
         this.held = undefined;
@@ -601,6 +613,7 @@ class PgSession {
         this.s.log.error({ err }, 'cannot resume a session after its review');
         this.close('protocol_error', `after review: ${err.message}`);
       });
+    this.holding = { abort: ended, done };
   }
 
   private onParse(f: Frame, raw: Buffer): void {

@@ -1,5 +1,5 @@
 // The approvals API on the collector's --http port, for the CLI now and the dashboard later:
-//   GET  /api/approvals[?state=pending|approved|denied|expired|all][&limit=N]  JSON list (newest first)
+//   GET  /api/approvals[?state=pending|approved|denied|expired|cancelled|all][&limit=N]  JSON list (newest first)
 //   GET  /api/approvals/<id>                                                JSON of one request
 //   POST /api/approvals/<id>/approve   {"reason"?: "..."}                  JSON of the request after the vote
 //   POST /api/approvals/<id>/deny      {"reason": "..."}
@@ -7,7 +7,8 @@
 // dashboard with its session cookie and CSRF token (collector/dashboard/auth.ts). Reading needs any
 // role, deciding needs the approver (or admin) role. POSTs must be application/json, which a
 // browser will not send cross-site without a CORS preflight this server never grants.
-// Errors are JSON { error: CODE, message } with 400/401/403/404/409/429.
+// Errors are JSON { error: CODE, message } with 400/401/403/404/409/429 (deciding a request its
+// agent cancelled: 409 with error "cancelled").
 import type http from 'node:http';
 import type { Logger } from 'pino';
 import { ApprovalError, toJson, type ApprovalRegistry } from './registry.js';
@@ -19,7 +20,7 @@ export interface ApprovalsApiOptions {
   log: Logger;
 }
 
-const STATES = new Set(['pending', 'approved', 'denied', 'expired']);
+const STATES = new Set(['pending', 'approved', 'denied', 'expired', 'cancelled']);
 
 /** Handles /api/approvals...; returns false for any other path (the caller serves it). */
 export function createApprovalsApi(opts: ApprovalsApiOptions): (req: http.IncomingMessage, res: http.ServerResponse) => boolean {
@@ -43,7 +44,7 @@ export function createApprovalsApi(opts: ApprovalsApiOptions): (req: http.Incomi
     const parts = u.pathname.split('/').filter(Boolean).slice(2).map(decodeURIComponent); // after api/approvals
     if (req.method === 'GET' && parts.length === 0) {
       const state = u.searchParams.get('state') ?? 'pending';
-      if (state !== 'all' && !STATES.has(state)) throw new ApprovalError(400, 'bad_request', `state must be pending, approved, denied, expired or all, got "${state}"`);
+      if (state !== 'all' && !STATES.has(state)) throw new ApprovalError(400, 'bad_request', `state must be pending, approved, denied, expired, cancelled or all, got "${state}"`);
       const limit = Number(u.searchParams.get('limit') ?? 500);
       if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new ApprovalError(400, 'bad_request', 'limit must be 1..10000');
       return sendJson(res, 200, registry.list({ state: state === 'all' ? undefined : state, limit }).map(toJson));

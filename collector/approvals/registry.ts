@@ -1,8 +1,8 @@
 // The collector's live state of approval requests: in memory for the streams and timers, written
 // through to SQLite (table approvals) so a restart loses no pending request. A request opens when an
-// agent asks; approvers vote over HTTP; it closes approved (N distinct approvals), denied (any deny)
-// or expired (its deadline passed). Listeners hear every change: the agent's stream, webhooks, and
-// (later) the dashboard.
+// agent asks; approvers vote over HTTP; it closes approved (N distinct approvals), denied (any deny),
+// expired (its deadline passed) or cancelled (its agent withdrew it: the held session ended).
+// Listeners hear every change: the agent's stream, webhooks, and (later) the dashboard.
 import { EventEmitter } from 'node:events';
 import type Database from 'better-sqlite3';
 import type { Logger } from 'pino';
@@ -36,7 +36,7 @@ export interface ApprovalRecord {
   createdMs: number;
   deadlineMs: number;
   decidedMs?: number;
-  /** Denied: the approver's reason; expired: why. */
+  /** Denied: the approver's reason; expired, cancelled: why. */
   reason: string;
 }
 
@@ -119,6 +119,9 @@ export class ApprovalRegistry extends EventEmitter<{ change: [ApprovalRecord]; o
   decide(id: string, user: User, verdict: 'approve' | 'deny', reason = ''): ApprovalRecord {
     const rec = this.records.get(id) ?? this.get(id);
     if (!rec) throw new ApprovalError(404, 'unknown_id', `no approval request ${id}`);
+    if (rec.state === 'cancelled') {
+      throw new ApprovalError(409, 'cancelled', `approval request ${id} was cancelled by its agent${rec.reason ? ` (${rec.reason})` : ''}: the held operation can no longer run, so there is nothing to decide`);
+    }
     if (rec.state !== 'pending') {
       throw new ApprovalError(409, 'already_decided', `approval request ${id} is already ${rec.state}${rec.reason ? ` (${rec.reason})` : ''}`);
     }
@@ -145,6 +148,21 @@ export class ApprovalRegistry extends EventEmitter<{ change: [ApprovalRecord]; o
       this.log.info({ approval: id, approver: user.name, have: approvers(rec).length, need: rec.request.approvals }, 'approval vote');
       this.emit('change', rec);
     }
+    return rec;
+  }
+
+  /**
+   * The agent that opened a pending request withdraws it: the held operation can no longer run.
+   * Refused (ApprovalError) for an unknown id, another agent's request, or one already final.
+   */
+  cancel(id: string, agent: string, reason: string): ApprovalRecord {
+    const rec = this.records.get(id) ?? this.get(id);
+    if (!rec) throw new ApprovalError(404, 'unknown_id', `no approval request ${id}`);
+    if (rec.agent !== agent) throw new ApprovalError(403, 'not_your_request', `approval request ${id} was opened by another agent; only that agent may cancel it`);
+    if (rec.state !== 'pending') {
+      throw new ApprovalError(409, 'already_decided', `approval request ${id} is already ${rec.state}${rec.reason ? ` (${rec.reason})` : ''}`);
+    }
+    this.finish(rec, 'cancelled', reason || 'cancelled by the agent');
     return rec;
   }
 

@@ -9,6 +9,7 @@ import type { EventQuery, JobQuery, LogStore, StoredCheckpoint } from '../store/
 import type { ApprovalRegistry } from '../approvals/registry.js';
 import { Authenticator, AuthError, isTls, type Principal } from './auth.js';
 import type { Verifier } from './verifier.js';
+import { statusJson } from '../heartbeat.js';
 
 export interface DashboardApiOptions {
   store: LogStore;
@@ -164,12 +165,11 @@ export function createDashboardApi(opts: DashboardApiOptions): (req: http.Incomi
   }
 
   function agents() {
-    // Heartbeat statuses, where the store keeps them (operational state, not part of the log).
-    const withStatus = store as LogStore & { agentStatuses?: () => { agentId: string }[] };
-    const statuses = new Map((withStatus.agentStatuses?.() ?? []).map((s) => [s.agentId, s]));
+    // Heartbeat statuses: operational state the agents report, not part of the log.
+    const statuses = new Map(store.agentStatuses().map((s) => [s.agentId, s]));
     return store.agents().map((a) => ({
       agentId: a.agentId, lastSeq: a.lastSeq, lastIndex: a.lastIndex, lastSeenMs: a.lastSeenMs,
-      status: statuses.get(a.agentId) ?? null,
+      status: statusJson(statuses.get(a.agentId)),
     }));
   }
 

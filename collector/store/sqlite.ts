@@ -6,8 +6,9 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { TreeBuilder, type NodeGetter } from '../merkle/index.js';
 import { leafHash } from '../merkle/hash.js';
+import type { AgentStatusMsg } from '../../proto/services.js';
 import type {
-  ActivityPoint, AgentRecord, AppendBatch, DecisionBucket, EventQuery, JobQuery, JobSummary, LogStore, SessionSummary, StoredCheckpoint, StoredLeaf,
+  ActivityPoint, AgentRecord, AppendBatch, DecisionBucket, EventQuery, JobQuery, JobSummary, LogStore, SessionSummary, StoredAgentStatus, StoredCheckpoint, StoredLeaf,
 } from './store.js';
 import { JobRow, jobFromRow, jobWhere, migrate, Rollups } from './rollups.js';
 import { EventKind } from '../../proto/index.js';
@@ -108,6 +109,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   note TEXT NOT NULL,
   time_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS agent_status (
+  agent_id TEXT PRIMARY KEY,
+  received_ms INTEGER NOT NULL,
+  status TEXT NOT NULL
+);
 `;
 
 interface AgentRow {
@@ -182,6 +188,10 @@ export class SqliteStore implements LogStore {
       gaps: db.prepare('SELECT agent_id AS agentId, from_seq AS fromSeq, to_seq AS toSeq, at_index AS atIndex, detected_ms AS detectedMs FROM gaps ORDER BY at_index'),
       latestCheckpoint: db.prepare('SELECT size, root, note, time_ms AS timeMs FROM checkpoints ORDER BY size DESC LIMIT 1'),
       saveCheckpoint: db.prepare('INSERT OR REPLACE INTO checkpoints (size, root, note, time_ms) VALUES (?, ?, ?, ?)'),
+      // A store opened read-only (verify) on a database from before this table has none to read.
+      saveAgentStatus: readonly ? undefined : db.prepare(`INSERT INTO agent_status (agent_id, received_ms, status) VALUES (?, ?, ?)
+        ON CONFLICT (agent_id) DO UPDATE SET received_ms = excluded.received_ms, status = excluded.status`),
+      agentStatuses: hasTable(db, 'agent_status') ? db.prepare('SELECT agent_id, received_ms, status FROM agent_status ORDER BY agent_id') : undefined,
     };
     this.tree = new TreeBuilder();
     const size = this.stmt.size.get() as number;
@@ -377,9 +387,23 @@ export class SqliteStore implements LogStore {
     return st;
   }
 
+  saveAgentStatus(agentId: string, status: AgentStatusMsg, receivedMs: number): void {
+    if (!this.stmt.saveAgentStatus) throw new Error('the store is open read-only: agent statuses cannot be saved');
+    this.stmt.saveAgentStatus.run(agentId, receivedMs, JSON.stringify(status));
+  }
+
+  agentStatuses(): StoredAgentStatus[] {
+    const rows = (this.stmt.agentStatuses?.all() ?? []) as { agent_id: string; received_ms: number; status: string }[];
+    return rows.map((r) => ({ agentId: r.agent_id, receivedMs: r.received_ms, status: JSON.parse(r.status) as AgentStatusMsg }));
+  }
+
   close(): void {
     this.db.close();
   }
+}
+
+function hasTable(db: Database.Database, name: string): boolean {
+  return db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").pluck().get(name) !== undefined;
 }
 
 export type { NodeGetter };

@@ -1,5 +1,6 @@
 // The collector's storage, behind one interface: SQLite is the embedded default; a PostgreSQL
 // backend for larger fleets implements the same contract.
+import type { AgentStatusMsg } from '../../proto/services.js';
 
 /** What the log knows of an agent: enough to check the next batch's chain and signature. */
 export interface AgentRecord {
@@ -151,6 +152,13 @@ export interface StoredCheckpoint {
   timeMs: number;
 }
 
+/** An agent's latest heartbeat: operational state, kept apart from the log (not a leaf, not signed). */
+export interface StoredAgentStatus {
+  agentId: string;
+  receivedMs: number;
+  status: AgentStatusMsg;
+}
+
 export interface LogStore {
   size(): number;
   agent(agentId: string): AgentRecord | undefined;
@@ -178,5 +186,9 @@ export interface LogStore {
   jobActivity(key: string, limit: number): ActivityPoint[];
   /** Decisions counted per bucket of `bucketMs` (a multiple of a minute) in [sinceMs, untilMs). */
   decisionCounts(sinceMs: number, untilMs: number, bucketMs: number): DecisionBucket[];
+  /** Replaces the agent's status with this one (only the latest is kept). */
+  saveAgentStatus(agentId: string, status: AgentStatusMsg, receivedMs: number): void;
+  /** The latest status of every agent that sent one, by agent id. */
+  agentStatuses(): StoredAgentStatus[];
   close(): void;
 }

@@ -39,7 +39,7 @@ rules:
     review: { approvers: dba, approvals: 1, timeout: 2m }
 `;
 
-interface Listed { id: string; state: string; job: Record<string, string>; target: { address: string; port: number }; operation: { type: string; text: string }; rule: string }
+interface Listed { id: string; state: string; job: Record<string, string>; process: { pid?: number; exe?: string }; target: { address: string; port: number }; operation: { type: string; text: string }; rule: string; reason?: string }
 
 describe('just-in-time approvals through the collector', { skip }, () => {
   let pg: PgServer;
@@ -244,5 +244,51 @@ describe('just-in-time approvals through the collector', { skip }, () => {
     const r = await job;
     assert.equal(r.status, 0, r.stderr);
     assert.equal(pg.admin("SELECT count(*) FROM information_schema.columns WHERE column_name = 'after_restart'").trim(), '1');
+  });
+
+  test('a held statement whose client disconnects is cancelled: gone from the queue, recorded, and refused to approvers with 409', async () => {
+    const api = async (method: string, p: string, body?: unknown) => {
+      const res = await fetch(`${collector.url}/api/approvals${p}`, {
+        method, headers: { authorization: `Basic ${Buffer.from(`dana:${PASSWORD}`).toString('base64')}`, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return { status: res.status, body: (await res.json()) as any };
+    };
+    const job = psql('ALTER TABLE accounts ADD COLUMN abandoned text');
+    const req = await heldRequest('ADD COLUMN abandoned', job);
+    const listed = (await api('GET', `/${req.id}`)).body as Listed;
+    const pid = listed.process.pid!;
+    assert.ok(pid > 1, `the request names the client process (${JSON.stringify(listed.process)})`);
+    process.kill(pid, 'SIGKILL');
+    const r = await job;
+    assert.notEqual(r.status, 0, 'the killed client\'s job fails');
+
+    const cancelled = await waitFor('the request to be cancelled', async () => {
+      const one = await api('GET', `/${req.id}`);
+      return one.body.state === 'cancelled' ? one.body : undefined;
+    }, 10_000, 100);
+    assert.equal(cancelled.reason, 'client disconnected');
+    assert.ok(!(await pending()).some((p) => p.id === req.id), 'no longer pending');
+    assert.ok((await api('GET', '?state=cancelled')).body.some((p: Listed) => p.id === req.id), 'listed under state=cancelled');
+
+    const late = await api('POST', `/${req.id}/approve`, {});
+    assert.equal(late.status, 409);
+    assert.equal(late.body.error, 'cancelled');
+    assert.match(late.body.message, /was cancelled by its agent \(client disconnected\)/);
+    const cliLate = await cli(['approve', req.id], 'dmitri');
+    assert.equal(cliLate.status, 1);
+    assert.match(cliLate.stderr, /cancelled by its agent/);
+    assert.equal(pg.admin("SELECT count(*) FROM information_schema.columns WHERE column_name = 'abandoned'").trim(), '0');
+
+    const events = await waitFor('the agent to record the outcome', async () => {
+      const all = await agent.events();
+      return all.some((e) => e.kind === 'EVENT_KIND_APPROVAL_DECIDED' && e.approvalDecided.approvalId === req.id) ? all : undefined;
+    }, 10_000, 100);
+    const decided = events.find((e) => e.kind === 'EVENT_KIND_APPROVAL_DECIDED' && e.approvalDecided.approvalId === req.id)!;
+    assert.equal(decided.approvalDecided.outcome, 'cancelled');
+    assert.equal(decided.approvalDecided.reason, 'client disconnected');
+    const close = events.find((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE' && e.sessionId === decided.sessionId);
+    assert.ok(close, 'the session\'s close is recorded');
+    assert.ok(Number(close.seq) > Number(decided.seq), 'the outcome is recorded before the session\'s close');
   });
 });

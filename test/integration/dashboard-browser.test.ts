@@ -205,9 +205,18 @@ describe('the dashboard in a browser', { skip }, () => {
     assert.equal(await page.locator('main img').count(), 0);
     await screenshot(page, '08-search');
 
+    // The agent's heartbeat: eBPF attached, connected, witnessing.
+    await page.click('nav a:has-text("Agents")');
+    const agentRow = page.locator('[data-test=agents] tr[data-agent=test-agent]');
+    await agentRow.waitFor();
+    const agentText = await agentRow.innerText();
+    assert.match(agentText, /attached|reused/);
+    assert.match(agentText, /connected/);
+    await screenshot(page, '09-agents');
+
     await page.click('nav a:has-text("Integrity")');
     await page.waitForSelector('[data-test=checkpoint]');
-    await screenshot(page, '09-integrity');
+    await screenshot(page, '10-integrity');
     assert.deepEqual(pageErrors, []);
     await ctx.close();
   });

@@ -73,6 +73,49 @@ test('approval requests expire at their deadline and survive a restart while pen
   reg.close();
 });
 
+test('an agent cancels its own pending request only: it leaves the queue, stays cancelled, and deciding it is a 409', () => {
+  const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'rg-appr-cancel-')), 'a.db');
+  let reg = new ApprovalRegistry(new Database(file), log);
+  const changes: string[] = [];
+  reg.on('change', (rec) => changes.push(`${rec.id}:${rec.state}`));
+  reg.open('a1', req('ap-held'));
+  reg.open('a1', req('ap-done'));
+  reg.decide('ap-done', dba('dan'), 'approve');
+  const status = (fn: () => unknown) => {
+    try {
+      fn();
+    } catch (err) {
+      return (err as ApprovalError).status;
+    }
+    return 200;
+  };
+  assert.equal(code(() => reg.cancel('ap-nope', 'a1', 'client disconnected')), 'unknown_id');
+  assert.equal(code(() => reg.cancel('ap-held', 'a2', 'client disconnected')), 'not_your_request');
+  assert.equal(status(() => reg.cancel('ap-held', 'a2', 'x')), 403);
+  assert.equal(code(() => reg.cancel('ap-done', 'a1', 'client disconnected')), 'already_decided');
+  assert.equal(reg.get('ap-done')!.state, 'approved', 'a decided request stays decided');
+
+  const rec = reg.cancel('ap-held', 'a1', 'client disconnected');
+  assert.equal(rec.state, 'cancelled');
+  assert.equal(rec.reason, 'client disconnected');
+  assert.ok(rec.decidedMs);
+  assert.equal(toUpdate(rec).state, 5, 'APPROVAL_STATE_CANCELLED');
+  assert.deepEqual(changes.slice(-1), ['ap-held:cancelled']);
+  assert.deepEqual(reg.list({ state: 'pending' }), []);
+  assert.deepEqual(reg.list({ state: 'cancelled' }).map((r) => r.id), ['ap-held']);
+  assert.equal(code(() => reg.decide('ap-held', dba('dan'), 'approve')), 'cancelled');
+  assert.equal(status(() => reg.decide('ap-held', dba('dan'), 'deny')), 409);
+  assert.throws(() => reg.decide('ap-held', dba('dan'), 'approve'), /ap-held was cancelled by its agent \(client disconnected\)/);
+  assert.equal(code(() => reg.cancel('ap-held', 'a1', 'again')), 'already_decided');
+  assert.equal(reg.open('a1', req('ap-held')).state, 'cancelled', 're-attaching finds it cancelled');
+  reg.close();
+
+  reg = new ApprovalRegistry(new Database(file), log);
+  assert.equal(reg.get('ap-held')!.state, 'cancelled', 'cancelled survives a restart');
+  assert.deepEqual(reg.list({ state: 'pending' }), []);
+  reg.close();
+});
+
 test('users: scrypt-hashed passwords, roles and groups; the webhook payload names the request', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'rg-users-'));
   const users = UserStore.forDataDir(dir);

@@ -77,26 +77,33 @@ const str = (v: unknown) => (v === undefined || v === null ? '' : String(v));
 
 export async function agentsView(ctx: ViewContext): Promise<void> {
   const { agents } = await get<{ agents: AgentRow[] }>('/api/agents');
+  const now = Date.now();
   replace(ctx.main, h('h1', {}, 'Agents'),
     h('table', { class: 'agents', 'data-test': 'agents' },
-      h('thead', {}, h('tr', {}, ['agent', 'last event', 'last heartbeat', 'version', 'eBPF', 'spool backlog', 'shipping', 'witness', 'events'].map((c) => h('th', {}, c)))),
+      h('thead', {}, h('tr', {}, ['agent', 'last event stored', 'last heartbeat', 'version', 'eBPF', 'sessions', 'spool backlog', 'shipping', 'witness'].map((c) => h('th', {}, c)))),
       h('tbody', {}, agents.map((a) => {
         const s = a.status;
-        const backlog = get2(s, 'spool', 'backlogEvents');
-        const full = get2(s, 'spool', 'full');
-        const witnessOk = get2(s, 'witness', 'ok');
-        return h('tr', {},
+        const stale = !s?.receivedMs || now - s.receivedMs > 60_000;
+        const bpf = str(get2(s, 'bpf', 'state'));
+        const spoolState = str(get2(s, 'spool', 'state'));
+        const backlog = Number(get2(s, 'spool', 'backlogEvents') ?? 0);
+        const oldest = Number(get2(s, 'spool', 'oldestUnackedAgeMs') ?? 0);
+        const lastError = str(get2(s, 'shipper', 'lastError'));
+        return h('tr', { 'data-agent': a.agentId },
           h('td', { class: 'mono' }, a.agentId),
           h('td', { class: 'nowrap', title: time(a.lastSeenMs) }, ago(a.lastSeenMs)),
-          h('td', { class: 'nowrap' }, s?.receivedMs ? ago(s.receivedMs) : 'never'),
+          h('td', { class: stale ? 'nowrap bad' : 'nowrap' }, s?.receivedMs ? ago(s.receivedMs) : 'never'),
           h('td', {}, str(get2(s, 'version'))),
-          h('td', {}, str(get2(s, 'bpf', 'status'))),
-          h('td', {}, backlog === undefined ? '' : `${num(Number(backlog))} events${full ? ' (FULL: refusing connections)' : ''}`),
-          h('td', {}, str(get2(s, 'shipper', 'connected')) === 'true' ? 'connected' : str(get2(s, 'shipper', 'lastError')) || ''),
-          h('td', {}, witnessOk === undefined ? '' : witnessOk ? badge('consistent', 'allow') : badge(`failed: ${str(get2(s, 'witness', 'lastError'))}`, 'deny')),
-          h('td', {}, num(a.lastSeq)));
+          h('td', {}, s ? badge(bpf || 'unknown', bpf === 'attached' || bpf === 'reused' ? 'allow' : 'deny') : ''),
+          h('td', {}, s ? num(Number(get2(s, 'proxy', 'activeSessions') ?? 0)) : ''),
+          h('td', {}, s ? [`${num(backlog)} events`, oldest ? ` (oldest ${Math.round(oldest / 1000)} s)` : '',
+            spoolState && spoolState !== 'ok' ? h('div', { class: 'bad' }, `spool ${spoolState}${get2(s, 'spool', 'refusing') ? ': refusing new connections' : ''}`) : null] : ''),
+          h('td', {}, !s ? '' : get2(s, 'shipper', 'connected') ? 'connected' : h('span', { class: 'bad' }, lastError || 'disconnected')),
+          h('td', {}, !s ? '' : get2(s, 'witness', 'lastCheckOk') === false
+            ? badge(`failed: ${str(get2(s, 'witness', 'lastProblem'))}`, 'deny')
+            : get2(s, 'witness', 'lastCheckMs') ? badge('consistent', 'allow') : 'no check yet'));
       }))),
-    h('p', { class: 'muted' }, 'Heartbeats arrive every 10 s from each connected agent; "last event" is when its last batch was stored.'));
+    h('p', { class: 'muted' }, 'Each connected agent reports every 10 s; "last event stored" is when its last batch reached the log.'));
 }
 
 interface Integrity {
@@ -128,12 +135,13 @@ export async function integrityView(ctx: ViewContext): Promise<void> {
       h('p', {}, 'verifier key: ', h('code', {}, d.verifierKey))),
     h('section', {}, h('h2', {}, 'Witnesses'),
       h('p', { class: 'muted' }, 'Each agent checks that every checkpoint it sees extends the last one and includes its own events.'),
-      h('table', {}, h('thead', {}, h('tr', {}, ['agent', 'witness', 'checkpoint size seen', 'checked'].map((c) => h('th', {}, c)))),
+      h('table', {}, h('thead', {}, h('tr', {}, ['agent', 'witness', 'checkpoint size seen', 'checked', 'history'].map((c) => h('th', {}, c)))),
         h('tbody', {}, d.agents.map((a) => {
           const w = get2(a.status, 'witness') as Record<string, unknown> | undefined;
           return h('tr', {}, h('td', { class: 'mono' }, a.agentId),
-            h('td', {}, !w ? 'no heartbeat' : w.ok ? badge('consistent', 'allow') : badge(`failed: ${str(w.lastError)}`, 'deny')),
-            h('td', {}, str(w?.checkpointSize)), h('td', {}, w?.checkedMs ? ago(Number(w.checkedMs)) : ''));
+            h('td', {}, !w ? 'no heartbeat' : w.lastCheckOk === false ? badge(`failed: ${str(w.lastProblem)}`, 'deny') : w.lastCheckMs ? badge('consistent', 'allow') : 'no check yet'),
+            h('td', {}, str(w?.checkpointSize)), h('td', {}, w?.lastCheckMs ? ago(Number(w.lastCheckMs)) : ''),
+            h('td', {}, `${str(w?.checks)} checks, ${str(w?.failures)} failures`));
         })))),
     h('section', {}, h('h2', {}, 'Gaps'),
       d.gaps.length ? h('table', {}, h('thead', {}, h('tr', {}, ['agent', 'lost seq', 'at index', 'detected'].map((c) => h('th', {}, c)))),
