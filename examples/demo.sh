@@ -253,7 +253,20 @@ indent <"$WORK/verify.out"
 [ "$VERIFY_STATUS" = 0 ] || die "runguard verify failed (status $VERIFY_STATUS)"
 
 say "the dashboard"
-note "open      $URL/"
+# Sign in as alice the way the browser does, and read the job's row of the Jobs page.
+DASH_JOB=$(RUNGUARD_PASSWORD="$ALICE_PASSWORD" node -e '
+  const [url, repo] = process.argv.slice(1);
+  (async () => {
+    const login = await fetch(url + "/api/login", { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user: "alice", password: process.env.RUNGUARD_PASSWORD }) });
+    if (!login.ok) throw new Error("sign-in failed: " + login.status);
+    const cookie = login.headers.get("set-cookie").split(";")[0];
+    const { jobs } = await (await fetch(url + "/api/jobs?repository=" + encodeURIComponent(repo), { headers: { cookie } })).json();
+    const j = jobs[0];
+    if (!j) throw new Error("the job is not in the dashboard");
+    console.log(`${j.repository} · ${j.workflow} · ${j.job} #${j.runId} by ${j.actor}: ${j.events} events, ${j.statements} statements, ${j.denied} denied, ${j.masked} masked, ${j.reviewed} reviewed`);
+  })().catch((e) => { console.error(e.message); process.exit(1); });' "$URL" acme/payments) || die "the dashboard does not answer for alice"
+note "open      $URL/    (the job: Jobs -> $DASH_JOB)"
 note "sign in   alice / $ALICE_PASSWORD    (made up for this demo; gone when it stops)"
 if [ "$EXIT_AT_END" = 1 ]; then
   echo

@@ -69,6 +69,8 @@ test('examples/demo.sh --exit: masked read, denied DROP, ALTER TABLE approved wi
   assert.match(out, /\| agent keys: issued by the fleet CA/);
   assert.match(out, /\| OK: every leaf, the tree, the checkpoint and every agent chain and signature verify/);
   assert.match(out, /open +http:\/\/127\.0\.0\.1:\d+\//);
+  // The demo signed in to the dashboard as alice and read the job's row: one denied, one reviewed.
+  assert.match(out, /Jobs -> acme\/payments · deploy · \S+ #\d+ by mona: \d+ events, \d+ statements, 1 denied, [1-9]\d* masked, 1 reviewed/);
   const signIn = out.match(/sign in +alice \/ (\S+) /);
   assert.ok(signIn, 'the sign-in is printed');
   assert.equal(out.split(signIn[1]!).length - 1, 1, 'the demo password is printed once');
