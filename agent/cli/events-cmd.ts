@@ -17,8 +17,22 @@ function humanLine(e: Json): string {
   const detail = e.connectionClose ? `${e.connectionClose.reason} up=${e.connectionClose.bytesUp ?? 0} down=${e.connectionClose.bytesDown ?? 0}`
     : e.connectionRefused ? e.connectionRefused.reason
     : e.exec ? (e.process?.argv ?? []).join(' ')
-    : e.notice ? `${e.notice.code}: ${e.notice.message}` : '';
+    : e.notice ? `${e.notice.code}: ${e.notice.message}`
+    : e.statement ? statementDetail(e.statement)
+    : e.dbSession ? `${e.dbSession.protocol ?? ''} db=${e.dbSession.database ?? ''} user=${e.dbSession.user ?? ''}${e.dbSession.clientTls ? ' tls' : ''}`
+    : e.approvalRequested ? `${e.approvalRequested.approvalId} held by ${e.approvalRequested.rule}: ${e.approvalRequested.text ?? ''}`
+    : e.approvalDecided ? `${e.approvalDecided.approvalId} ${e.approvalDecided.outcome}${e.approvalDecided.approvers?.length ? ` by ${e.approvalDecided.approvers.join(',')}` : ''}${e.approvalDecided.reason ? `: ${e.approvalDecided.reason}` : ''}`
+    : '';
   return [e.seq, e.time, kind, e.sessionId, proc, dst, job, detail].filter(Boolean).join('  ');
+}
+
+/** decision[:outcome] (rule) result: text; the text is already redacted by the agent. */
+function statementDetail(st: Json): string {
+  const d = st.decision ?? {};
+  const decision = `${d.action ?? 'allow'}${d.outcome ? `:${d.outcome}` : ''}${d.rule ? ` (${d.rule})` : ''}`;
+  const result = st.errorCode ? `ERROR ${st.errorCode}` : st.commandTag ?? '';
+  const masked = st.maskedValues ? ` ${st.maskedValues} masked` : '';
+  return `${decision} ${result}${masked}: ${st.text ?? ''}`;
 }
 
 /** Pages through the collector's /events query (NDJSON), following with --follow. */
