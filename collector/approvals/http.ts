@@ -13,6 +13,7 @@ import type http from 'node:http';
 import type { Logger } from 'pino';
 import { ApprovalError, toJson, type ApprovalRegistry } from './registry.js';
 import { AuthError, type Authenticator } from '../dashboard/auth.js';
+import { BodyError, readJsonObject } from '../json-body.js';
 
 export interface ApprovalsApiOptions {
   registry: ApprovalRegistry;
@@ -30,7 +31,7 @@ export function createApprovalsApi(opts: ApprovalsApiOptions): (req: http.Incomi
     if (u.pathname !== '/api/approvals' && !u.pathname.startsWith('/api/approvals/')) return false;
     handle(req, res, u).catch((err: Error) => {
       // The dashboard's own fetches get no Basic challenge: the browser would pop up a password box.
-      if (err instanceof ApprovalError || err instanceof AuthError) return sendJson(res, err.status, { error: err.code, message: err.message }, !req.headers['x-runguard-ui']);
+      if (err instanceof ApprovalError || err instanceof AuthError || err instanceof BodyError) return sendJson(res, err.status, { error: err.code, message: err.message }, !req.headers['x-runguard-ui']);
       log.error({ err, path: u.pathname }, 'approvals API error');
       if (!res.headersSent) sendJson(res, 500, { error: 'internal', message: err.message });
     });
@@ -55,8 +56,7 @@ export function createApprovalsApi(opts: ApprovalsApiOptions): (req: http.Incomi
       return sendJson(res, 200, toJson(rec));
     }
     if (req.method === 'POST' && parts.length === 2 && (parts[1] === 'approve' || parts[1] === 'deny')) {
-      if (!/^application\/json\b/i.test(req.headers['content-type'] ?? '')) throw new ApprovalError(415, 'bad_request', 'send the body as application/json');
-      const body = await readJson(req);
+      const body = await readJsonObject(req);
       const reason = body.reason === undefined ? '' : body.reason;
       if (typeof reason !== 'string' || reason.length > 1000) throw new ApprovalError(400, 'bad_request', 'reason must be a string of at most 1000 characters');
       const rec = registry.decide(parts[0]!, user, parts[1] === 'approve' ? 'approve' : 'deny', reason);
@@ -65,32 +65,6 @@ export function createApprovalsApi(opts: ApprovalsApiOptions): (req: http.Incomi
     }
     throw new ApprovalError(req.method === 'GET' || req.method === 'POST' ? 404 : 405, 'not_found', `no such approvals endpoint: ${req.method} ${u.pathname}`);
   }
-}
-
-function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    let size = 0;
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > 16_384) {
-        reject(new ApprovalError(413, 'bad_request', 'the body is larger than 16 KiB'));
-        req.destroy();
-      } else chunks.push(c);
-    });
-    req.on('end', () => {
-      const text = Buffer.concat(chunks).toString('utf8').trim();
-      if (!text) return resolve({});
-      try {
-        const v = JSON.parse(text) as unknown;
-        if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
-        resolve(v as Record<string, unknown>);
-      } catch {
-        reject(new ApprovalError(400, 'bad_request', 'the body must be a JSON object, e.g. {"reason": "..."}'));
-      }
-    });
-    req.on('error', reject);
-  });
 }
 
 function sendJson(res: http.ServerResponse, status: number, value: unknown, challenge = false): void {

@@ -10,6 +10,7 @@ import type { ApprovalRegistry } from '../approvals/registry.js';
 import { Authenticator, AuthError, isTls, type Principal } from './auth.js';
 import type { Verifier } from './verifier.js';
 import { statusJson } from '../heartbeat.js';
+import { BodyError, readJsonObject } from '../json-body.js';
 
 export interface DashboardApiOptions {
   store: LogStore;
@@ -29,7 +30,6 @@ export class ApiError extends Error {
 
 /** Text search reads event bytes; without a time range it looks at this many newest events. */
 export const TEXT_SCAN_WINDOW = 200_000;
-const MAX_BODY = 16_384;
 
 type Handler = (ctx: { req: http.IncomingMessage; res: http.ServerResponse; url: URL; match: RegExpExecArray; who: Principal }) => unknown;
 
@@ -62,7 +62,7 @@ export function createDashboardApi(opts: DashboardApiOptions): (req: http.Incomi
     const url = new URL(req.url ?? '/', 'http://collector');
     if (!url.pathname.startsWith('/api/') || url.pathname.startsWith('/api/approvals')) return false;
     handle(req, res, url).catch((err: Error) => {
-      const status = err instanceof ApiError || err instanceof AuthError ? err.status : 500;
+      const status = err instanceof ApiError || err instanceof AuthError || err instanceof BodyError ? err.status : 500;
       if (status === 500) log.error({ err, path: url.pathname }, 'dashboard API error');
       sendJson(res, status, { error: (err as ApiError).code ?? 'internal', message: err.message });
     });
@@ -77,7 +77,7 @@ export function createDashboardApi(opts: DashboardApiOptions): (req: http.Incomi
     const route = routes.find(([re]) => re.test(url.pathname));
     if (!route) throw new ApiError(404, 'not_found', `no such endpoint: ${req.method} ${url.pathname}`);
     const who = auth.authenticate(req, { write, role: 'viewer' });
-    if (write) await readJson(req);
+    if (write) await readJsonObject(req);
     const value = await route[1]({ req, res, url, match: route[0].exec(url.pathname)!, who });
     sendJson(res, 200, value);
   }
@@ -88,7 +88,7 @@ export function createDashboardApi(opts: DashboardApiOptions): (req: http.Incomi
     if (origin !== undefined && origin !== `${isTls(req) ? 'https' : 'http'}://${req.headers.host}`) {
       throw new ApiError(403, 'bad_origin', `sign-in from ${origin} refused`);
     }
-    const body = await readJson(req);
+    const body = await readJsonObject(req);
     if (typeof body.user !== 'string' || typeof body.password !== 'string') throw new ApiError(400, 'bad_request', 'send {"user": "...", "password": "..."}');
     const address = req.socket.remoteAddress ?? '';
     const s = auth.login(body.user, body.password, address);
@@ -240,36 +240,6 @@ function jobQuery(u: URL): JobQuery {
     sinceMs: time(u, 'since'), untilMs: time(u, 'until'), beforeMs: int(u, 'before'), flagged: u.searchParams.get('flagged') === '1',
     limit: Math.min(int(u, 'limit') ?? 100, 500),
   };
-}
-
-function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    if (!/^application\/json\b/i.test(req.headers['content-type'] ?? '')) {
-      req.resume();
-      return reject(new ApiError(415, 'bad_request', 'send the body as application/json'));
-    }
-    let size = 0;
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > MAX_BODY) {
-        reject(new ApiError(413, 'bad_request', 'the body is larger than 16 KiB'));
-        req.destroy();
-      } else chunks.push(c);
-    });
-    req.on('end', () => {
-      const text = Buffer.concat(chunks).toString('utf8').trim();
-      if (!text) return resolve({});
-      try {
-        const v = JSON.parse(text) as unknown;
-        if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
-        resolve(v as Record<string, unknown>);
-      } catch {
-        reject(new ApiError(400, 'bad_request', 'the body must be a JSON object'));
-      }
-    });
-    req.on('error', reject);
-  });
 }
 
 function sendJson(res: http.ServerResponse, status: number, value: unknown): void {

@@ -7,23 +7,17 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import type { VerifyReport } from '../verify.js';
+import type { Problem, VerifyReport } from '../verify.js';
 
-export interface VerifyRun {
+/** A verify report as the integrity panel shows it: counts, the first problem, when and why. */
+export type VerifyRun = Omit<VerifyReport, 'problems' | 'firstProblem'> & {
   startedMs: number;
   finishedMs: number;
   trigger: string;
-  ok: boolean;
-  size: number;
-  leavesChecked: number;
-  agents: number;
-  signaturesChecked: number;
-  checkpointSigned: boolean;
-  agentCertsChecked: boolean;
-  firstProblem: { index: number; reason: string } | null;
+  firstProblem: Problem | null;
   problems: number;
   error?: string;
-}
+};
 
 export interface Verifier {
   /** Starts a run, or queues one to start when the current run ends; false once stopped. */

@@ -69,3 +69,14 @@ export function duration(ms: number): string {
 export function badge(text: string, kind = text): HTMLSpanElement {
   return h('span', { class: `badge badge-${kind.replace(/[^a-z0-9-]/gi, '')}` }, text);
 }
+
+/** A filter form navigates to `route?<its non-empty fields>`, so filters live in the URL (shareable, back-able). */
+export function submitsTo(form: HTMLFormElement, route: string, go: (hash: string) => void): HTMLFormElement {
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (typeof v === 'string' && v.trim()) q.set(k, v.trim());
+    go(`${route}?${q}`);
+  });
+  return form;
+}

@@ -2,7 +2,7 @@
 import { get, query } from './api.js';
 import type { ViewContext } from './app.js';
 import { jobTimeline, type ActivityPoint } from './charts.js';
-import { ago, badge, duration, h, link, num, replace, time } from './dom.js';
+import { ago, badge, submitsTo, duration, h, link, num, replace, time } from './dom.js';
 import { decisionOf, endpoint, type IndexedEvent, jobLabel, kindName, summary } from './events.js';
 import { eventRow } from './views-log.js';
 
@@ -27,12 +27,7 @@ export async function jobsView(ctx: ViewContext): Promise<void> {
     fields.map(([n, l]) => h('label', {}, l, h('input', { name: n, value: p.get(n) ?? '' }))),
     h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'flagged', value: '1', checked: p.get('flagged') === '1' }), 'only with deny, review or refusal'),
     h('button', { type: 'submit' }, 'Filter'));
-  form.addEventListener('submit', (e) => {
-    e.preventDefault();
-    const q = new URLSearchParams();
-    for (const [k, v] of new FormData(form)) if (typeof v === 'string' && v.trim()) q.set(k, v.trim());
-    ctx.go(`#/jobs?${q}`);
-  });
+  submitsTo(form, '#/jobs', ctx.go);
   const tbody = h('tbody', {});
   const more = h('button', { type: 'button' }, 'Older jobs');
   replace(ctx.main, h('h1', {}, 'Jobs'), form,

@@ -2,7 +2,7 @@
 import { get, query } from './api.js';
 import type { ViewContext } from './app.js';
 import { decisionChart, type Bucket } from './charts.js';
-import { ago, badge, h, link, num, replace, time } from './dom.js';
+import { ago, badge, h, link, num, replace, submitsTo, time } from './dom.js';
 import { decisionOf, endpoint, type IndexedEvent, jobLabel, KINDS, kindName, summary } from './events.js';
 import { checkpointSigned, equal, fromBase64, leafHash, parseCheckpoint, rootFromInclusionProof } from './proof.js';
 
@@ -101,12 +101,7 @@ export async function eventsView(ctx: ViewContext): Promise<void> {
     input('since', 'since', 'datetime-local'), input('until', 'until', 'datetime-local'),
     input('q', 'text (3+ chars)'),
     h('button', { type: 'submit' }, 'Search'));
-  form.addEventListener('submit', (e) => {
-    e.preventDefault();
-    const q = new URLSearchParams();
-    for (const [k, v] of new FormData(form)) if (typeof v === 'string' && v.trim()) q.set(k, v.trim());
-    ctx.go(`#/events?${q}`);
-  });
+  submitsTo(form, '#/events', ctx.go);
   const results = h('div', {});
   replace(ctx.main, h('h1', {}, 'Search events'), form, results);
 
