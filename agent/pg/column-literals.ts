@@ -1,0 +1,147 @@
+// Values a statement writes into masked columns are redacted from its audit text, as values read
+// from those columns are masked in results: a policy that masks `*token*` must not let
+//   INSERT INTO deploys (ref, api_token) VALUES ('main', 'tok_7f3a9c')
+// put the token into the trail in plain text just because no detector recognises its format.
+//
+// Which literal goes to which column is read from the real parse tree (libpg-query): INSERT's
+// column list against each VALUES row, UPDATE's and ON CONFLICT DO UPDATE's SET targets. Every
+// constant inside the assigned expression counts ('x', 'x'::text, lower('x'), E'..', $$..$$, 42).
+// A parse costs ~100 µs, so it only runs when a cheap scan finds an identifier the mask covers.
+import { parseSync } from 'libpg-query';
+import { maskCoversColumn } from '../policy/policy.js';
+import type { MaskSpec } from '../policy/types.js';
+
+const IDENT = /[A-Za-z_][A-Za-z0-9_$]*/g;
+
+/** The selectors with table.column cut to the column: for a scan that does not know tables yet. */
+const anyTable = new WeakMap<MaskSpec, MaskSpec>();
+function columnsOnly(spec: MaskSpec): MaskSpec {
+  let s = anyTable.get(spec);
+  if (!s) anyTable.set(spec, (s = { columns: spec.columns.map((c) => c.slice(c.lastIndexOf('.') + 1)), detectors: [] }));
+  return s;
+}
+
+/** Could the statement name a masked column at all? (No parse; false negatives are impossible.) */
+export function mentionsMaskedColumn(sql: string, spec: MaskSpec): boolean {
+  if (!spec.columns.length) return false;
+  const cols = columnsOnly(spec);
+  for (const m of sql.matchAll(IDENT)) if (maskCoversColumn(cols, m[0].toLowerCase())) return true;
+  // Quoted identifiers: "Api_Token".
+  for (const m of sql.matchAll(/"((?:[^"]|"")+)"/g)) if (maskCoversColumn(cols, m[1]!.replace(/""/g, '"'))) return true;
+  return false;
+}
+
+type Node = Record<string, unknown>;
+
+/**
+ * The statement text with every literal assigned to a masked column replaced by
+ * '[REDACTED:column:<name>]'; the text unchanged when there is none or it does not parse.
+ */
+export function redactColumnLiterals(sql: string, spec: MaskSpec, tables: readonly string[] = []): string {
+  if (!mentionsMaskedColumn(sql, spec)) return sql;
+  let tree: { stmts?: { stmt: Node }[] };
+  try {
+    tree = parseSync(sql) as typeof tree;
+  } catch {
+    return sql; // the server will reject it; the detectors still run on the text
+  }
+  const covered = (column: string, table: string | undefined) =>
+    maskCoversColumn(spec, column) || (table !== undefined && maskCoversColumn(spec, column, table)) || tables.some((t) => maskCoversColumn(spec, column, t));
+  const hits: { at: number; column: string }[] = [];
+  const assign = (column: string, table: string | undefined, value: unknown) => {
+    if (covered(column, table)) for (const at of constants(value)) hits.push({ at, column });
+  };
+  for (const { stmt } of tree.stmts ?? []) visit(stmt, assign);
+  if (!hits.length) return sql;
+  const bytes = Buffer.from(sql, 'utf8');
+  const parts: Buffer[] = [];
+  let pos = 0;
+  for (const h of hits.sort((a, b) => a.at - b.at)) {
+    if (h.at < pos) continue;
+    const end = literalEnd(bytes, h.at);
+    if (end <= h.at) continue;
+    parts.push(bytes.subarray(pos, h.at), Buffer.from(`'[REDACTED:column:${h.column.replace(/[^A-Za-z0-9_.$-]/g, '_')}]'`));
+    pos = end;
+  }
+  parts.push(bytes.subarray(pos));
+  return Buffer.concat(parts).toString('utf8');
+}
+
+/** Finds INSERT/UPDATE assignments anywhere (CTEs, nested statements) and reports them. */
+function visit(node: unknown, assign: (column: string, table: string | undefined, value: unknown) => void): void {
+  if (Array.isArray(node)) {
+    for (const n of node) visit(n, assign);
+    return;
+  }
+  if (!node || typeof node !== 'object') return;
+  const n = node as Node;
+  const ins = n.InsertStmt as Node | undefined;
+  if (ins) {
+    const table = (ins.relation as Node | undefined)?.relname as string | undefined;
+    const cols = ((ins.cols as Node[] | undefined) ?? []).map((c) => ((c.ResTarget as Node).name as string) ?? '');
+    const rows = (((ins.selectStmt as Node | undefined)?.SelectStmt as Node | undefined)?.valuesLists as Node[] | undefined) ?? [];
+    for (const row of rows) {
+      const items = ((row.List as Node | undefined)?.items as unknown[]) ?? [];
+      items.forEach((v, i) => cols[i] && assign(cols[i]!, table, v));
+    }
+    const conflict = ins.onConflictClause as Node | undefined;
+    for (const t of (conflict?.targetList as Node[] | undefined) ?? []) targets(t, table, assign);
+  }
+  const upd = n.UpdateStmt as Node | undefined;
+  if (upd) {
+    const table = (upd.relation as Node | undefined)?.relname as string | undefined;
+    for (const t of (upd.targetList as Node[] | undefined) ?? []) targets(t, table, assign);
+  }
+  for (const v of Object.values(n)) visit(v, assign);
+}
+
+function targets(t: Node, table: string | undefined, assign: (column: string, table: string | undefined, value: unknown) => void): void {
+  const rt = t.ResTarget as Node | undefined;
+  if (rt?.name) assign(rt.name as string, table, rt.val);
+}
+
+/** Byte offsets of every constant in an expression. */
+function constants(node: unknown, out: number[] = []): number[] {
+  if (Array.isArray(node)) for (const n of node) constants(n, out);
+  else if (node && typeof node === 'object') {
+    const c = (node as Node).A_Const as Node | undefined;
+    if (c && typeof c.location === 'number' && !c.isnull) out.push(c.location);
+    for (const v of Object.values(node as Node)) constants(v, out);
+  }
+  return out;
+}
+
+/**
+ * End (exclusive byte offset) of the literal starting at `at`: '...' with '' (and with E'' also
+ * backslash) escapes, E/N/B/X/U& prefixes, $tag$...$tag$, or a number. 0 if it is none of these.
+ */
+function literalEnd(b: Buffer, at: number): number {
+  let i = at;
+  const ch = (k: number) => (k < b.length ? String.fromCharCode(b[k]!) : '');
+  let backslash = false;
+  if (ch(i) === '-') i++;
+  if (/[0-9.]/.test(ch(i))) {
+    while (/[0-9A-Za-z._]/.test(ch(i)) || ((ch(i) === '+' || ch(i) === '-') && /[eE]/.test(ch(i - 1)))) i++;
+    return i;
+  }
+  if (/[eE]/.test(ch(i)) && ch(i + 1) === "'") { backslash = true; i++; }
+  else if (/[nNbBxX]/.test(ch(i)) && ch(i + 1) === "'") i++;
+  else if (/[uU]/.test(ch(i)) && ch(i + 1) === '&' && ch(i + 2) === "'") i += 2;
+  if (ch(i) === "'") {
+    for (i++; i < b.length; i++) {
+      if (backslash && ch(i) === '\\') { i++; continue; }
+      if (ch(i) === "'") {
+        if (ch(i + 1) === "'") { i++; continue; }
+        return i + 1;
+      }
+    }
+    return 0;
+  }
+  if (ch(i) === '$') {
+    const m = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.exec(b.toString('latin1', i, Math.min(b.length, i + 70)));
+    if (!m) return 0;
+    const close = b.indexOf(m[0], i + m[0].length, 'latin1');
+    return close < 0 ? 0 : close + m[0].length;
+  }
+  return 0;
+}

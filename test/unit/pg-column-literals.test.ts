@@ -1,0 +1,38 @@
+// Literals written into masked columns never reach the audit text; everything else is untouched.
+import { before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadClassifier } from '../../agent/pg/classify.js';
+import { mentionsMaskedColumn, redactColumnLiterals } from '../../agent/pg/column-literals.js';
+import type { MaskSpec } from '../../agent/policy/types.js';
+
+const SPEC: MaskSpec = { columns: ['*email*', '*password*', '*token*', 'payroll.salary'], detectors: [] };
+const R = (c: string) => `'[REDACTED:column:${c}]'`;
+
+before(() => loadClassifier());
+
+test('INSERT: each VALUES row, by column position, any literal form', () => {
+  assert.equal(redactColumnLiterals("INSERT INTO deploys (ref, api_token) VALUES ('main', 'tok_7f3a9c'), ('dev', E'x\\'y'::text)", SPEC),
+    `INSERT INTO deploys (ref, api_token) VALUES ('main', ${R('api_token')}), ('dev', ${R('api_token')}::text)`);
+  assert.equal(redactColumnLiterals('INSERT INTO u (id, password_hash) VALUES (7, $pw$s3cr3t\'$$x$pw$)', SPEC),
+    `INSERT INTO u (id, password_hash) VALUES (7, ${R('password_hash')})`);
+  assert.equal(redactColumnLiterals("INSERT INTO u (email) VALUES (lower('ADA@EXAMPLE.COM'))", SPEC), `INSERT INTO u (email) VALUES (lower(${R('email')}))`);
+  assert.equal(redactColumnLiterals('INSERT INTO u ("Api_Token") VALUES (\'q\')', SPEC), `INSERT INTO u ("Api_Token") VALUES (${R('Api_Token')})`);
+});
+
+test('UPDATE SET and ON CONFLICT DO UPDATE SET; table.column selectors', () => {
+  assert.equal(redactColumnLiterals("UPDATE users SET api_token = 'abc', name = 'n' WHERE id = 1", SPEC), `UPDATE users SET api_token = ${R('api_token')}, name = 'n' WHERE id = 1`);
+  assert.equal(redactColumnLiterals("INSERT INTO t (id, token) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET token = 'b'", SPEC),
+    `INSERT INTO t (id, token) VALUES (1, ${R('token')}) ON CONFLICT (id) DO UPDATE SET token = ${R('token')}`);
+  assert.equal(redactColumnLiterals('UPDATE payroll SET salary = 99000.50 WHERE id = 3', SPEC), `UPDATE payroll SET salary = ${R('salary')} WHERE id = 3`);
+  assert.equal(redactColumnLiterals('UPDATE other SET salary = 1', SPEC), 'UPDATE other SET salary = 1', 'salary only in payroll');
+  assert.equal(redactColumnLiterals("WITH x AS (UPDATE s SET token = 'z' RETURNING 1) SELECT * FROM x", SPEC), `WITH x AS (UPDATE s SET token = ${R('token')} RETURNING 1) SELECT * FROM x`);
+});
+
+test('untouched: other columns, reads, non-ASCII around, bad SQL, no masked identifier', () => {
+  for (const sql of ["INSERT INTO t (name) VALUES ('tok_1')", "SELECT * FROM users WHERE api_token = 'x'", 'UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 1', 'INSERT INTO (', "UPDATE t SET token = NULL"]) {
+    assert.equal(redactColumnLiterals(sql, SPEC), sql);
+  }
+  assert.equal(redactColumnLiterals("INSERT INTO t (nom, token) VALUES ('Zoë ☃', 'sécret')", SPEC), `INSERT INTO t (nom, token) VALUES ('Zoë ☃', ${R('token')})`);
+  assert.equal(mentionsMaskedColumn('UPDATE pgbench_branches SET bbalance = bbalance + 1', SPEC), false);
+  assert.equal(mentionsMaskedColumn('UPDATE x SET token = 1', { columns: [], detectors: ['email'] }), false);
+});
