@@ -17,6 +17,7 @@ import type { AgentCa } from '../tls/ca.js';
 import { Redactor } from '../redact/redactor.js';
 import { detectorHit } from '../redact/detectors.js';
 import type { EndReason, ProtocolHandler, Session, SessionEnd } from '../proxy/handler.js';
+import { Outbox } from '../net/outbox.js';
 import { FrameReader, PgProtocolError, type Frame } from './frames.js';
 import * as msg from './messages.js';
 import { md5Password, ScramClient, chooseSaslMechanism } from './scram.js';
@@ -109,6 +110,10 @@ class PgSession {
   private readonly redactor: Redactor;
   /** Set while a statement waits for review: the job's later messages, kept in order until then. */
   private held?: Frame[];
+  // Writes queued while one input chunk is handled (batching > 0), sent together when it is done.
+  private readonly up = new Outbox();
+  private readonly down = new Outbox();
+  private batching = 0;
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
     this.client = s.client;
@@ -146,12 +151,35 @@ class PgSession {
 
   private toServer(b: Buffer): void {
     this.bytesUp += b.length;
-    if (!this.server!.write(b)) this.client.pause();
+    this.up.add(b);
+    if (!this.batching) this.flush();
   }
 
   private toClient(b: Buffer): void {
     this.bytesDown += b.length;
-    if (!this.client.write(b)) this.server?.pause();
+    this.down.add(b);
+    if (!this.batching) this.flush();
+  }
+
+  /** Runs `fn` with writes queued, then sends them: one write per socket for the whole chunk. */
+  private batch(fn: () => void): void {
+    this.batching++;
+    try {
+      fn();
+    } finally {
+      if (--this.batching === 0) this.flush();
+    }
+  }
+
+  private flush(): void {
+    if (!this.up.empty) {
+      if (this.server) {
+        if (!this.up.flush(this.server)) this.client.pause();
+      } else {
+        this.up.clear();
+      }
+    }
+    if (!this.down.empty && !this.down.flush(this.client)) this.server?.pause();
   }
 
   private close(reason: EndReason, error?: string): void {
@@ -161,6 +189,8 @@ class PgSession {
     // Statements still waiting for an outcome are recorded as such, not forgotten.
     for (const p of this.queue) if (p.kind === 'statement') this.complete(p, { error: `session ended (${reason}) before the server answered` });
     this.queue.length = 0;
+    // What was relayed before the end (a Terminate, the frames before a bad one) still goes out.
+    this.flush();
     this.client.end();
     this.server?.end();
     setTimeout(() => {
@@ -174,6 +204,7 @@ class PgSession {
   private protocolError(side: 'job' | 'server', err: PgProtocolError): void {
     const text = `runguard: the ${side === 'job' ? 'client' : 'server'} sent an invalid message; ending the session: ${err.message}`;
     this.s.log.warn({ side, err: err.message }, 'postgres protocol error');
+    this.flush();
     if (!this.client.destroyed) this.client.write(msg.errorResponse({ severity: 'FATAL', code: '08P01', message: text }));
     this.close('protocol_error', `${side}: ${err.message}`);
   }
@@ -182,11 +213,13 @@ class PgSession {
 
   private onClientData(chunk: Buffer): void {
     if (this.phase === 'closed') return;
-    this.server?.cork();
-    const err = this.fromClient.push(chunk, (f) => this.onClientFrame(f));
-    if (this.server) process.nextTick(() => this.server?.uncork());
+    let err: PgProtocolError | undefined;
+    this.batch(() => { err = this.fromClient.push(chunk, this.onClientFrameBound); });
     if (err) this.protocolError('job', err);
   }
+
+  private readonly onClientFrameBound = (f: Frame): void => this.onClientFrame(f);
+  private readonly onServerFrameBound = (f: Frame): void => this.onServerFrame(f);
 
   private onClientFrame(f: Frame): void {
     if (this.phase === 'closed') return;
@@ -342,9 +375,8 @@ class PgSession {
 
   private onServerData(chunk: Buffer): void {
     if (this.phase === 'closed') return;
-    this.client.cork();
-    const err = this.fromServer.push(chunk, (f) => this.onServerFrame(f));
-    process.nextTick(() => this.client.uncork());
+    let err: PgProtocolError | undefined;
+    this.batch(() => { err = this.fromServer.push(chunk, this.onServerFrameBound); });
     if (err) this.protocolError('server', err);
   }
 
@@ -591,10 +623,10 @@ class PgSession {
         if (this.phase === 'closed') return;
         const waiting = this.held ?? [];
         this.held = undefined;
-        this.server?.cork();
-        then(r);
-        for (const f of waiting) this.onClientFrame(f); // one of them may start another hold: the rest wait again
-        process.nextTick(() => this.server?.uncork());
+        this.batch(() => {
+          then(r);
+          for (const f of waiting) this.onClientFrame(f); // one of them may start another hold: the rest wait again
+        });
         if (!this.held) this.client.resume();
       })
       .catch((err: Error) => {
