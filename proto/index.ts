@@ -68,6 +68,35 @@ export interface StatementInfo {
   maskedValues?: number; database?: string; user?: string; parseError?: string; prepared?: boolean;
 }
 
+/** What only the spool knows when it seals an event into the chain. */
+export interface EventEnvelope {
+  agentId: string;
+  seq: number;
+  prevHash: Uint8Array;
+  timeMs: number;
+}
+
+/**
+ * An event that writes its own bytes once sealed (proto/session-events.ts). encode() may return a
+ * view into a buffer its next call reuses: the spool consumes the bytes before encoding another.
+ */
+export interface SelfEncodingEvent {
+  readonly kind: number;
+  encode(env: EventEnvelope): Uint8Array;
+}
+
+export function isSelfEncoding(e: EventDraft | SelfEncodingEvent): e is SelfEncodingEvent {
+  return typeof (e as SelfEncodingEvent).encode === 'function';
+}
+
+/** The draft with the spool's fields, as encodeEvent() takes it. */
+export function sealedEvent(draft: EventDraft, env: EventEnvelope): Record<string, unknown> {
+  return {
+    ...draft, agentId: env.agentId, seq: env.seq, prevHash: env.prevHash,
+    time: { seconds: Math.floor(env.timeMs / 1000), nanos: (env.timeMs % 1000) * 1_000_000 },
+  };
+}
+
 /**
  * Encodes a complete event (with agentId, seq, prevHash, time). 64-bit fields take a number or a
  * decimal string; fromObject coerces, unknown fields are ignored.

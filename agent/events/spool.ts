@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { chmod, mkdir, open, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { pino } from 'pino';
-import { encodeEvent, type EventDraft } from '../../proto/index.js';
+import { encodeEvent, isSelfEncoding, sealedEvent, type EventDraft, type EventEnvelope, type SelfEncodingEvent } from '../../proto/index.js';
 import { HEADER_BYTES, putRecord, RecordReader, type SpoolRecord } from './record-format.js';
 import { fsyncDir, removeStaleHeadTmp, segmentFileName, SpoolError, writeHead } from './segment-files.js';
 import { recoverSpool, ZERO_HASH, type SegmentState, type SpoolLogger } from './spool-recovery.js';
@@ -198,14 +198,13 @@ export class Spool extends EventEmitter<SpoolEvents> {
    * Seals the event into the chain and buffers it. Never blocks and never drops: over the limit
    * or after a write error the event waits in memory and `durable` stays pending.
    */
-  append(draft: EventDraft): Appended {
+  append(draft: EventDraft | SelfEncodingEvent): Appended {
     if (this.closing) throw new SpoolError(`spool ${this.dir} is closed; no more events can be appended`, this.dir);
     const seq = this.nextSeq;
-    const ms = Date.now();
-    const payload = encodeEvent({
-      ...draft, agentId: this.agentId, seq, prevHash: this.prevHash,
-      time: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1_000_000 },
-    });
+    const env: EventEnvelope = { agentId: this.agentId, seq, prevHash: this.prevHash, timeMs: Date.now() };
+    // A self-encoded payload may be a reused buffer: it is copied and hashed before anything below
+    // can append (and so encode) another event.
+    const payload = isSelfEncoding(draft) ? draft.encode(env) : encodeEvent(sealedEvent(draft, env));
     if (payload.length > this.maxEventBytes) {
       throw new RangeError(`event of kind ${draft.kind} encodes to ${payload.length} bytes, over the spool's limit of ${this.maxEventBytes}: truncate its fields`);
     }
@@ -229,7 +228,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
     return { seq, durable: group.done.promise };
   }
 
-  async appendDurable(draft: EventDraft): Promise<number> {
+  async appendDurable(draft: EventDraft | SelfEncodingEvent): Promise<number> {
     const { seq, durable } = this.append(draft);
     await durable;
     return seq;

@@ -7,6 +7,9 @@
 // column list against each VALUES row, UPDATE's and ON CONFLICT DO UPDATE's SET targets. Every
 // constant inside the assigned expression counts ('x', 'x'::text, lower('x'), E'..', $$..$$, 42).
 // A parse costs ~100 µs, so it only runs when a cheap scan finds an identifier the mask covers.
+// Not covered: INSERT without a column list (which column a value lands in is the table's
+// definition, unknown here), and values a job puts on a command line (psql -c '...'): argv is
+// redacted by the detectors only.
 import { parseSync } from 'libpg-query';
 import { maskCoversColumn } from '../policy/policy.js';
 import type { MaskSpec } from '../policy/types.js';
@@ -33,26 +36,53 @@ export function mentionsMaskedColumn(sql: string, spec: MaskSpec): boolean {
 
 type Node = Record<string, unknown>;
 
+export interface MaskedWrites {
+  /** The statement text with every literal assigned to a masked column redacted. */
+  text: string;
+  /** Bound parameters ($n, 1-based) assigned to a masked column, with the column. */
+  params: Map<number, string>;
+}
+
+const marker = (column: string) => `[REDACTED:column:${column.replace(/[^A-Za-z0-9_.$-]/g, '_')}]`;
+
 /**
  * The statement text with every literal assigned to a masked column replaced by
- * '[REDACTED:column:<name>]'; the text unchanged when there is none or it does not parse.
+ * '[REDACTED:column:<name>]' (unchanged when there is none or it does not parse), and which bound
+ * parameters are so assigned (their values are redacted the same way).
  */
-export function redactColumnLiterals(sql: string, spec: MaskSpec, tables: readonly string[] = []): string {
-  if (!mentionsMaskedColumn(sql, spec)) return sql;
+export function maskedWrites(sql: string, spec: MaskSpec, tables: readonly string[] = []): MaskedWrites {
+  const none = { text: sql, params: new Map<number, string>() };
+  if (!mentionsMaskedColumn(sql, spec)) return none;
   let tree: { stmts?: { stmt: Node }[] };
   try {
     tree = parseSync(sql) as typeof tree;
   } catch {
-    return sql; // the server will reject it; the detectors still run on the text
+    return none; // the server will reject it; the detectors still run on the text
   }
   const covered = (column: string, table: string | undefined) =>
     maskCoversColumn(spec, column) || (table !== undefined && maskCoversColumn(spec, column, table)) || tables.some((t) => maskCoversColumn(spec, column, t));
   const hits: { at: number; column: string }[] = [];
+  const params = new Map<number, string>();
   const assign = (column: string, table: string | undefined, value: unknown) => {
-    if (covered(column, table)) for (const at of constants(value)) hits.push({ at, column });
+    if (!covered(column, table)) return;
+    const found = constants(value);
+    for (const at of found.literals) hits.push({ at, column });
+    for (const n of found.params) params.set(n, column);
   };
   for (const { stmt } of tree.stmts ?? []) visit(stmt, assign);
-  if (!hits.length) return sql;
+  return { text: hits.length ? rewrite(sql, hits) : sql, params };
+}
+
+export function redactColumnLiterals(sql: string, spec: MaskSpec, tables: readonly string[] = []): string {
+  return maskedWrites(sql, spec, tables).text;
+}
+
+/** A bound value for a masked column, as the audit event shows it. */
+export function redactedParam(column: string): string {
+  return marker(column);
+}
+
+function rewrite(sql: string, hits: { at: number; column: string }[]): string {
   const bytes = Buffer.from(sql, 'utf8');
   const parts: Buffer[] = [];
   let pos = 0;
@@ -60,7 +90,7 @@ export function redactColumnLiterals(sql: string, spec: MaskSpec, tables: readon
     if (h.at < pos) continue;
     const end = literalEnd(bytes, h.at);
     if (end <= h.at) continue;
-    parts.push(bytes.subarray(pos, h.at), Buffer.from(`'[REDACTED:column:${h.column.replace(/[^A-Za-z0-9_.$-]/g, '_')}]'`));
+    parts.push(bytes.subarray(pos, h.at), Buffer.from(`'${marker(h.column)}'`));
     pos = end;
   }
   parts.push(bytes.subarray(pos));
@@ -100,12 +130,14 @@ function targets(t: Node, table: string | undefined, assign: (column: string, ta
   if (rt?.name) assign(rt.name as string, table, rt.val);
 }
 
-/** Byte offsets of every constant in an expression. */
-function constants(node: unknown, out: number[] = []): number[] {
+/** Byte offsets of every constant in an expression, and the numbers of its $n parameters. */
+function constants(node: unknown, out = { literals: [] as number[], params: [] as number[] }): typeof out {
   if (Array.isArray(node)) for (const n of node) constants(n, out);
   else if (node && typeof node === 'object') {
     const c = (node as Node).A_Const as Node | undefined;
-    if (c && typeof c.location === 'number' && !c.isnull) out.push(c.location);
+    if (c && typeof c.location === 'number' && !c.isnull) out.literals.push(c.location);
+    const p = (node as Node).ParamRef as Node | undefined;
+    if (p && typeof p.number === 'number') out.params.push(p.number);
     for (const v of Object.values(node as Node)) constants(v, out);
   }
   return out;

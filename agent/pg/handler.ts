@@ -15,8 +15,10 @@ import { maskCoversColumn } from '../policy/index.js';
 import type { CredentialConfig } from '../config.js';
 import type { AgentCa } from '../tls/ca.js';
 import { Redactor } from '../redact/redactor.js';
+import { maskedWrites, redactedParam, type MaskedWrites } from './column-literals.js';
 import { detectorHit } from '../redact/detectors.js';
 import type { EndReason, ProtocolHandler, Session, SessionEnd } from '../proxy/handler.js';
+import { Outbox } from '../net/outbox.js';
 import { FrameReader, PgProtocolError, type Frame } from './frames.js';
 import * as msg from './messages.js';
 import { md5Password, ScramClient, chooseSaslMechanism } from './scram.js';
@@ -57,6 +59,8 @@ interface Prepared {
   parseError?: string;
   decision: Decision;
   denied: boolean;
+  /** Audit text and masked-column parameters, worked out at the first Execute and kept. */
+  writes?: MaskedWrites;
   /** A reviewed prepared statement: how its review ended. */
   review?: ReviewResult;
 }
@@ -118,6 +122,10 @@ class PgSession {
   private held?: Frame[];
   /** The review in progress: aborted when the session ends, done once its outcome is recorded. */
   private holding?: { abort: AbortController; done: Promise<void> };
+  // Writes queued while one input chunk is handled (batching > 0), sent together when it is done.
+  private readonly up = new Outbox();
+  private readonly down = new Outbox();
+  private batching = 0;
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
     this.client = s.client;
@@ -155,12 +163,35 @@ class PgSession {
 
   private toServer(b: Buffer): void {
     this.bytesUp += b.length;
-    if (!this.server!.write(b)) this.client.pause();
+    this.up.add(b);
+    if (!this.batching) this.flush();
   }
 
   private toClient(b: Buffer): void {
     this.bytesDown += b.length;
-    if (!this.client.write(b)) this.server?.pause();
+    this.down.add(b);
+    if (!this.batching) this.flush();
+  }
+
+  /** Runs `fn` with writes queued, then sends them: one write per socket for the whole chunk. */
+  private batch(fn: () => void): void {
+    this.batching++;
+    try {
+      fn();
+    } finally {
+      if (--this.batching === 0) this.flush();
+    }
+  }
+
+  private flush(): void {
+    if (!this.up.empty) {
+      if (this.server) {
+        if (!this.up.flush(this.server)) this.client.pause();
+      } else {
+        this.up.clear();
+      }
+    }
+    if (!this.down.empty && !this.down.flush(this.client)) this.server?.pause();
   }
 
   private close(reason: EndReason, error?: string): void {
@@ -170,6 +201,8 @@ class PgSession {
     // Statements still waiting for an outcome are recorded as such, not forgotten.
     for (const p of this.queue) if (p.kind === 'statement') this.complete(p, { error: `session ended (${reason}) before the server answered` });
     this.queue.length = 0;
+    // What was relayed before the end (a Terminate, the frames before a bad one) still goes out.
+    this.flush();
     this.client.end();
     this.server?.end();
     setTimeout(() => {
@@ -188,6 +221,7 @@ class PgSession {
   private protocolError(side: 'job' | 'server', err: PgProtocolError): void {
     const text = `runguard: the ${side === 'job' ? 'client' : 'server'} sent an invalid message; ending the session: ${err.message}`;
     this.s.log.warn({ side, err: err.message }, 'postgres protocol error');
+    this.flush();
     if (!this.client.destroyed) this.client.write(msg.errorResponse({ severity: 'FATAL', code: '08P01', message: text }));
     this.close('protocol_error', `${side}: ${err.message}`);
   }
@@ -196,11 +230,13 @@ class PgSession {
 
   private onClientData(chunk: Buffer): void {
     if (this.phase === 'closed') return;
-    this.server?.cork();
-    const err = this.fromClient.push(chunk, (f) => this.onClientFrame(f));
-    if (this.server) process.nextTick(() => this.server?.uncork());
+    let err: PgProtocolError | undefined;
+    this.batch(() => { err = this.fromClient.push(chunk, this.onClientFrameBound); });
     if (err) this.protocolError('job', err);
   }
+
+  private readonly onClientFrameBound = (f: Frame): void => this.onClientFrame(f);
+  private readonly onServerFrameBound = (f: Frame): void => this.onServerFrame(f);
 
   private onClientFrame(f: Frame): void {
     if (this.phase === 'closed') return;
@@ -356,9 +392,8 @@ class PgSession {
 
   private onServerData(chunk: Buffer): void {
     if (this.phase === 'closed') return;
-    this.client.cork();
-    const err = this.fromServer.push(chunk, (f) => this.onServerFrame(f));
-    process.nextTick(() => this.client.uncork());
+    let err: PgProtocolError | undefined;
+    this.batch(() => { err = this.fromServer.push(chunk, this.onServerFrameBound); });
     if (err) this.protocolError('server', err);
   }
 
@@ -603,10 +638,10 @@ class PgSession {
         if (this.phase === 'closed') return;
         const waiting = this.held ?? [];
         this.held = undefined;
-        this.server?.cork();
-        then(r);
-        for (const f of waiting) this.onClientFrame(f); // one of them may start another hold: the rest wait again
-        process.nextTick(() => this.server?.uncork());
+        this.batch(() => {
+          then(r);
+          for (const f of waiting) this.onClientFrame(f); // one of them may start another hold: the rest wait again
+        });
         if (!this.held) this.client.resume();
       })
       .catch((err: Error) => {
@@ -657,9 +692,11 @@ class PgSession {
     const p = portal ? this.prepared.get(portal.stmt) : undefined;
     if (p && !p.denied) {
       const op = p.ops[0] ?? { type: 'EMPTY' };
-      const params = portal!.params.map((v) => (v === null ? 'NULL' : this.redact(v.toString('utf8'))));
+      p.writes ??= this.maskedWrites(op, p.decision);
+      const masked = p.writes.params;
+      const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? redactedParam(masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
       this.queue.push({ kind: 'statement', op, started: process.hrtime.bigint(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
-        info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review) });
+        info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.writes) });
     }
     this.toServer(raw);
   }
@@ -669,9 +706,15 @@ class PgSession {
     return this.credentialRedactor ? this.credentialRedactor.redact(r) : r;
   }
 
-  private statementInfo(op: Operation, d: Decision, extra: Partial<StatementInfo>, review?: ReviewResult): StatementInfo {
+  /** Literals and parameters a masked statement writes into masked columns (see column-literals.ts). */
+  private maskedWrites(op: Operation, d: Decision): MaskedWrites {
+    return d.mask && op.text ? maskedWrites(op.text, d.mask, op.objects ?? []) : { text: op.text ?? '', params: new Map() };
+  }
+
+  private statementInfo(op: Operation, d: Decision, extra: Partial<StatementInfo>, review?: ReviewResult, writes?: MaskedWrites): StatementInfo {
+    const text = (writes ?? this.maskedWrites(op, d)).text;
     return {
-      protocol: 'postgres', text: op.text ? this.redact(op.text) : '', type: op.type, objects: op.objects ?? [],
+      protocol: 'postgres', text: text ? this.redact(text) : '', type: op.type, objects: op.objects ?? [],
       decision: { action: d.action, rule: d.rule, reason: d.reason, ...(review && { outcome: review.decision, approvalId: review.id }) },
       database: this.database, user: this.injected?.user ?? this.user,
       ...extra,

@@ -7,7 +7,8 @@
 import net from 'node:net';
 import { randomFillSync } from 'node:crypto';
 import type { Logger } from 'pino';
-import { EventKind, type EventDraft, type JobInfo, type ProcessInfo } from '../../proto/index.js';
+import { EventKind, type EventDraft, type JobInfo, type ProcessInfo, type SelfEncodingEvent } from '../../proto/index.js';
+import { SessionEventEncoder } from '../../proto/session-events.js';
 import type { Origin } from '../bpf/layout.js';
 import { bytes16ToIp } from '../net/addr.js';
 import type { ProtocolHandler, Session, SessionEnd, SessionEventDraft } from './handler.js';
@@ -22,7 +23,7 @@ export interface IdentityProvider {
 }
 
 export interface EventSink {
-  append(draft: EventDraft): { seq: number; durable: Promise<void> };
+  append(draft: EventDraft | SelfEncodingEvent): { seq: number; durable: Promise<void> };
   /** False while events cannot be made durable (spool full or failing): no new work is admitted. */
   admitting(): boolean;
 }
@@ -132,11 +133,12 @@ export class ProxyServer {
     const events = this.opts.events;
     const timeoutMs = this.opts.upstreamConnectTimeoutMs ?? 10_000;
     client.on('error', () => {}); // reported through the handler's result, not as an unhandled error
+    const encoder = new SessionEventEncoder({ sessionId: id, process, job, destination, source });
     const session: Session = {
       id, client, origin, destination, source, process, job, redactor, log,
       stopping: this.stopController.signal,
       emit: (draft: SessionEventDraft) => {
-        events.append({ ...draft, sessionId: id, process, job, destination, source });
+        events.append(encoder.event(draft));
       },
       connectUpstream: () => connectTo(destination, timeoutMs),
     };

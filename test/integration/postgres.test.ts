@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AgentFixture, ROOT, RUNGUARD, runProcess, type ProcResult } from '../helpers/agent.js';
@@ -134,6 +134,28 @@ describe('PostgreSQL through the agent', { skip }, () => {
     const sel = (await statements()).filter((s) => s.type === 'SELECT').at(-1)!;
     assert.equal(sel.maskedValues, 4);
     assert.doesNotMatch(JSON.stringify((await agent.events())), /ann@example\.com'?[^,]*SELECT id/);
+  });
+
+  test('values written into masked columns are redacted in the trail, as literals and as bound parameters', async () => {
+    // Neither value matches a detector: only the column says it is a token. Both reach the server
+    // without passing through a command line (psql reads stdin; pgbench draws the value itself).
+    const r = await psql([url], {}, "CREATE TABLE creds (id bigint, api_token text);\nINSERT INTO creds (id, api_token) VALUES (1, 'plain-tok-91x');\n");
+    assert.equal(r.status, 0, r.stderr);
+    const script = path.join(work, 'insert-token.sql');
+    writeFileSync(script, '\\set tok random(1000000000000, 9999999999999)\nINSERT INTO creds (id, api_token) VALUES (2, :tok);\n');
+    chmodSync(work, 0o755);
+    const b = await agent.run(['pgbench', '-n', '-M', 'prepared', '-t', '1', '-f', script, url], JOB_ENV);
+    assert.equal(b.status, 0, b.stderr + b.stdout);
+    const stored = pg.admin("SELECT string_agg(api_token, ',' ORDER BY id) FROM creds").match(/plain-tok-91x,(\d{13})/);
+    assert.ok(stored, 'the server got the real values');
+    const st = await statements();
+    const ins = st.find((s) => s.type === 'INSERT' && s.text?.includes('INSERT INTO creds (id, api_token) VALUES (1,'));
+    assert.equal(ins?.text, "INSERT INTO creds (id, api_token) VALUES (1, '[REDACTED:column:api_token]')");
+    const prepared = st.find((s) => s.prepared && s.text?.includes('INSERT INTO creds'));
+    assert.deepEqual(prepared?.params, ['[REDACTED:column:api_token]']);
+    const spool = JSON.stringify(await agent.events());
+    assert.ok(!spool.includes('plain-tok-91x'), 'the literal token is in the trail');
+    assert.ok(!spool.includes(stored[1]!), 'the bound token is in the trail');
   });
 
   test("a secret from the job's environment never appears in the trail or the agent's log", async () => {

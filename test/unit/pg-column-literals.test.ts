@@ -2,7 +2,7 @@
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadClassifier } from '../../agent/pg/classify.js';
-import { mentionsMaskedColumn, redactColumnLiterals } from '../../agent/pg/column-literals.js';
+import { maskedWrites, mentionsMaskedColumn, redactColumnLiterals } from '../../agent/pg/column-literals.js';
 import type { MaskSpec } from '../../agent/policy/types.js';
 
 const SPEC: MaskSpec = { columns: ['*email*', '*password*', '*token*', 'payroll.salary'], detectors: [] };
@@ -35,4 +35,10 @@ test('untouched: other columns, reads, non-ASCII around, bad SQL, no masked iden
   assert.equal(redactColumnLiterals("INSERT INTO t (nom, token) VALUES ('Zoë ☃', 'sécret')", SPEC), `INSERT INTO t (nom, token) VALUES ('Zoë ☃', ${R('token')})`);
   assert.equal(mentionsMaskedColumn('UPDATE pgbench_branches SET bbalance = bbalance + 1', SPEC), false);
   assert.equal(mentionsMaskedColumn('UPDATE x SET token = 1', { columns: [], detectors: ['email'] }), false);
+});
+
+test('bound parameters assigned to masked columns are named, with their column', () => {
+  const w = maskedWrites('INSERT INTO deploys (ref, api_token, note) VALUES ($1, $2, $3) ON CONFLICT (ref) DO UPDATE SET api_token = $4', SPEC);
+  assert.deepEqual([...w.params].sort(), [[2, 'api_token'], [4, 'api_token']]);
+  assert.deepEqual([...maskedWrites('UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2', SPEC).params], []);
 });

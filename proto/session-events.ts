@@ -1,0 +1,119 @@
+// Session events encoded without protobufjs's per-event object conversion. A session's identity
+// (session id, process, job, both endpoints) is the bulk of every event it emits and never changes,
+// so it is encoded once, by protobufjs, when the session starts; each event then writes only its
+// own fields around those bytes. A protobuf message is the concatenation of its fields, and the
+// pieces are laid out in field-number order exactly as protobufjs lays out a whole event, so the
+// bytes are identical to encodeEvent()'s (test/unit/event-encoding.test.ts checks that). Either way
+// the spool hashes and stores the bytes as produced; nothing is ever re-encoded.
+import {
+  encodeEvent, sealedEvent, type EndpointInfo, type EventDraft, type EventEnvelope, type JobInfo,
+  type ProcessInfo, type SelfEncodingEvent, type StatementInfo,
+} from './index.js';
+import { UnsupportedValue, WireWriter } from './wire-writer.js';
+
+/** What a session adds to every event it emits. */
+export interface SessionFields {
+  sessionId: string;
+  process: ProcessInfo;
+  job: JobInfo;
+  destination: EndpointInfo;
+  source: EndpointInfo;
+}
+
+/** Event fields a session's handler fills in. */
+export type SessionDetail = Omit<EventDraft, keyof SessionFields>;
+
+// runguard.v1.AuditEvent, Timestamp and Statement field numbers (proto/runguard/v1/events.proto).
+const F = { agentId: 1, seq: 2, prevHash: 3, time: 4, kind: 5, requestId: 7, statement: 28 } as const;
+const MAX_ENUM = 0x7fffffff;
+const MAX_UINT32 = 0xffffffff;
+
+// One buffer for every event: the spool copies and hashes the bytes before it encodes another.
+const scratch = new WireWriter(16 * 1024);
+
+export class SessionEventEncoder {
+  private readonly sessionIdField: Uint8Array;
+  private readonly identityFields: Uint8Array;
+
+  /** The fields are snapshotted: the session's objects are fixed for its lifetime. */
+  constructor(private readonly fixed: SessionFields) {
+    // request_id (7) sits between session_id (6) and process (8): two pieces keep the field order.
+    this.sessionIdField = Buffer.from(encodeEvent({ sessionId: fixed.sessionId }));
+    this.identityFields = Buffer.from(encodeEvent({ process: fixed.process, job: fixed.job, destination: fixed.destination, source: fixed.source }));
+  }
+
+  event(detail: SessionDetail): SelfEncodingEvent {
+    return { kind: detail.kind, encode: (env) => this.encode(env, detail) };
+  }
+
+  /** The event's bytes; a view into a buffer that the next call overwrites. */
+  encode(env: EventEnvelope, detail: SessionDetail): Uint8Array {
+    const w = scratch.reset();
+    try {
+      w.stringField(F.agentId, env.agentId);
+      w.uintField(F.seq, env.seq);
+      w.bytesField(F.prevHash, env.prevHash);
+      w.fork(F.time);
+      w.uintField(1, Math.floor(env.timeMs / 1000));
+      w.uintField(2, (env.timeMs % 1000) * 1_000_000);
+      w.ldelim();
+      w.uintField(F.kind, detail.kind, MAX_ENUM);
+      w.raw(this.sessionIdField);
+      w.stringField(F.requestId, detail.requestId);
+      w.raw(this.identityFields);
+      if (isStatementOnly(detail)) {
+        w.fork(F.statement);
+        writeStatement(w, detail.statement!);
+        w.ldelim();
+      } else {
+        // Other session events are a few per connection: protobufjs encodes their detail field.
+        const { kind: _kind, requestId: _requestId, ...rest } = detail;
+        w.raw(encodeEvent(rest));
+      }
+      return w.view();
+    } catch (err) {
+      if (!(err instanceof UnsupportedValue)) throw err;
+      // A value the writer does not take (a 64-bit count past 2^53, a non-string...): protobufjs
+      // converts or rejects it, whichever it always did.
+      return encodeEvent(sealedEvent({ ...detail, ...this.fixed }, env));
+    }
+  }
+}
+
+function isStatementOnly(d: SessionDetail): boolean {
+  if (d.statement == null) return false;
+  for (const key in d) {
+    if (key !== 'kind' && key !== 'requestId' && key !== 'statement' && (d as Record<string, unknown>)[key] != null) return false;
+  }
+  return true;
+}
+
+function writeStatement(w: WireWriter, s: StatementInfo): void {
+  if (typeof s !== 'object') throw new UnsupportedValue('statement is not an object');
+  w.stringField(1, s.protocol);
+  w.stringField(2, s.text);
+  w.stringField(3, s.type);
+  w.repeatedStringField(4, s.objects);
+  w.repeatedStringField(5, s.params);
+  const d = s.decision;
+  if (d != null) {
+    if (typeof d !== 'object') throw new UnsupportedValue('decision is not an object');
+    w.fork(6);
+    w.stringField(1, d.action);
+    w.stringField(2, d.rule);
+    w.stringField(3, d.reason);
+    w.stringField(4, d.outcome);
+    w.stringField(5, d.approvalId);
+    w.ldelim();
+  }
+  w.uintField(7, s.rows);
+  w.stringField(8, s.commandTag);
+  w.uintField(9, s.durationUs);
+  w.stringField(10, s.errorCode);
+  w.stringField(11, s.error);
+  w.uintField(12, s.maskedValues, MAX_UINT32);
+  w.stringField(13, s.database);
+  w.stringField(14, s.user);
+  w.stringField(15, s.parseError);
+  w.boolField(16, s.prepared);
+}
