@@ -10,6 +10,8 @@
 // Not covered: INSERT without a column list (which column a value lands in is the table's
 // definition, unknown here), and values a job puts on a command line (psql -c '...'): argv is
 // redacted by the detectors only.
+// A literal that holds a secret a detector recognises ($DEPLOY_TOKEN's value) is still hidden whole,
+// but under the detector's label: that a secret went into the database is what an auditor asks.
 import { parseSync } from 'libpg-query';
 import { maskCoversColumn } from '../policy/policy.js';
 import type { MaskSpec } from '../policy/types.js';
@@ -50,7 +52,7 @@ const marker = (column: string) => `[REDACTED:column:${column.replace(/[^A-Za-z0
  * '[REDACTED:column:<name>]' (unchanged when there is none or it does not parse), and which bound
  * parameters are so assigned (their values are redacted the same way).
  */
-export function maskedWrites(sql: string, spec: MaskSpec, tables: readonly string[] = []): MaskedWrites {
+export function maskedWrites(sql: string, spec: MaskSpec, tables: readonly string[] = [], secretLabel?: SecretLabel): MaskedWrites {
   const none = { text: sql, params: new Map<number, string>() };
   if (!mentionsMaskedColumn(sql, spec)) return none;
   let tree: { stmts?: { stmt: Node }[] };
@@ -70,11 +72,14 @@ export function maskedWrites(sql: string, spec: MaskSpec, tables: readonly strin
     for (const n of found.params) params.set(n, column);
   };
   for (const { stmt } of tree.stmts ?? []) visit(stmt, assign);
-  return { text: hits.length ? rewrite(sql, hits) : sql, params };
+  return { text: hits.length ? rewrite(sql, hits, secretLabel) : sql, params };
 }
 
-export function redactColumnLiterals(sql: string, spec: MaskSpec, tables: readonly string[] = []): string {
-  return maskedWrites(sql, spec, tables).text;
+/** The detectors' label(s) for a secret inside a literal ('env:DEPLOY_TOKEN'), or undefined. */
+export type SecretLabel = (literal: string) => string | undefined;
+
+export function redactColumnLiterals(sql: string, spec: MaskSpec, tables: readonly string[] = [], secretLabel?: SecretLabel): string {
+  return maskedWrites(sql, spec, tables, secretLabel).text;
 }
 
 /** A bound value for a masked column, as the audit event shows it. */
@@ -82,7 +87,7 @@ export function redactedParam(column: string): string {
   return marker(column);
 }
 
-function rewrite(sql: string, hits: { at: number; column: string }[]): string {
+function rewrite(sql: string, hits: { at: number; column: string }[], secretLabel?: SecretLabel): string {
   const bytes = Buffer.from(sql, 'utf8');
   const parts: Buffer[] = [];
   let pos = 0;
@@ -90,7 +95,8 @@ function rewrite(sql: string, hits: { at: number; column: string }[]): string {
     if (h.at < pos) continue;
     const end = literalEnd(bytes, h.at);
     if (end <= h.at) continue;
-    parts.push(bytes.subarray(pos, h.at), Buffer.from(`'${marker(h.column)}'`));
+    const label = secretLabel?.(bytes.subarray(h.at, end).toString('utf8'));
+    parts.push(bytes.subarray(pos, h.at), Buffer.from(`'${label ? `[REDACTED:${label}]` : marker(h.column)}'`));
     pos = end;
   }
   parts.push(bytes.subarray(pos));

@@ -694,7 +694,7 @@ class PgSession {
       const op = p.ops[0] ?? { type: 'EMPTY' };
       p.writes ??= this.maskedWrites(op, p.decision);
       const masked = p.writes.params;
-      const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? redactedParam(masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
+      const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
       this.queue.push({ kind: 'statement', op, started: process.hrtime.bigint(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
         info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.writes) });
     }
@@ -708,8 +708,22 @@ class PgSession {
 
   /** Literals and parameters a masked statement writes into masked columns (see column-literals.ts). */
   private maskedWrites(op: Operation, d: Decision): MaskedWrites {
-    return d.mask && op.text ? maskedWrites(op.text, d.mask, op.objects ?? []) : { text: op.text ?? '', params: new Map() };
+    return d.mask && op.text ? maskedWrites(op.text, d.mask, op.objects ?? [], this.secretLabel) : { text: op.text ?? '', params: new Map() };
   }
+
+  /** A bound value for a masked column: hidden whole, under a detector's label if it holds a secret. */
+  private maskedParam(value: Buffer, column: string): string {
+    const label = this.secretLabel(value.toString('utf8'));
+    return label ? `[REDACTED:${label}]` : redactedParam(column);
+  }
+
+  /** What the detectors call the secret(s) in a literal, if they find any (see column-literals.ts). */
+  private readonly secretLabel = (literal: string): string | undefined => {
+    const r = this.redact(literal);
+    if (r === literal) return undefined;
+    const labels = new Set(Array.from(r.matchAll(/\[REDACTED:([^\]]+)\]/g), (m) => m[1]!));
+    return labels.size ? [...labels].join(',') : undefined;
+  };
 
   private statementInfo(op: Operation, d: Decision, extra: Partial<StatementInfo>, review?: ReviewResult, writes?: MaskedWrites): StatementInfo {
     const text = (writes ?? this.maskedWrites(op, d)).text;

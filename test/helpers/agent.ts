@@ -115,6 +115,21 @@ export class AgentFixture {
     return out;
   }
 
+  /**
+   * The first spooled event that `match` accepts, waiting for it (bounded): exec and exit events
+   * reach the spool through the ring buffer, drained on a timer, so one may land just after the
+   * job that caused it has returned.
+   */
+  async waitForEvent(what: string, match: (e: Record<string, any>) => boolean, timeoutMs = 5000): Promise<Record<string, any>> {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const hit = (await this.events()).find(match);
+      if (hit) return hit;
+      if (Date.now() > until) throw new Error(`no ${what} in the spool within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
   /** The same through the CLI, `runguard events --json`: what an operator runs. */
   eventsViaCli(): Record<string, any>[] {
     const r = spawnSync(RUNGUARD, ['events', '--state-dir', this.stateDir, '--json'], { encoding: 'utf8', maxBuffer: 256 << 20 });

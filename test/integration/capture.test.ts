@@ -120,13 +120,7 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
     }
     // Exit events reach the spool through the exec ring buffer, drained every 20 ms: the last one
     // may land just after `runguard run` returns, so wait for it (bounded) rather than assume it.
-    const findExit = (evs: Record<string, any>[]) => evs.find((e) => e.kind === 'EVENT_KIND_PROCESS_EXIT' && e.process.pid === r.pid);
-    let exit = findExit(events);
-    for (let i = 0; !exit && i < 50; i++) {
-      await new Promise((res) => setTimeout(res, 100));
-      exit = findExit(await agent.events());
-    }
-    assert.ok(exit, 'no exit event for the client within 5 s');
+    const exit = await agent.waitForEvent(`exit event for the client pid ${r.pid}`, (e) => e.kind === 'EVENT_KIND_PROCESS_EXIT' && e.process.pid === r.pid);
     const open = events.find((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN' && e.process?.pid === r.pid);
     assert.ok(open && Number(exit.seq) > Number(open.seq));
   });
@@ -176,14 +170,13 @@ describe('transparent capture through the eBPF redirect', { skip }, () => {
     const long = 'x'.repeat(3000);
     const r = await agent.run(['/bin/true', 'marker-arg', long]);
     assert.equal(r.status, 0);
-    const exec = (await agent.events()).find((e) => e.kind === 'EVENT_KIND_PROCESS_EXEC' && e.process.argv?.[1] === 'marker-arg');
-    assert.ok(exec, 'no exec event for /bin/true');
+    const exec = await agent.waitForEvent('exec event for /bin/true marker-arg', (e) => e.kind === 'EVENT_KIND_PROCESS_EXEC' && e.process.argv?.[1] === 'marker-arg');
     assert.equal(exec.process.argvTruncated, true);
     assert.ok(exec.process.argv.join('\0').length <= 2048, 'no more than the 2 KiB bound');
     const short = await agent.run(['/bin/true', 'short-marker']);
     assert.equal(short.status, 0);
-    const shortExec = (await agent.events()).find((e) => e.kind === 'EVENT_KIND_PROCESS_EXEC' && e.process.argv?.[1] === 'short-marker');
-    assert.equal(shortExec?.process.argvTruncated, undefined, 'a complete argv is not flagged');
+    const shortExec = await agent.waitForEvent('exec event for /bin/true short-marker', (e) => e.kind === 'EVENT_KIND_PROCESS_EXEC' && e.process.argv?.[1] === 'short-marker');
+    assert.equal(shortExec.process.argvTruncated, undefined, 'a complete argv is not flagged');
   });
 
   test('the agent down refuses watched connections at once (fail-closed); a restarted agent resumes', async () => {

@@ -42,3 +42,10 @@ test('bound parameters assigned to masked columns are named, with their column',
   assert.deepEqual([...w.params].sort(), [[2, 'api_token'], [4, 'api_token']]);
   assert.deepEqual([...maskedWrites('UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2', SPEC).params], []);
 });
+
+test("a secret a detector knows keeps the detector's label, still hiding the literal whole", () => {
+  const label = (lit: string) => (lit.includes('dpl_') ? 'env:DEPLOY_TOKEN' : undefined);
+  assert.equal(redactColumnLiterals("INSERT INTO deploys (ref, notify_token, api_token) VALUES ('main', 'Bearer dpl_9a8b', 'plain')", SPEC, [], label),
+    `INSERT INTO deploys (ref, notify_token, api_token) VALUES ('main', '[REDACTED:env:DEPLOY_TOKEN]', ${R('api_token')})`);
+  assert.equal(redactColumnLiterals("INSERT INTO t (name) VALUES ('dpl_1')", SPEC, [], label), "INSERT INTO t (name) VALUES ('dpl_1')", 'only masked columns are rewritten here');
+});
