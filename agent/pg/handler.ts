@@ -830,18 +830,39 @@ class PgSession {
   private maskedValues = 0;
   private maskFormats: number[] = [];
 
+  /**
+   * Masking decisions per result shape: a session runs the same few statements again and again, and
+   * the same RowDescription bytes under the same mask spec and tables decide the same columns.
+   */
+  private readonly shapes = new Map<string, { cols: boolean[]; formats: number[]; masks: boolean }>();
+  private shapesSpec?: MaskSpec;
+
   private describeResult(body: Buffer): PgProtocolError | undefined {
     const head = this.queue.find((p) => p.kind === 'statement');
     const spec = head?.mask;
     this.maskColumns = undefined;
     this.maskSpec = spec;
-    const rd = msg.decodeRowDescription(body);
-    if (rd instanceof PgProtocolError) return rd;
-    if (!spec) return undefined;
+    if (!spec) {
+      const rd = msg.decodeRowDescription(body);
+      return rd instanceof PgProtocolError ? rd : undefined;
+    }
     const tables = head?.op?.objects ?? [];
-    const cols = rd.fields.map((fd) => maskCoversColumn(spec, fd.name) || tables.some((t) => maskCoversColumn(spec, fd.name, t)));
-    this.maskFormats = rd.fields.map((fd) => fd.format);
-    if (cols.some(Boolean) || spec.detectors.length) this.maskColumns = cols;
+    if (this.shapesSpec !== spec || this.shapes.size >= 256) {
+      this.shapes.clear();
+      this.shapesSpec = spec;
+    }
+    const key = `${tables.join('\0')}\x01${body.toString('latin1')}`;
+    let shape = this.shapes.get(key);
+    if (!shape) {
+      // Only bytes that decoded once are ever cached: a hit is a valid RowDescription.
+      const rd = msg.decodeRowDescription(body);
+      if (rd instanceof PgProtocolError) return rd;
+      const cols = rd.fields.map((fd) => maskCoversColumn(spec, fd.name) || tables.some((t) => maskCoversColumn(spec, fd.name, t)));
+      shape = { cols, formats: rd.fields.map((fd) => fd.format), masks: cols.some(Boolean) || spec.detectors.length > 0 };
+      this.shapes.set(key, shape);
+    }
+    this.maskFormats = shape.formats;
+    if (shape.masks) this.maskColumns = shape.cols;
     return undefined;
   }
 
