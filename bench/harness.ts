@@ -1,6 +1,7 @@
 // What every benchmark needs around its measurements: child processes it can always stop, a
 // cleanup registry that runs once (from the finally block or a signal), and table printing.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 const undo: { what: string; fn: () => unknown }[] = [];
 /** Children started through run() or track(): signalled first when cleaning up. */
@@ -89,4 +90,19 @@ export function table(rows: string[][], align = 'l'): string {
     const line = r.map((c, i) => (left(i) ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
     return ri === 0 ? `${line}\n${widths.map((w) => '-'.repeat(w)).join('  ')}` : line;
   }).join('\n');
+}
+
+/**
+ * cpu seconds of a process (all its threads); withChildren adds the children it has reaped (so the
+ * postmaster's count covers its exited backends, and ours the pgbench runs that exited).
+ */
+export function cpuSeconds(pid: number | 'self' | undefined, withChildren = false): number {
+  if (!pid) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    return (f[11]! + f[12]! + (withChildren ? f[13]! + f[14]! : 0)) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return NaN;
+  }
 }

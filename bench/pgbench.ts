@@ -40,16 +40,15 @@
 // Everything it starts is undone at exit, Ctrl-C included: the agent is stopped by pid and its hooks
 // unpinned (AgentFixture.cleanup), pgbouncer is stopped by pid, PostgreSQL is stopped by its
 // postmaster pid, and the temp dirs are removed.
-import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AgentFixture, ROOT, RUNGUARD } from '../test/helpers/agent.js';
 import { startPostgres, type PgServer } from '../test/helpers/postgres.js';
 import { readSpoolDir } from '../agent/events/read-spool-dir.js';
 import { decodeEvent, EventKind } from '../proto/index.js';
-import { cleanupAll, onCleanup, percentile, run, sh, stopChild, table, track } from './harness.js';
+import { cleanupAll, cpuSeconds, onCleanup, percentile, run, sh, table } from './harness.js';
+import { startPgbouncer } from './pgbouncer.js';
 
 const HOST = '127.0.0.2';
 const POLICY = path.join(ROOT, 'examples/policy.yaml');
@@ -147,44 +146,7 @@ function parseArgs(argv: string[]): Options {
 
 
 
-function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen({ host, port: 0 }, () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function canConnect(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host, port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
-/**
- * cpu seconds of a process (all its threads); withChildren adds the children it has reaped (so the
- * postmaster's count covers its exited backends, and ours the pgbench runs that exited).
- */
-function cpuSeconds(pid: number | 'self' | undefined, withChildren = false): number {
-  if (!pid) return NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
-    return (f[11]! + f[12]! + (withChildren ? f[13]! + f[14]! : 0)) / 100; // USER_HZ is 100 on Linux
-  } catch {
-    return NaN;
-  }
-}
 
 /**
  * Busy cpu seconds of the whole host (all cpus), from /proc/stat; `tasks` leaves out interrupt and
@@ -308,47 +270,6 @@ class StatementCounter {
     }
     return statements;
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// (c) pgbouncer in session mode
-
-interface Bouncer {
-  port: number;
-  pid: number;
-  version: string;
-}
-
-async function startPgbouncer(pg: PgServer): Promise<Bouncer> {
-  const bin = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer'].find((p) => existsSync(p)) ?? 'pgbouncer';
-  const version = sh(bin, ['--version']);
-  if (!version.ok) throw new Error(`pgbouncer is not installed (apt-get install -y pgbouncer): ${version.out}`);
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'rg-pgbouncer-'));
-  onCleanup('pgbouncer dir', () => rmSync(dir, { recursive: true, force: true }));
-  chmodSync(dir, 0o755); // pgbouncer drops to the postgres user (-u) before reading its files
-  const port = await freePort();
-  writeFileSync(path.join(dir, 'userlist.txt'), '"postgres" ""\n', { mode: 0o644 });
-  writeFileSync(path.join(dir, 'pgbouncer.ini'), [
-    '[databases]',
-    `postgres = host=${HOST} port=${pg.port} dbname=postgres user=postgres`,
-    '[pgbouncer]',
-    `listen_addr = 127.0.0.1`, `listen_port = ${port}`, 'unix_socket_dir =',
-    'auth_type = trust', `auth_file = ${path.join(dir, 'userlist.txt')}`,
-    'pool_mode = session', 'default_pool_size = 20', 'max_client_conn = 100',
-    'log_connections = 0', 'log_disconnections = 0', 'log_pooler_errors = 1',
-  ].join('\n') + '\n', { mode: 0o644 });
-  const proc = spawn(bin, ['-u', 'postgres', path.join(dir, 'pgbouncer.ini')], { stdio: ['ignore', 'pipe', 'pipe'] });
-  track(proc);
-  onCleanup('pgbouncer', () => stopChild(proc, 5000));
-  let log = '';
-  proc.stdout!.on('data', (d: Buffer) => (log = (log + d).slice(-8192)));
-  proc.stderr!.on('data', (d: Buffer) => (log = (log + d).slice(-8192)));
-  for (let i = 0; i < 100; i++) {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`pgbouncer exited with ${proc.exitCode}:\n${log}`);
-    if (await canConnect('127.0.0.1', port)) return { port, pid: proc.pid!, version: version.out.split('\n')[0]! };
-    await sleep(100);
-  }
-  throw new Error(`pgbouncer does not listen on 127.0.0.1:${port} after 10 s:\n${log}`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,7 +440,7 @@ async function main(): Promise<number> {
     targets.runguard.unavailable = (err as Error).message;
   }
   try {
-    const b = await startPgbouncer(pg);
+    const b = await startPgbouncer(pg, HOST);
     targets.pgbouncer.port = b.port;
     targets.pgbouncer.proxyPid = b.pid;
     targets.pgbouncer.note = `${b.version}, session mode on 127.0.0.1:${b.port}, pool 20, run as postgres (-u)`;

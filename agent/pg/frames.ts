@@ -75,6 +75,12 @@ export interface FrameReaderOptions {
   maxMessageLength?: number;
   /** Largest declared length accepted for a startup-phase packet. */
   maxStartupLength?: number;
+  /**
+   * The caller reuses a chunk's memory once push() returns (a socket reading into one buffer, see
+   * agent/net/read-buffer.ts): the reader then copies the partial frame it keeps. Frames passed to
+   * onFrame are still views, valid only during the call.
+   */
+  reusedInput?: boolean;
 }
 
 // Per-direction type tables: minimum and maximum declared length (the length field includes itself).
@@ -135,7 +141,8 @@ function stuffing(extra: number, after: string): PgProtocolError {
  * refuse: once it has answered 'S', it must hand the socket to TLS and check `buffered` is 0.
  * onFrame must not throw; if it does, the exception propagates and the rest of that chunk is lost.
  * The reader keeps views of the chunks it is given (frames and a partial tail): callers must not reuse or
- * overwrite a chunk's memory afterwards (socket 'data' chunks are fresh buffers; that is fine).
+ * overwrite a chunk's memory afterwards (socket 'data' chunks are fresh buffers; that is fine), unless
+ * they say so with `reusedInput`, which makes the reader copy the partial tail it keeps.
  */
 export class FrameReader {
   readonly direction: Direction;
@@ -153,12 +160,14 @@ export class FrameReader {
   private need = -1;
   private readonly header = Buffer.alloc(8);
   private failed: PgProtocolError | undefined;
+  private readonly copyKept: boolean;
 
   constructor(opts: FrameReaderOptions) {
     this.direction = opts.direction;
     this.startupPhase = opts.startupPhase ?? opts.direction === 'frontend';
     this.maxMessageLength = opts.maxMessageLength ?? DEFAULT_MAX_MESSAGE_LENGTH;
     this.maxStartupLength = opts.maxStartupLength ?? DEFAULT_MAX_STARTUP_LENGTH;
+    this.copyKept = opts.reusedInput ?? false;
     const t = opts.direction === 'frontend' ? FRONTEND : BACKEND;
     this.minLen = t.min;
     this.maxLen = t.max;
@@ -225,7 +234,7 @@ export class FrameReader {
     if (this.need < 0) {
       const hs = this.startupPhase ? 4 : 5;
       if (have + chunk.length < hs) {
-        this.pending.push(chunk);
+        this.pending.push(this.kept(chunk));
         this.pendingBytes += chunk.length;
         return undefined;
       }
@@ -240,7 +249,7 @@ export class FrameReader {
       this.need = size;
     }
     if (have + chunk.length < this.need) {
-      this.pending.push(chunk);
+      this.pending.push(this.kept(chunk));
       this.pendingBytes += chunk.length;
       return undefined;
     }
@@ -299,10 +308,15 @@ export class FrameReader {
   }
 
   private stash(chunk: Buffer, off: number, need: number): void {
-    const rest = off === 0 ? chunk : chunk.subarray(off);
+    const rest = this.kept(off === 0 ? chunk : chunk.subarray(off));
     this.pending.push(rest);
     this.pendingBytes = rest.length;
     this.need = need;
+  }
+
+  /** What the reader keeps of a chunk past push(): a copy when the caller reuses the memory. */
+  private kept(part: Buffer): Buffer {
+    return this.copyKept ? Buffer.from(part) : part;
   }
 
   /** Validates the header at buf[off..]; returns the whole frame's size in bytes, or an error. */

@@ -19,6 +19,7 @@ import { maskedWrites, redactedParam, type MaskedWrites } from './column-literal
 import { detectorHit } from '../redact/detectors.js';
 import type { EndReason, ProtocolHandler, Session, SessionEnd } from '../proxy/handler.js';
 import { Outbox } from '../net/outbox.js';
+import { ReadBuffer } from '../net/read-buffer.js';
 import { FrameReader, PgProtocolError, type Frame } from './frames.js';
 import * as msg from './messages.js';
 import { md5Password, ScramClient, chooseSaslMechanism } from './scram.js';
@@ -88,14 +89,19 @@ const HOLD_ENDED: Record<EndReason, string> = {
 const SEVERITY: Record<Decision['action'], number> = { deny: 3, review: 2, mask: 1, allow: 0 };
 
 export function postgresHandler(deps: PgHandlerDeps): ProtocolHandler {
-  return { name: 'postgres', run: (s) => new PgSession(s, deps).run() };
+  return { name: 'postgres', readsClient: true, run: (s) => new PgSession(s, deps).run() };
 }
 
 class PgSession {
   private client: net.Socket;
   private server?: net.Socket;
-  private readonly fromClient = new FrameReader({ direction: 'frontend' });
-  private readonly fromServer = new FrameReader({ direction: 'backend' });
+  // Both sockets may read into reused buffers (agent/net/read-buffer.ts): a frame is a view valid only
+  // while its chunk is handled, so whatever outlives that (a partial frame, a held message, a bound
+  // portal's parameters, a cancel request) is copied.
+  private readonly fromClient = new FrameReader({ direction: 'frontend', reusedInput: true });
+  private readonly fromServer = new FrameReader({ direction: 'backend', reusedInput: true });
+  /** The server socket's reads, when it is plain TCP (a TLS session reads through 'data'). */
+  private serverReads?: ReadBuffer;
   private phase: 'startup' | 'connecting' | 'auth' | 'ready' | 'closed' = 'startup';
   private end?: SessionEnd;
   private finish!: (end: SessionEnd) => void;
@@ -144,7 +150,16 @@ class PgSession {
 
   private attachClient(sock: net.Socket): void {
     this.client = sock;
-    sock.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    const reads = sock === this.s.client ? this.s.clientReads : undefined;
+    if (reads) {
+      reads.sink = (chunk) => {
+        this.onClientData(chunk);
+        this.afterReusedRead(reads);
+      };
+      sock.resume();
+    } else {
+      sock.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    }
     sock.on('end', () => this.close('client_closed'));
     sock.on('error', (err) => this.close('client_error', err.message));
     sock.on('close', () => this.close('client_closed'));
@@ -152,13 +167,30 @@ class PgSession {
 
   private attachServer(sock: net.Socket): void {
     this.server = sock;
-    sock.on('data', (chunk: Buffer) => this.onServerData(chunk));
+    const reads = this.serverReads;
+    if (reads && !(sock instanceof tls.TLSSocket)) {
+      reads.sink = (chunk) => {
+        this.onServerData(chunk);
+        this.afterReusedRead(reads);
+      };
+    } else {
+      sock.on('data', (chunk: Buffer) => this.onServerData(chunk));
+    }
     sock.on('end', () => this.close('upstream_closed'));
     sock.on('error', (err) => this.close('upstream_error', err.message));
     sock.on('close', () => this.close('upstream_closed'));
     // Backpressure both ways: a slow reader pauses the other side instead of buffering without bound.
     sock.on('drain', () => { if (!this.held) this.client.resume(); });
     this.client.on('drain', () => sock.resume());
+  }
+
+  /**
+   * A chunk read into a reused buffer has been handled. Everything relayed from it was written, but
+   * a write that could not complete at once (a socket with bytes still queued) keeps referencing
+   * that memory: then the next read must go to a fresh buffer.
+   */
+  private afterReusedRead(reads: ReadBuffer): void {
+    if (this.client.writableLength > 0 || (this.server !== undefined && this.server.writableLength > 0)) reads.retain();
   }
 
   private toServer(b: Buffer): void {
@@ -240,7 +272,7 @@ class PgSession {
 
   private onClientFrame(f: Frame): void {
     if (this.phase === 'closed') return;
-    if (this.held) return void this.held.push(f);
+    if (this.held) return void this.held.push(copyFrame(f));
     if (this.phase === 'startup') return void this.onStartupPacket(f);
     const raw = f.buffer.subarray(f.start, f.end);
     if (this.phase === 'connecting') return void this.protocolError('job', new PgProtocolError('malformed', 'a message arrived before the server connection was ready'));
@@ -284,7 +316,7 @@ class PgSession {
     if (p instanceof PgProtocolError) return this.protocolError('job', p);
     if (p.kind === 'gssenc') return void this.client.write(Buffer.from('N'));
     if (p.kind === 'ssl') return this.startClientTls();
-    if (p.kind === 'cancel') return void this.forwardCancel(f.buffer.subarray(f.start, f.end), p.pid);
+    if (p.kind === 'cancel') return void this.forwardCancel(Buffer.from(f.buffer.subarray(f.start, f.end)), p.pid);
     this.params = p.params;
     this.user = p.params.get('user') ?? '';
     this.database = p.params.get('database') ?? this.user;
@@ -303,6 +335,11 @@ class PgSession {
     const ca = this.deps.ca;
     if (!ca) return void this.client.write(Buffer.from('N'));
     const raw = this.client;
+    // From here the raw socket's bytes are TLS records, read by the TLS socket on top of it; any
+    // plaintext the reused-buffer path still saw would be bytes stuffed in before the handshake.
+    if (this.s.clientReads) {
+      this.s.clientReads.sink = () => this.protocolError('job', new PgProtocolError('data_after_ssl', 'unencrypted bytes arrived after the SSLRequest'));
+    }
     raw.removeAllListeners('data');
     raw.removeAllListeners('end');
     raw.removeAllListeners('close');
@@ -349,7 +386,8 @@ class PgSession {
   // ---- connecting and authentication ---------------------------------------------------------
 
   private async connect(): Promise<void> {
-    let sock = await this.s.connectUpstream();
+    this.serverReads = new ReadBuffer();
+    let sock = await this.s.connectUpstream(this.serverReads);
     if (this.deps.serverTls !== 'disable') sock = await this.upgradeServerTls(sock);
     const dest = `${this.s.destination.address.includes(':') ? `[${this.s.destination.address}]` : this.s.destination.address}:${this.s.destination.port}`;
     const cred = this.deps.credentials(dest);
@@ -369,7 +407,9 @@ class PgSession {
 
   private upgradeServerTls(sock: net.Socket): Promise<net.Socket> {
     return new Promise((resolve, reject) => {
-      sock.once('data', (b: Buffer) => {
+      const reads = this.serverReads;
+      const answered = (b: Buffer) => {
+        if (reads) reads.sink = () => {};
         if (b.length !== 1 || (b[0] !== ch('S') && b[0] !== ch('N'))) return reject(new Error('the server answered SSLRequest with something other than S or N'));
         if (b[0] === ch('N')) {
           if (this.deps.serverTls === 'require') return reject(new Error('the server does not offer TLS and serverTls is "require"'));
@@ -382,7 +422,9 @@ class PgSession {
           resolve(t);
         });
         t.once('error', reject);
-      });
+      };
+      if (reads) reads.sink = answered;
+      else sock.once('data', answered);
       sock.once('error', reject);
       sock.write(msg.sslRequest());
     });
@@ -594,7 +636,8 @@ class PgSession {
     const p = this.decide(q.sql);
     const blocker = () => p.ops.find((op) => SEVERITY[this.deps.policy().evaluate(this.context(op)).action] >= 2) ?? p.ops[0];
     if (p.decision.action === 'review' && this.deps.approvals) {
-      return this.holdForReview(p, blocker() ?? { type: 'EMPTY' }, (r) => (r.decision === 'approved' ? this.forwardQuery(raw, p, r) : this.denyQuery(p, blocker(), r)));
+      const kept = Buffer.from(raw); // forwarded after the review, long after this read
+      return this.holdForReview(p, blocker() ?? { type: 'EMPTY' }, (r) => (r.decision === 'approved' ? this.forwardQuery(kept, p, r) : this.denyQuery(p, blocker(), r)));
     }
     if (p.denied) return this.denyQuery(p, blocker());
     this.forwardQuery(raw, p);
@@ -657,11 +700,12 @@ class PgSession {
     const p = this.decide(m.sql, true);
     this.prepared.set(m.name, p);
     if (p.decision.action === 'review' && this.deps.approvals) {
+      const kept = Buffer.from(raw); // forwarded after the review, long after this read
       return this.holdForReview(p, p.ops[0] ?? { type: 'EMPTY' }, (r) => {
         p.review = r;
         if (r.decision !== 'approved') return this.denyParse(m.name, p, r);
         p.denied = false;
-        this.toServer(raw);
+        this.toServer(kept);
       });
     }
     if (!p.denied) return this.toServer(raw);
@@ -676,7 +720,8 @@ class PgSession {
   }
 
   private onBind(f: Frame, raw: Buffer): void {
-    const b = msg.decodeBind(f.body);
+    // The portal's parameters are views into the body and live until its Execute, maybe in a later read.
+    const b = msg.decodeBind(Buffer.from(f.body));
     if (b instanceof PgProtocolError) return this.protocolError('job', b);
     this.portals.set(b.portal, { stmt: b.statement, params: b.params });
     const p = this.prepared.get(b.statement);
@@ -785,18 +830,39 @@ class PgSession {
   private maskedValues = 0;
   private maskFormats: number[] = [];
 
+  /**
+   * Masking decisions per result shape: a session runs the same few statements again and again, and
+   * the same RowDescription bytes under the same mask spec and tables decide the same columns.
+   */
+  private readonly shapes = new Map<string, { cols: boolean[]; formats: number[]; masks: boolean }>();
+  private shapesSpec?: MaskSpec;
+
   private describeResult(body: Buffer): PgProtocolError | undefined {
     const head = this.queue.find((p) => p.kind === 'statement');
     const spec = head?.mask;
     this.maskColumns = undefined;
     this.maskSpec = spec;
-    const rd = msg.decodeRowDescription(body);
-    if (rd instanceof PgProtocolError) return rd;
-    if (!spec) return undefined;
+    if (!spec) {
+      const rd = msg.decodeRowDescription(body);
+      return rd instanceof PgProtocolError ? rd : undefined;
+    }
     const tables = head?.op?.objects ?? [];
-    const cols = rd.fields.map((fd) => maskCoversColumn(spec, fd.name) || tables.some((t) => maskCoversColumn(spec, fd.name, t)));
-    this.maskFormats = rd.fields.map((fd) => fd.format);
-    if (cols.some(Boolean) || spec.detectors.length) this.maskColumns = cols;
+    if (this.shapesSpec !== spec || this.shapes.size >= 256) {
+      this.shapes.clear();
+      this.shapesSpec = spec;
+    }
+    const key = `${tables.join('\0')}\x01${body.toString('latin1')}`;
+    let shape = this.shapes.get(key);
+    if (!shape) {
+      // Only bytes that decoded once are ever cached: a hit is a valid RowDescription.
+      const rd = msg.decodeRowDescription(body);
+      if (rd instanceof PgProtocolError) return rd;
+      const cols = rd.fields.map((fd) => maskCoversColumn(spec, fd.name) || tables.some((t) => maskCoversColumn(spec, fd.name, t)));
+      shape = { cols, formats: rd.fields.map((fd) => fd.format), masks: cols.some(Boolean) || spec.detectors.length > 0 };
+      this.shapes.set(key, shape);
+    }
+    this.maskFormats = shape.formats;
+    if (shape.masks) this.maskColumns = shape.cols;
     return undefined;
   }
 
@@ -821,3 +887,9 @@ class PgSession {
 }
 
 const MASKED = Buffer.from('[MASKED]');
+
+/** A frame that stays valid after the chunk it arrived in is reused. */
+function copyFrame(f: Frame): Frame {
+  const buffer = Buffer.from(f.buffer.subarray(f.start, f.end));
+  return { type: f.type, buffer, start: 0, end: buffer.length, body: buffer.subarray(f.body.byteOffset - f.buffer.byteOffset - f.start) };
+}

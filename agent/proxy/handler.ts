@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { EventDraft, JobInfo, ProcessInfo } from '../../proto/index.js';
 import type { Origin } from '../bpf/layout.js';
 import type { Redactor } from '../redact/redactor.js';
+import type { ReadBuffer } from '../net/read-buffer.js';
 
 export interface Endpoint {
   address: string;
@@ -28,8 +29,16 @@ export interface Session {
   readonly log: Logger;
   /** Appends an event about this session to the spool (durably, with group commit). */
   emit(draft: SessionEventDraft): void;
-  /** Opens the connection to the original destination; rejects with a message fit for an event. */
-  connectUpstream(): Promise<net.Socket>;
+  /**
+   * Set when the handler asked for `readsClient`: `client` then reads through this buffer (paused
+   * until the handler sets its sink and resumes it) and emits no 'data' events.
+   */
+  readonly clientReads?: ReadBuffer;
+  /**
+   * Opens the connection to the original destination; rejects with a message fit for an event.
+   * With `reads`, the socket reads through that buffer (net.Socket `onread`) instead of 'data' events.
+   */
+  connectUpstream(reads?: ReadBuffer): Promise<net.Socket>;
   /** Aborted when the agent is stopping: the handler should end the session. */
   readonly stopping: AbortSignal;
 }
@@ -48,5 +57,7 @@ export interface SessionEnd {
 export interface ProtocolHandler {
   /** Name recorded in connection events: tcp, postgres, ... */
   readonly name: string;
+  /** The handler reads the job's socket through a reused buffer (see agent/net/read-buffer.ts). */
+  readonly readsClient?: boolean;
   run(session: Session): Promise<SessionEnd>;
 }
