@@ -1,6 +1,7 @@
 // Socket reads into one reused buffer (net.Socket's `onread` option) instead of a fresh Buffer and a
 // trip through the Readable stream machinery per read. bench/relay-ceiling.ts measures what that
-// saves per relayed chunk; the PostgreSQL handler reads both of its sockets this way.
+// saves per relayed chunk; the PostgreSQL handler reads its server socket this way (net.connect's
+// documented `onread` option; an accepted socket has none, so the job's side stays on 'data').
 //
 // The contract for whoever gets a chunk: it is a view into memory the next read overwrites, so
 // nothing may keep it (or a subarray of it) past the callback; copy what must outlive it. One case
@@ -28,7 +29,7 @@ export class ReadBuffer {
     this.retained = true;
   }
 
-  /** For net.connect({ onread }) or adoptWithOnread(). */
+  /** For net.connect({ onread }). */
   readonly onread: net.OnReadOpts = {
     buffer: () => {
       if (this.retained) {
@@ -42,23 +43,4 @@ export class ReadBuffer {
       return true; // stopping is the consumer's call: socket.pause() stops reading, resume() restarts it
     },
   };
-}
-
-/**
- * The socket an accepted connection continues on, reading through `onread` and paused. net.Server
- * has no onread option, so the accepted socket's handle moves to a new net.Socket that has one
- * (the `handle` option is how net.Server itself builds the sockets it emits). Call it synchronously
- * in the 'connection' event, before the event loop can read anything into the accepted socket. The
- * old object is destroyed without its handle, which only gives back its count in the server's
- * connections (the proxy tracks live sessions itself). Resume the new socket once `sink` is set.
- */
-export function adoptWithOnread(accepted: net.Socket, reads: ReadBuffer): net.Socket {
-  const old = accepted as unknown as { _handle: unknown };
-  const handle = old._handle;
-  if (!handle) throw new Error('the accepted socket has no handle');
-  old._handle = null;
-  accepted.destroy();
-  const socket = new net.Socket({ handle, allowHalfOpen: accepted.allowHalfOpen, readable: true, writable: true, onread: reads.onread } as net.SocketConstructorOpts);
-  socket.pause();
-  return socket;
 }

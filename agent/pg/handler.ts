@@ -89,16 +89,18 @@ const HOLD_ENDED: Record<EndReason, string> = {
 const SEVERITY: Record<Decision['action'], number> = { deny: 3, review: 2, mask: 1, allow: 0 };
 
 export function postgresHandler(deps: PgHandlerDeps): ProtocolHandler {
-  return { name: 'postgres', readsClient: true, run: (s) => new PgSession(s, deps).run() };
+  return { name: 'postgres', run: (s) => new PgSession(s, deps).run() };
 }
 
 class PgSession {
   private client: net.Socket;
   private server?: net.Socket;
-  // Both sockets may read into reused buffers (agent/net/read-buffer.ts): a frame is a view valid only
-  // while its chunk is handled, so whatever outlives that (a partial frame, a held message, a bound
-  // portal's parameters, a cancel request) is copied.
-  private readonly fromClient = new FrameReader({ direction: 'frontend', reusedInput: true });
+  // The job's socket delivers fresh 'data' chunks, which frames may keep referencing (held messages,
+  // bound parameters). The server's socket reads into a reused buffer (agent/net/read-buffer.ts):
+  // its frames are views valid only while their chunk is handled, so the reader copies a partial one.
+  // (Reusing the job side's buffer too would need net.Server internals; bench/relay-ceiling.ts shows
+  // it saves no more than the noise.)
+  private readonly fromClient = new FrameReader({ direction: 'frontend' });
   private readonly fromServer = new FrameReader({ direction: 'backend', reusedInput: true });
   /** The server socket's reads, when it is plain TCP (a TLS session reads through 'data'). */
   private serverReads?: ReadBuffer;
@@ -150,16 +152,7 @@ class PgSession {
 
   private attachClient(sock: net.Socket): void {
     this.client = sock;
-    const reads = sock === this.s.client ? this.s.clientReads : undefined;
-    if (reads) {
-      reads.sink = (chunk) => {
-        this.onClientData(chunk);
-        this.afterReusedRead(reads);
-      };
-      sock.resume();
-    } else {
-      sock.on('data', (chunk: Buffer) => this.onClientData(chunk));
-    }
+    sock.on('data', (chunk: Buffer) => this.onClientData(chunk));
     sock.on('end', () => this.close('client_closed'));
     sock.on('error', (err) => this.close('client_error', err.message));
     sock.on('close', () => this.close('client_closed'));
@@ -272,7 +265,7 @@ class PgSession {
 
   private onClientFrame(f: Frame): void {
     if (this.phase === 'closed') return;
-    if (this.held) return void this.held.push(copyFrame(f));
+    if (this.held) return void this.held.push(f);
     if (this.phase === 'startup') return void this.onStartupPacket(f);
     const raw = f.buffer.subarray(f.start, f.end);
     if (this.phase === 'connecting') return void this.protocolError('job', new PgProtocolError('malformed', 'a message arrived before the server connection was ready'));
@@ -316,7 +309,7 @@ class PgSession {
     if (p instanceof PgProtocolError) return this.protocolError('job', p);
     if (p.kind === 'gssenc') return void this.client.write(Buffer.from('N'));
     if (p.kind === 'ssl') return this.startClientTls();
-    if (p.kind === 'cancel') return void this.forwardCancel(Buffer.from(f.buffer.subarray(f.start, f.end)), p.pid);
+    if (p.kind === 'cancel') return void this.forwardCancel(f.buffer.subarray(f.start, f.end), p.pid);
     this.params = p.params;
     this.user = p.params.get('user') ?? '';
     this.database = p.params.get('database') ?? this.user;
@@ -335,11 +328,6 @@ class PgSession {
     const ca = this.deps.ca;
     if (!ca) return void this.client.write(Buffer.from('N'));
     const raw = this.client;
-    // From here the raw socket's bytes are TLS records, read by the TLS socket on top of it; any
-    // plaintext the reused-buffer path still saw would be bytes stuffed in before the handshake.
-    if (this.s.clientReads) {
-      this.s.clientReads.sink = () => this.protocolError('job', new PgProtocolError('data_after_ssl', 'unencrypted bytes arrived after the SSLRequest'));
-    }
     raw.removeAllListeners('data');
     raw.removeAllListeners('end');
     raw.removeAllListeners('close');
@@ -636,8 +624,7 @@ class PgSession {
     const p = this.decide(q.sql);
     const blocker = () => p.ops.find((op) => SEVERITY[this.deps.policy().evaluate(this.context(op)).action] >= 2) ?? p.ops[0];
     if (p.decision.action === 'review' && this.deps.approvals) {
-      const kept = Buffer.from(raw); // forwarded after the review, long after this read
-      return this.holdForReview(p, blocker() ?? { type: 'EMPTY' }, (r) => (r.decision === 'approved' ? this.forwardQuery(kept, p, r) : this.denyQuery(p, blocker(), r)));
+      return this.holdForReview(p, blocker() ?? { type: 'EMPTY' }, (r) => (r.decision === 'approved' ? this.forwardQuery(raw, p, r) : this.denyQuery(p, blocker(), r)));
     }
     if (p.denied) return this.denyQuery(p, blocker());
     this.forwardQuery(raw, p);
@@ -700,12 +687,11 @@ class PgSession {
     const p = this.decide(m.sql, true);
     this.prepared.set(m.name, p);
     if (p.decision.action === 'review' && this.deps.approvals) {
-      const kept = Buffer.from(raw); // forwarded after the review, long after this read
       return this.holdForReview(p, p.ops[0] ?? { type: 'EMPTY' }, (r) => {
         p.review = r;
         if (r.decision !== 'approved') return this.denyParse(m.name, p, r);
         p.denied = false;
-        this.toServer(kept);
+        this.toServer(raw);
       });
     }
     if (!p.denied) return this.toServer(raw);
@@ -720,8 +706,7 @@ class PgSession {
   }
 
   private onBind(f: Frame, raw: Buffer): void {
-    // The portal's parameters are views into the body and live until its Execute, maybe in a later read.
-    const b = msg.decodeBind(Buffer.from(f.body));
+    const b = msg.decodeBind(f.body);
     if (b instanceof PgProtocolError) return this.protocolError('job', b);
     this.portals.set(b.portal, { stmt: b.statement, params: b.params });
     const p = this.prepared.get(b.statement);
@@ -888,8 +873,3 @@ class PgSession {
 
 const MASKED = Buffer.from('[MASKED]');
 
-/** A frame that stays valid after the chunk it arrived in is reused. */
-function copyFrame(f: Frame): Frame {
-  const buffer = Buffer.from(f.buffer.subarray(f.start, f.end));
-  return { type: f.type, buffer, start: 0, end: buffer.length, body: buffer.subarray(f.body.byteOffset - f.buffer.byteOffset - f.start) };
-}

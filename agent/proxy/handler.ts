@@ -30,11 +30,6 @@ export interface Session {
   /** Appends an event about this session to the spool (durably, with group commit). */
   emit(draft: SessionEventDraft): void;
   /**
-   * Set when the handler asked for `readsClient`: `client` then reads through this buffer (paused
-   * until the handler sets its sink and resumes it) and emits no 'data' events.
-   */
-  readonly clientReads?: ReadBuffer;
-  /**
    * Opens the connection to the original destination; rejects with a message fit for an event.
    * With `reads`, the socket reads through that buffer (net.Socket `onread`) instead of 'data' events.
    */
@@ -57,7 +52,5 @@ export interface SessionEnd {
 export interface ProtocolHandler {
   /** Name recorded in connection events: tcp, postgres, ... */
   readonly name: string;
-  /** The handler reads the job's socket through a reused buffer (see agent/net/read-buffer.ts). */
-  readonly readsClient?: boolean;
   run(session: Session): Promise<SessionEnd>;
 }

@@ -11,7 +11,7 @@ import { EventKind, type EventDraft, type JobInfo, type ProcessInfo, type SelfEn
 import { SessionEventEncoder } from '../../proto/session-events.js';
 import type { Origin } from '../bpf/layout.js';
 import { bytes16ToIp } from '../net/addr.js';
-import { adoptWithOnread, ReadBuffer } from '../net/read-buffer.js';
+import type { ReadBuffer } from '../net/read-buffer.js';
 import type { ProtocolHandler, Session, SessionEnd, SessionEventDraft } from './handler.js';
 import type { Redactor } from '../redact/redactor.js';
 
@@ -96,11 +96,7 @@ export class ProxyServer {
     }
     this.stats.accepted++;
     this.stats.active++;
-    const handler = this.opts.handlerFor(origin);
-    // Synchronously, in the 'connection' event: nothing has been read into `client` yet.
-    const clientReads = handler.readsClient ? new ReadBuffer() : undefined;
-    if (clientReads) client = adoptWithOnread(client, clientReads);
-    const done = this.runSession(client, clientReads, handler, origin, peerAddress, peerPort)
+    const done = this.runSession(client, origin, peerAddress, peerPort)
       .catch((err) => this.opts.log.error({ err }, 'session failed unexpectedly'))
       .finally(() => {
         this.stats.active--;
@@ -127,20 +123,20 @@ export class ProxyServer {
     this.opts.log.warn({ reason, peer: `${client.remoteAddress}:${client.remotePort}` }, error);
   }
 
-  private async runSession(client: net.Socket, clientReads: ReadBuffer | undefined, handler: ProtocolHandler, origin: Origin,
-    peerAddress: string, peerPort: number): Promise<void> {
+  private async runSession(client: net.Socket, origin: Origin, peerAddress: string, peerPort: number): Promise<void> {
     const started = Date.now();
     const id = sessionId();
     const destination = { address: bytes16ToIp(origin.addr), port: origin.port };
     const source = { address: peerAddress.replace(/^::ffff:/, ''), port: peerPort };
     const { process, job, redactor } = this.opts.identity.forConnection(origin);
+    const handler = this.opts.handlerFor(origin);
     const log = this.opts.log.child({ session: id, pid: origin.pid, dst: `${destination.address}:${destination.port}` });
     const events = this.opts.events;
     const timeoutMs = this.opts.upstreamConnectTimeoutMs ?? 10_000;
     client.on('error', () => {}); // reported through the handler's result, not as an unhandled error
     const encoder = new SessionEventEncoder({ sessionId: id, process, job, destination, source });
     const session: Session = {
-      id, client, clientReads, origin, destination, source, process, job, redactor, log,
+      id, client, origin, destination, source, process, job, redactor, log,
       stopping: this.stopController.signal,
       emit: (draft: SessionEventDraft) => {
         events.append(encoder.event(draft));
