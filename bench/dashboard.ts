@@ -86,8 +86,8 @@ async function seeded(root: string, opts: Opts): Promise<Seeded> {
   const dataDir = path.join(root, 'data');
   const seedFile = path.join(root, 'seed.json');
   if (existsSync(seedFile)) {
-    const seed = JSON.parse(readFileSync(seedFile, 'utf8')) as FleetSeed;
-    if (seed.events === opts.events && seed.agents.length === opts.agents + 1) {
+    const seed = JSON.parse(readFileSync(seedFile, 'utf8')) as FleetSeed & { requested: number };
+    if (seed.requested === opts.events && seed.agents.length === opts.agents + 1) {
       say(`reusing the ${seed.events} events seeded ${((Date.now() - seed.nowMs) / 3600_000).toFixed(1)} h ago in ${root}`);
       return { seed, storeBytes: storeBytes(dataDir) };
     }
@@ -108,7 +108,7 @@ async function seeded(root: string, opts: Opts): Promise<Seeded> {
     },
   });
   const seconds = (performance.now() - t0) / 1000;
-  writeFileSync(seedFile, JSON.stringify(seed, null, 2) + '\n');
+  writeFileSync(seedFile, JSON.stringify({ ...seed, requested: opts.events }, null, 2) + '\n');
   return { seed, seconds, rate: seed.events / seconds, storeBytes: storeBytes(dataDir) };
 }
 
