@@ -11,6 +11,7 @@ import type {
   ActivityPoint, AgentRecord, AppendBatch, DecisionBucket, EventQuery, JobQuery, JobSummary, LogStore, SessionSummary, StoredAgentStatus, StoredCheckpoint, StoredLeaf,
 } from './store.js';
 import { JobRow, jobFromRow, jobWhere, migrate, Rollups } from './rollups.js';
+import { eventPlanner, type EventPlanner, type PlanChoice, type PlanName } from './event-plan.js';
 import { EventKind } from '../../proto/index.js';
 
 const STATEMENT_KIND = EventKind.EVENT_KIND_STATEMENT!;
@@ -135,15 +136,17 @@ export class SqliteStore implements LogStore {
   readonly db: Database.Database;
   private tree: TreeBuilder;
   private readonly stmt;
+  private readonly planner: EventPlanner;
 
-  static open(dataDir: string, opts: { readonly?: boolean } = {}): SqliteStore {
+  /** `probe`: entries the query planner counts at most (event-plan.ts; tests use a small one). */
+  static open(dataDir: string, opts: { readonly?: boolean; probe?: number } = {}): SqliteStore {
     if (!opts.readonly) mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     const file = path.join(dataDir, 'log.db');
     const db = new Database(file, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
-    return new SqliteStore(db, opts.readonly ?? false);
+    return new SqliteStore(db, opts.readonly ?? false, opts.probe);
   }
 
-  private constructor(db: Database.Database, readonly: boolean) {
+  private constructor(db: Database.Database, readonly: boolean, probe?: number) {
     this.db = db;
     if (!readonly) {
       db.pragma('journal_mode = WAL');
@@ -193,6 +196,7 @@ export class SqliteStore implements LogStore {
         ON CONFLICT (agent_id) DO UPDATE SET received_ms = excluded.received_ms, status = excluded.status`),
       agentStatuses: hasTable(db, 'agent_status') ? db.prepare('SELECT agent_id, received_ms, status FROM agent_status ORDER BY agent_id') : undefined,
     };
+    this.planner = eventPlanner((sql) => this.cached(sql), probe);
     this.tree = new TreeBuilder();
     const size = this.stmt.size.get() as number;
     if (size > 0) this.tree = TreeBuilder.fromNodesSync(size, this.getNode);
@@ -284,39 +288,22 @@ export class SqliteStore implements LogStore {
     this.stmt.saveCheckpoint.run(cp.size, cp.root, cp.note, cp.timeMs);
   }
 
-  queryEvents(q: EventQuery): StoredLeaf[] {
-    const where: string[] = [];
-    const args: unknown[] = [];
-    const eq = (col: string, v: unknown) => {
-      if (v !== undefined && v !== '') {
-        where.push(`${col} = ?`);
-        args.push(v);
-      }
-    };
-    eq('agent_id', q.agentId);
-    eq('session_id', q.sessionId);
-    eq('kind', q.kind);
-    eq('repository', q.repository);
-    eq('run_id', q.runId);
-    eq('job', q.job);
-    if (q.jobKey !== undefined) {
-      const j = jobWhere(q.jobKey);
-      where.push(j.sql);
-      args.push(...j.args);
-    }
-    eq('workflow', q.workflow);
-    eq('actor', q.actor);
-    eq('destination', q.destination);
-    eq('decision', q.decision);
-    if (q.text) { where.push('instr(bytes, ?) > 0'); args.push(Buffer.from(q.text, 'utf8')); }
-    if (q.sinceMs !== undefined) { where.push('time_ms >= ?'); args.push(q.sinceMs); }
-    if (q.untilMs !== undefined) { where.push('time_ms < ?'); args.push(q.untilMs); }
-    if (q.afterIndex !== undefined) { where.push('idx > ?'); args.push(q.afterIndex); }
-    if (q.beforeIndex !== undefined) { where.push('idx < ?'); args.push(q.beforeIndex); }
-    const limit = Math.min(Math.max(q.limit ?? 1000, 1), 10_000);
-    const order = q.descending ? 'DESC' : '';
-    const sql = `SELECT idx, agent_id, seq, bytes FROM leaves ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY idx ${order} LIMIT ${limit}`;
-    return (this.cached(sql).all(...args) as LeafRow[]).map(leafFromRow);
+  /**
+   * A page of events: first the indexes of the page by the plan event-plan.ts chooses, then the rows
+   * of just those. `plan` forces one plan (tests compare them all with 'plain').
+   */
+  queryEvents(q: EventQuery, plan: PlanName = 'auto'): StoredLeaf[] {
+    const choice = this.planner.choose(q, plan);
+    if (!choice) throw new Error(`plan ${plan} does not apply to this query`);
+    const idxs = this.cached(choice.sql).pluck().all(...choice.args) as number[];
+    return idxs.map((i) => leafFromRow(this.stmt.leaf.get(i) as LeafRow));
+  }
+
+  /** The plan queryEvents follows for a query (for tests and for looking into a slow page). */
+  explainEvents(q: EventQuery): PlanChoice & { steps: string[] } {
+    const choice = this.planner.choose(q)!;
+    const steps = (this.db.prepare(`EXPLAIN QUERY PLAN ${choice.sql}`).all(...choice.args) as { detail: string }[]).map((r) => r.detail);
+    return { ...choice, steps };
   }
 
   jobs(q: JobQuery): JobSummary[] {
