@@ -148,6 +148,10 @@ export class SqliteStore implements LogStore {
 
   private constructor(db: Database.Database, readonly: boolean, probe?: number) {
     this.db = db;
+    // Reads through a memory map instead of a read() per page: a third of the time for the scans the
+    // dashboard cannot avoid (a rare value of an unindexed column, text search) and for self-verify.
+    // Capped by SQLite's build (2 GiB here); beyond it, pages are read as before.
+    db.pragma(`mmap_size = ${2 ** 31}`);
     if (!readonly) {
       db.pragma('journal_mode = WAL');
       // FULL: the WAL is fsynced at every commit, so an acknowledged batch survives power loss.
