@@ -367,6 +367,12 @@ export class SqliteStore implements LogStore {
     return [...buckets.values()];
   }
 
+  /** Jobs active since `sinceMs` (by their last event), and how many of them have a deny, review or refusal. */
+  jobCounts(sinceMs: number): { active: number; flagged: number } {
+    return this.cached(`SELECT count(*) AS active, COALESCE(SUM((denied + reviewed + refused) > 0), 0) AS flagged
+      FROM jobs WHERE last_ms >= ?`).get(sinceMs) as { active: number; flagged: number };
+  }
+
   /** Prepared statements for the dynamic queries, by SQL text (filters make a handful of shapes). */
   private readonly statements = new Map<string, Database.Statement>();
   private cached(sql: string): Database.Statement {

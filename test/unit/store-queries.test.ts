@@ -1,8 +1,8 @@
 // The store's dashboard queries on a varied fleet log (test/helpers/synthetic-fleet.ts: many agents,
 // one shipping late, skewed values with rare ones): every plan queryEvents can follow, and the plain
 // one-statement query, return the page that a filter over every decoded leaf in JS finds, for
-// filters alone and combined, time ranges, text, cursors in both directions; and the planner's
-// choices cover each of its branches.
+// filters alone and combined, time ranges, text, cursors in both directions; the planner's choices
+// cover each of its branches; and jobCounts agrees with counts made from the event bytes.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -134,6 +134,23 @@ describe('store queries on a fleet log', () => {
       // Sorting is allowed only over bare indexes from an index (a covering one), never over rows.
       for (const step of e.steps) assert.doesNotMatch(step, /^SCAN leaves USING INDEX|^SEARCH leaves USING INDEX leaves_time/, `${JSON.stringify(q)}: ${e.steps.join(' | ')}`);
       if (e.steps.some((s) => /TEMP B-TREE/.test(s))) assert.ok(e.steps.some((s) => /COVERING INDEX/.test(s)), `${JSON.stringify(q)}: ${e.steps.join(' | ')}`);
+    }
+  });
+
+  test('jobCounts counts the jobs active in a range, and those with a deny, review or refusal, as the events say', () => {
+    const jobs = new Map<string, { last: number; flagged: boolean }>();
+    for (const { agentId, f } of leaves) {
+      if (!f.sessionId) continue;
+      const key = jobKey(agentId, f.repository, f.runId, f.job);
+      const j = jobs.get(key) ?? { last: 0, flagged: false };
+      j.last = Math.max(j.last, f.timeMs);
+      j.flagged ||= ['deny', 'review', 'refused'].includes(f.decision);
+      jobs.set(key, j);
+    }
+    assert.ok([...jobs.values()].some((j) => j.flagged) && [...jobs.values()].some((j) => !j.flagged));
+    for (const since of [0, seed.nowMs - 30 * DAY, seed.nowMs - 7 * DAY, seed.nowMs - DAY, seed.nowMs - 3600_000, seed.nowMs + 1]) {
+      const active = [...jobs.values()].filter((j) => j.last >= since);
+      assert.deepEqual(store.jobCounts(since), { active: active.length, flagged: active.filter((j) => j.flagged).length }, `since ${since}`);
     }
   });
 });
