@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   last_index INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_last ON jobs(last_ms);
+-- A run id alone (the jobs list, and the events of a run: see event-plan.ts) is found without a scan.
+CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
 CREATE TABLE IF NOT EXISTS decision_counts (
   minute INTEGER NOT NULL,
   action TEXT NOT NULL,
