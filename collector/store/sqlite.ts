@@ -102,6 +102,13 @@ CREATE TABLE IF NOT EXISTS decision_counts (
   n INTEGER NOT NULL,
   PRIMARY KEY (minute, action)
 ) WITHOUT ROWID;
+-- The same counts per hour: a month's chart sums 720 hours rather than 43,200 minutes.
+CREATE TABLE IF NOT EXISTS decision_hours (
+  hour INTEGER NOT NULL,
+  action TEXT NOT NULL,
+  n INTEGER NOT NULL,
+  PRIMARY KEY (hour, action)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
   key TEXT PRIMARY KEY,
   value TEXT NOT NULL
@@ -179,6 +186,8 @@ export class SqliteStore implements LogStore {
           sha = IIF(sha = '', excluded.sha, sha), url = IIF(url = '', excluded.url, url), source = MAX(source, excluded.source)`),
       countDecision: db.prepare(`INSERT INTO decision_counts (minute, action, n) VALUES (?, ?, ?)
         ON CONFLICT (minute, action) DO UPDATE SET n = n + excluded.n`),
+      countDecisionHour: db.prepare(`INSERT INTO decision_hours (hour, action, n) VALUES (?, ?, ?)
+        ON CONFLICT (hour, action) DO UPDATE SET n = n + excluded.n`),
       job: db.prepare('SELECT * FROM jobs WHERE key = ?'),
       insertNode: db.prepare('INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)'),
       getNode: db.prepare('SELECT hash FROM nodes WHERE level = ? AND idx = ?').pluck(),
@@ -254,7 +263,7 @@ export class SqliteStore implements LogStore {
         this.stmt.insertLeaf.run({ idx, agentId: batch.agentId, ...leaf });
         rollups.add(batch.agentId, idx, leaf);
       }
-      rollups.write(this.stmt.upsertJob, this.stmt.countDecision);
+      rollups.write(this.stmt.upsertJob, this.stmt.countDecision, this.stmt.countDecisionHour);
       const last = batch.leaves[batch.leaves.length - 1]!;
       this.stmt.insertBatch.run(batch.agentId, last.seq, batch.tipSignature, Date.now());
       this.stmt.updateAgent.run(last.seq, last.hash, tree.size - 1, Date.now(), batch.agentId);
@@ -356,10 +365,22 @@ export class SqliteStore implements LogStore {
 
   decisionCounts(sinceMs: number, untilMs: number, bucketMs: number): DecisionBucket[] {
     const minutes = Math.max(1, Math.round(bucketMs / 60_000));
+    const m0 = Math.floor(sinceMs / 60_000);
+    const m1 = Math.ceil(untilMs / 60_000);
+    // Whole hours from the hourly counts, the minutes before the first and after the last from the
+    // minute counts: the same sums as all minutes. An hour never straddles buckets of whole hours.
+    const h0 = Math.ceil(m0 / 60);
+    const h1 = Math.floor(m1 / 60);
     // Bound JS numbers are REAL in SQLite: cast, or the division is not integral.
-    const rows = this.cached(`SELECT minute / CAST(? AS INTEGER) AS b, action, SUM(n) AS n FROM decision_counts
-      WHERE minute >= ? AND minute < ? GROUP BY b, action ORDER BY b`)
-      .all(minutes, Math.floor(sinceMs / 60_000), Math.ceil(untilMs / 60_000)) as { b: number; action: string; n: number }[];
+    const rows = (minutes % 60 === 0 && h0 < h1
+      ? this.cached(`SELECT b, action, SUM(n) AS n FROM (
+          SELECT minute / CAST(@minutes AS INTEGER) AS b, action, n FROM decision_counts
+            WHERE (minute >= @m0 AND minute < @h0 * 60) OR (minute >= @h1 * 60 AND minute < @m1)
+          UNION ALL
+          SELECT hour * 60 / CAST(@minutes AS INTEGER) AS b, action, n FROM decision_hours WHERE hour >= @h0 AND hour < @h1)
+        GROUP BY b, action ORDER BY b`).all({ minutes, m0, m1, h0, h1 })
+      : this.cached(`SELECT minute / CAST(? AS INTEGER) AS b, action, SUM(n) AS n FROM decision_counts
+          WHERE minute >= ? AND minute < ? GROUP BY b, action ORDER BY b`).all(minutes, m0, m1)) as { b: number; action: string; n: number }[];
     const buckets = new Map<number, DecisionBucket>();
     for (const r of rows) {
       let bucket = buckets.get(r.b);

@@ -2,12 +2,15 @@
 // one shipping late, skewed values with rare ones): every plan queryEvents can follow, and the plain
 // one-statement query, return the page that a filter over every decoded leaf in JS finds, for
 // filters alone and combined, time ranges, text, cursors in both directions; the planner's choices
-// cover each of its branches; and jobCounts agrees with counts made from the event bytes.
+// cover each of its branches; jobCounts and decisionCounts (minutes and hours) agree with counts
+// made from the event bytes themselves; and a store from before the hourly counts and the run index
+// is brought up to date on open.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { caInit } from '../../collector/pki/index.js';
 import { SqliteStore } from '../../collector/store/sqlite.js';
 import { decodeLeafFields } from '../../collector/store/leaf-fields.js';
@@ -151,6 +154,61 @@ describe('store queries on a fleet log', () => {
     for (const since of [0, seed.nowMs - 30 * DAY, seed.nowMs - 7 * DAY, seed.nowMs - DAY, seed.nowMs - 3600_000, seed.nowMs + 1]) {
       const active = [...jobs.values()].filter((j) => j.last >= since);
       assert.deepEqual(store.jobCounts(since), { active: active.length, flagged: active.filter((j) => j.flagged).length }, `since ${since}`);
+    }
+  });
+
+  const expectedBuckets = (sinceMs: number, untilMs: number, bucketMs: number) => {
+    const minutes = bucketMs / 60_000;
+    const m0 = Math.floor(sinceMs / 60_000);
+    const m1 = Math.ceil(untilMs / 60_000);
+    const buckets = new Map<number, Record<string, number>>();
+    for (const { f } of leaves) {
+      const m = Math.floor(f.timeMs / 60_000);
+      if (!f.decision || m < m0 || m >= m1) continue;
+      const b = Math.floor(m / minutes) * minutes * 60_000;
+      const counts = buckets.get(b) ?? {};
+      counts[f.decision] = (counts[f.decision] ?? 0) + 1;
+      buckets.set(b, counts);
+    }
+    return [...buckets].sort((a, b) => a[0] - b[0]).map(([startMs, counts]) => ({ startMs, counts }));
+  };
+  const ranges = () => {
+    const now = seed.nowMs;
+    const out: [number, number, number][] = [];
+    for (const [span, bucket] of [[3600_000, 60_000], [DAY, 3600_000], [7 * DAY, 6 * 3600_000], [30 * DAY, DAY], [2 * DAY, 300_000], [40 * DAY, DAY]] as const) {
+      for (const end of [now + 60_000, now - 3 * DAY + 17_123, now - 11 * DAY - 7 * 60_000]) out.push([end - span, end, bucket]);
+    }
+    out.push([now - 59 * 60_000, now - 2 * 60_000, 3600_000]); // within one hour: minutes only
+    return out;
+  };
+
+  test('decisionCounts, from whole hours and the minutes around them, equals the decisions in the events', () => {
+    for (const [since, until, bucket] of ranges()) {
+      assert.deepEqual(store.decisionCounts(since, until, bucket), expectedBuckets(since, until, bucket), `[${since}, ${until}) per ${bucket} ms`);
+    }
+  });
+
+  test('a store from before the hourly counts and the run index gets them on open, with the same answers', () => {
+    const oldDir = path.join(root, 'old');
+    store.close();
+    cpSync(dataDir, oldDir, { recursive: true });
+    store = SqliteStore.open(dataDir);
+    const db = new Database(path.join(oldDir, 'log.db'));
+    db.exec('DROP TABLE decision_hours; DROP INDEX jobs_run');
+    db.close();
+    const old = SqliteStore.open(oldDir);
+    try {
+      assert.ok(old.db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'jobs_run'").get(), 'the run index is back');
+      assert.deepEqual(old.db.prepare('SELECT * FROM decision_hours ORDER BY hour, action').all(), store.db.prepare('SELECT * FROM decision_hours ORDER BY hour, action').all());
+      for (const [since, until, bucket] of ranges()) assert.deepEqual(old.decisionCounts(since, until, bucket), expectedBuckets(since, until, bucket));
+      // Rollups rebuilt from the bytes (an older rollup version) count the hours too.
+      old.db.exec("DELETE FROM meta WHERE key = 'rollup_version'; DELETE FROM decision_hours");
+      old.close();
+      const rebuilt = SqliteStore.open(oldDir);
+      assert.deepEqual(rebuilt.db.prepare('SELECT * FROM decision_hours ORDER BY hour, action').all(), store.db.prepare('SELECT * FROM decision_hours ORDER BY hour, action').all());
+      rebuilt.close();
+    } finally {
+      if (old.db.open) old.close();
     }
   });
 });
