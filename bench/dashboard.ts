@@ -193,7 +193,7 @@ function requests(seed: FleetSeed, size: number): Req[] {
   both('target', 'target', p.target);
   both('agent', 'agent', p.agent);
   both('job key', 'jobKey', p.jobKey);
-  filter('session', `session=${enc(seed.bigSession)}`);
+  filter('session (filter)', `session=${enc(seed.bigSession)}`);
   add('time', 'day (3-4 days ago)', `/api/events?since=${day.since}&until=${day.until}&limit=100`);
   add('time', 'week (7-14 days ago)', `/api/events?since=${week.since}&until=${week.until}&limit=100`);
   add('time', 'week + kind=statement', `/api/events?since=${week.since}&until=${week.until}&kind=statement&limit=100`);
@@ -223,7 +223,7 @@ function requests(seed: FleetSeed, size: number): Req[] {
   add('jobs', 'jobs older page (before 15 days ago)', `/api/jobs?before=${seed.nowMs - 15 * DAY}&limit=100`);
   add('jobs', `job (largest, ${p.jobKey.commonEvents} ev)`, `/api/jobs/${enc(p.jobKey.common)}`);
   add('jobs', `job (small, ${p.jobKey.rareEvents} ev)`, `/api/jobs/${enc(p.jobKey.rare)}`);
-  add('jobs', 'session', `/api/sessions/${enc(seed.bigSession)}`);
+  add('jobs', 'session detail (sessions/:id)', `/api/sessions/${enc(seed.bigSession)}`);
   add('ops', 'agents', '/api/agents');
   add('ops', 'integrity', '/api/integrity');
   return out;
