@@ -104,13 +104,13 @@ export function createDashboardApi(opts: DashboardApiOptions): (req: http.Incomi
     const since = now - range.ms;
     const decisions = store.decisionCounts(since, now + 60_000, range.bucketMs);
     const cp = opts.checkpoint();
-    const recentJobs = store.jobs({ sinceMs: since, limit: 1000 });
     return {
       now, range: { sinceMs: since, bucketMs: range.bucketMs },
       size: store.size(),
       checkpoint: cp ? { size: cp.size, timeMs: cp.timeMs, root: Buffer.from(cp.root).toString('base64') } : null,
       decisions,
-      jobs: { active: recentJobs.length, flagged: recentJobs.filter((j) => j.denied + j.reviewed + j.refused > 0).length },
+      // Counted in SQL: every job of the range, not the first thousand read into memory.
+      jobs: store.jobCounts(since),
       pendingApprovals: opts.approvals.list({ state: 'pending', limit: 1000 }).length,
       agents: store.agents().map((a) => ({ agentId: a.agentId, lastSeenMs: a.lastSeenMs })),
       verify: opts.verifier.last(),

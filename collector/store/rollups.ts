@@ -70,11 +70,21 @@ export class Rollups {
     }
   }
 
-  write(upsertJob: Database.Statement, countDecision: Database.Statement): void {
+  /** Adds the counts to the tables (count statements take minute or hour, action, n) and starts over. */
+  write(upsertJob: Database.Statement, countDecision: Database.Statement, countDecisionHour: Database.Statement): void {
     for (const d of this.jobs.values()) upsertJob.run(d);
+    const hours = new Map<string, number>();
     for (const [k, n] of this.decisions) {
       const sep = k.indexOf('\u0000');
-      countDecision.run(Number(k.slice(0, sep)), k.slice(sep + 1), n);
+      const minute = Number(k.slice(0, sep));
+      const action = k.slice(sep + 1);
+      countDecision.run(minute, action, n);
+      const h = `${Math.floor(minute / 60)}\u0000${action}`;
+      hours.set(h, (hours.get(h) ?? 0) + n);
+    }
+    for (const [k, n] of hours) {
+      const sep = k.indexOf('\u0000');
+      countDecisionHour.run(Number(k.slice(0, sep)), k.slice(sep + 1), n);
     }
     this.jobs.clear();
     this.decisions.clear();
@@ -105,9 +115,16 @@ export function migrate(db: Database.Database): void {
   // Only the rare decisions are indexed: "show me what was denied" must not scan a million allows.
   db.exec("CREATE INDEX IF NOT EXISTS leaves_flagged ON leaves(decision, idx) WHERE decision IN ('deny', 'mask', 'review', 'refused')");
   const version = db.prepare("SELECT value FROM meta WHERE key = 'rollup_version'").pluck().get() as string | undefined;
-  if (version === ROLLUP_VERSION) return;
+  if (version === ROLLUP_VERSION) {
+    // Decisions per hour came after decisions per minute: a store from before has only the minutes,
+    // which hold everything the hours need (both are written in every append's transaction).
+    const hours = db.prepare('SELECT 1 FROM decision_hours LIMIT 1').get();
+    const minutes = db.prepare('SELECT 1 FROM decision_counts LIMIT 1').get();
+    if (!hours && minutes) db.exec('INSERT INTO decision_hours (hour, action, n) SELECT minute / 60, action, SUM(n) FROM decision_counts GROUP BY 1, 2');
+    return;
+  }
   db.transaction(() => {
-    db.exec('DELETE FROM jobs; DELETE FROM decision_counts;');
+    db.exec('DELETE FROM jobs; DELETE FROM decision_counts; DELETE FROM decision_hours;');
     const page = db.prepare('SELECT idx, agent_id, bytes FROM leaves WHERE idx >= ? ORDER BY idx LIMIT 4096');
     const setDecision = db.prepare('UPDATE leaves SET decision = ? WHERE idx = ?');
     const upsertJob = db.prepare(`INSERT INTO jobs (key, agent_id, provider, repository, workflow, run_id, job, actor, ref, sha, url, source,
@@ -115,6 +132,7 @@ export function migrate(db: Database.Database): void {
       VALUES (@key, @agentId, @provider, @repository, @workflow, @runId, @job, @actor, @ref, @sha, @url, @source,
         @firstMs, @lastMs, @events, @statements, @denied, @masked, @reviewed, @refused, @lastIndex)`);
     const countDecision = db.prepare('INSERT INTO decision_counts (minute, action, n) VALUES (?, ?, ?)');
+    const countDecisionHour = db.prepare('INSERT INTO decision_hours (hour, action, n) VALUES (?, ?, ?)');
     const rollups = new Rollups();
     for (let from = 0; ;) {
       const rows = page.all(from) as { idx: number; agent_id: string; bytes: Buffer }[];
@@ -127,7 +145,7 @@ export function migrate(db: Database.Database): void {
       from = rows[rows.length - 1]!.idx + 1;
     }
     // One write of the whole rollup: a job spread over many pages is summed in memory first.
-    rollups.write(upsertJob, countDecision);
+    rollups.write(upsertJob, countDecision, countDecisionHour);
     db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('rollup_version', ?)").run(ROLLUP_VERSION);
   })();
 }

@@ -186,6 +186,8 @@ export interface LogStore {
   jobActivity(key: string, limit: number): ActivityPoint[];
   /** Decisions counted per bucket of `bucketMs` (a multiple of a minute) in [sinceMs, untilMs). */
   decisionCounts(sinceMs: number, untilMs: number, bucketMs: number): DecisionBucket[];
+  /** Jobs whose last event is at or after `sinceMs`, and how many of those have a deny, review or refusal. */
+  jobCounts(sinceMs: number): { active: number; flagged: number };
   /** Replaces the agent's status with this one (only the latest is kept). */
   saveAgentStatus(agentId: string, status: AgentStatusMsg, receivedMs: number): void;
   /** The latest status of every agent that sent one, by agent id. */

@@ -107,8 +107,10 @@ describe('dashboard API', () => {
     }
     assert.ok(denied > 0);
     assert.equal(jobs.reduce((n, j) => n + j.denied, 0), denied);
-    const o = await json<{ decisions: { counts: Record<string, number> }[]; size: number }>('/api/overview?range=24h');
+    const o = await json<{ decisions: { counts: Record<string, number> }[]; size: number; jobs: { active: number; flagged: number } }>('/api/overview?range=24h');
     assert.equal(o.size, seeded.events);
+    // The log spans 6 hours: every job is active in the last day.
+    assert.deepEqual(o.jobs, { active: seeded.jobs, flagged: jobs.filter((j) => j.denied + j.reviewed > 0).length });
     const charted = o.decisions.reduce((n, b) => n + Object.values(b.counts).reduce((a, c) => a + c, 0), 0);
     assert.equal(charted, jobs.reduce((n, j) => n + j.statements, 0), 'the chart counts every statement once');
 
