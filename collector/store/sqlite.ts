@@ -161,7 +161,10 @@ export class SqliteStore implements LogStore {
     this.db = db;
     // Reads through a memory map instead of a read() per page: a third of the time for the scans the
     // dashboard cannot avoid (a rare value of an unindexed column, text search) and for self-verify.
-    // Capped by SQLite's build (2 GiB here); beyond it, pages are read as before.
+    // Capped by SQLite's build (2 GiB here); beyond it, pages are read as before. The price: a read
+    // error on the disk becomes SIGBUS and the collector dies instead of answering an error. Nothing
+    // is lost by that (agents keep every event until the collector acknowledges it, and systemd
+    // restarts it), and a disk that fails reads has lost the store's trust anyway.
     db.pragma(`mmap_size = ${2 ** 31}`);
     if (!readonly) {
       db.pragma('journal_mode = WAL');
