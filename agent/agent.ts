@@ -65,7 +65,8 @@ export interface RunningAgent {
 export async function startAgent(cfg: AgentConfig, log: Logger): Promise<RunningAgent> {
   const startedMs = Date.now();
   mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
-  const spool = await Spool.open({ dir: path.join(cfg.stateDir, 'spool'), agentId: cfg.agentId, maxBytes: cfg.spoolMaxBytes, logger: log });
+  const spool = await Spool.open({ dir: path.join(cfg.stateDir, 'spool'), agentId: cfg.agentId, maxBytes: cfg.spoolMaxBytes,
+    commitDelayMs: cfg.spoolCommitDelayMs, logger: log });
   const emit = (draft: EventDraft) => spool.append(draft);
   const shipper = cfg.collector ? createShipper(cfg, spool, emit, log) : undefined;
   spool.on('state', (state: string, reason?: string) => {

@@ -7,6 +7,7 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNo
 import { ipToBytes16 } from './net/addr.js';
 import type { InterceptRule } from './bpf/layout.js';
 import { DEFAULT_PIN_DIR, DEFAULT_STATE_DIR } from './paths.js';
+import { DEFAULT_COMMIT_DELAY_MS, MAX_COMMIT_DELAY_MS } from './events/commit-delay.js';
 
 export interface AgentConfig {
   agentId: string;
@@ -20,6 +21,11 @@ export interface AgentConfig {
   intercept: InterceptRule[];
   failOpen: boolean;
   spoolMaxBytes: number;
+  /**
+   * How long the spool lets a batch of events nobody waits for (statements, closes) gather more
+   * before its write+fdatasync; awaited events (a connection open) never wait. 0: no delay.
+   */
+  spoolCommitDelayMs: number;
   /** host:port of the collector's gRPC ingest; unset: events stay in the local spool. */
   collector?: string;
   /** The agent's enrolment directory from `runguard enroll` (certificate, keys, collector CA). */
@@ -60,6 +66,7 @@ export function defaultConfig(): AgentConfig {
     intercept: DEFAULT_INTERCEPT.map((r) => parseInterceptRule(r)),
     failOpen: false,
     spoolMaxBytes: 1 << 30,
+    spoolCommitDelayMs: DEFAULT_COMMIT_DELAY_MS,
     protocols: { 5432: 'postgres' },
     credentials: [],
     serverTls: 'prefer',
@@ -119,7 +126,7 @@ export function parseInterceptRule(text: string): InterceptRule {
 
 const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
   agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
-  watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number',
+  watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number', spoolCommitDelayMs: 'number',
   collector: 'string', tlsDir: 'string', policyFile: 'string', serverTls: 'string', heartbeatIntervalMs: 'number',
 };
 
@@ -213,6 +220,9 @@ export function validate(cfg: AgentConfig, where = 'config'): void {
   }
   if (!Number.isInteger(cfg.heartbeatIntervalMs) || cfg.heartbeatIntervalMs < 100 || cfg.heartbeatIntervalMs > 3_600_000) {
     throw new ConfigError(where, `heartbeatIntervalMs must be an integer from 100 to 3600000 (1 h), got ${cfg.heartbeatIntervalMs}`);
+  }
+  if (!(cfg.spoolCommitDelayMs >= 0 && cfg.spoolCommitDelayMs <= MAX_COMMIT_DELAY_MS)) {
+    throw new ConfigError(where, `spoolCommitDelayMs must be from 0 to ${MAX_COMMIT_DELAY_MS} (ms), got ${cfg.spoolCommitDelayMs}`);
   }
   if (cfg.intercept.length > 64) throw new ConfigError(where, 'at most 64 intercept rules');
   if (cfg.collector && !cfg.tlsDir) throw new ConfigError(where, 'a collector needs tlsDir (the directory `runguard enroll --out` wrote)');

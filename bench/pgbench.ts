@@ -27,7 +27,12 @@
 //   npx tsc -p . && node dist/bench/pgbench.js
 //   node dist/bench/pgbench.js [--time 15] [--warmup 2] [--clients 8] [--threads 2] [--scale 10]
 //                              [--workloads select-simple,select-prepared,tpcb] [--cpu-prof DIR]
+//                              [--spool-commit-delay-ms N]
 //
+// --spool-commit-delay-ms N sets the agent's spoolCommitDelayMs (default: the agent's default). For
+// the runguard path the report adds the spool's cost: fdatasyncs over the run (counted with perf, if
+// installed), events per fdatasync, and the agent's cpu split between its main thread and the libuv
+// pool threads that write and sync the spool.
 // --cpu-prof DIR profiles the agent's main thread from the moment it runs (V8 sampling profiler via
 // bench/agent-cpu-prof.ts; not `node --cpu-prof`, which makes its BPF program load fail with EAGAIN),
 // writes DIR/agent-PID.cpuprofile and prints the top self-time functions at the end.
@@ -40,14 +45,16 @@
 // Everything it starts is undone at exit, Ctrl-C included: the agent is stopped by pid and its hooks
 // unpinned (AgentFixture.cleanup), pgbouncer is stopped by pid, PostgreSQL is stopped by its
 // postmaster pid, and the temp dirs are removed.
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AgentFixture, ROOT, RUNGUARD } from '../test/helpers/agent.js';
 import { startPostgres, type PgServer } from '../test/helpers/postgres.js';
 import { readSpoolDir } from '../agent/events/read-spool-dir.js';
+import { DEFAULT_COMMIT_DELAY_MS } from '../agent/events/commit-delay.js';
 import { decodeEvent, EventKind } from '../proto/index.js';
-import { cleanupAll, cpuSeconds, onCleanup, percentile, run, sh, table } from './harness.js';
+import { cleanupAll, cpuSeconds, onCleanup, percentile, run, sh, table, track } from './harness.js';
 import { startPgbouncer } from './pgbouncer.js';
 
 const HOST = '127.0.0.2';
@@ -83,6 +90,7 @@ interface Options {
   scale: number;
   workloads: Workload[];
   cpuProf?: string;
+  commitDelayMs?: number;
 }
 
 interface RunResult {
@@ -102,6 +110,19 @@ interface RunResult {
   hostBusy: number;
   /** Busy fraction of all cpus not explained by the bench's own processes: outside load. */
   otherCpu: number;
+  /** runguard only: the spool's cost, if it could be measured. */
+  spool?: SpoolCost;
+}
+
+interface SpoolCost {
+  /** Spool records (every kind) written during the run. */
+  records: number;
+  /** fdatasync calls by the agent during the run (perf tracepoint count); NaN without perf. */
+  fsyncs: number;
+  /** Agent cpu seconds over the run: main thread, libuv pool (the threads that fdatasync), the rest. */
+  mainCpu: number;
+  poolCpu: number;
+  otherThreadsCpu: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -119,7 +140,7 @@ let interrupted = false;
 function parseArgs(argv: string[]): Options {
   const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS };
   const usage = 'usage: pgbench.js [--time S] [--warmup S] [--clients N] [--threads N] [--scale N] ' +
-    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR]`;
+    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N]`;
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i]?.replace(/^--/, '');
     const value = argv[++i];
@@ -132,6 +153,10 @@ function parseArgs(argv: string[]): Options {
       });
     } else if (key === 'cpu-prof') {
       opts.cpuProf = path.resolve(value);
+    } else if (key === 'spool-commit-delay-ms') {
+      const n = Number(value);
+      if (!(n >= 0)) throw new Error(`--${key} ${value}: not a valid delay; ${usage}`);
+      opts.commitDelayMs = n;
     } else if (key === 'time' || key === 'warmup' || key === 'clients' || key === 'threads' || key === 'scale') {
       const n = Number(value);
       if (!Number.isInteger(n) || n < (key === 'warmup' ? 0 : 1)) throw new Error(`--${key} ${value}: not a valid count; ${usage}`);
@@ -214,12 +239,61 @@ async function idleLoad(ms: number): Promise<number> {
   return (hostBusySeconds().busy - before) / ((ms / 1000) * os.cpus().length);
 }
 
+/** cpu seconds of each thread of `pid`, by tid. */
+function threadCpu(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+      out.set(Number(tid), (f[11]! + f[12]!) / 100);
+    } catch {
+      // the thread exited between readdir and read
+    }
+  }
+  return out;
+}
+
+/**
+ * Counts the agent's fdatasync calls, per thread, with `perf stat` on the syscall tracepoint (a
+ * counter, no per-call tracing). Node names every thread "node"; the threads that call fdatasync are
+ * the libuv pool's, which is how the cpu split tells them apart. Empty when perf is missing.
+ */
+function countFsyncs(pid: number): { stop: () => Promise<Map<number, number>> } {
+  const child = track(spawn('perf', ['stat', '--per-thread', '-x', ',', '-e', 'syscalls:sys_enter_fdatasync', '-p', String(pid)],
+    { stdio: ['ignore', 'ignore', 'pipe'] }));
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d));
+  const exited = new Promise<void>((r) => {
+    child.once('error', () => r());
+    child.once('close', () => r());
+  });
+  return {
+    stop: async () => {
+      child.kill('SIGINT');
+      await exited;
+      const counts = new Map<number, number>();
+      for (const line of err.split('\n')) {
+        const m = /^.*-(\d+),(\d+),,syscalls:sys_enter_fdatasync/.exec(line);
+        if (m) counts.set(Number(m[1]), Number(m[2]));
+      }
+      return counts;
+    },
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // (b) runguard: the real agent with the postgres handler on PORT and the shipped policy.
 
-async function startAgent(pg: PgServer, work: string, cpuProf: string | undefined): Promise<AgentFixture> {
+async function startAgent(pg: PgServer, work: string, cpuProf: string | undefined, commitDelayMs: number | undefined): Promise<AgentFixture> {
   const config = path.join(work, 'agent.yaml');
-  writeFileSync(config, `protocols:\n  ${pg.port}: postgres\n`);
+  writeFileSync(config, `protocols:\n  ${pg.port}: postgres\n${commitDelayMs === undefined ? '' : `spoolCommitDelayMs: ${commitDelayMs}\n`}`);
   const agent = new AgentFixture({
     intercept: [`${HOST}/32`],
     extraArgs: ['--config', config, '--policy', POLICY, '--agent-id', 'bench', '--log-level', 'info'],
@@ -259,16 +333,18 @@ class StatementCounter {
     return { records, statements };
   }
 
-  /** Statements recorded since the last call, once the agent has written everything it will. */
-  async settle(): Promise<number> {
+  /** Records and statements since the last call, once the agent has written everything it will. */
+  async settle(): Promise<{ records: number; statements: number }> {
     let statements = 0;
+    let records = 0;
     for (let quiet = 0, i = 0; quiet < 2 && i < 50; i++) {
       await sleep(150);
       const d = await this.drain();
       statements += d.statements;
+      records += d.records;
       quiet = d.records === 0 ? quiet + 1 : 0;
     }
-    return statements;
+    return { records, statements };
   }
 }
 
@@ -336,15 +412,33 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
   await counter?.settle(); // the warm-up's statements are not the measured run's
   const logDir = path.join(work, `${w.name}-${name}`);
   mkdirSync(logDir);
+  const agentPid = name === 'runguard' ? t.proxyPid : undefined;
+  const fsyncs = agentPid ? countFsyncs(agentPid) : undefined;
+  if (fsyncs) await sleep(200); // perf attached
+  const threads0 = agentPid ? threadCpu(agentPid) : undefined;
   const meter = new CpuMeter(t.proxyPid, postmasterPid(pg));
   const res = await pgbench(w, t, opts, opts.time, logDir);
   const cpu = meter.read();
+  const threads1 = agentPid ? threadCpu(agentPid) : undefined;
+  const fsyncCounts = fsyncs ? await fsyncs.stop() : new Map<number, number>();
   const lat = readLatencies(logDir);
   rmSync(logDir, { recursive: true, force: true });
-  const statements = counter ? await counter.settle() : 0;
+  const counted = counter ? await counter.settle() : { records: 0, statements: 0 };
+  let spool: SpoolCost | undefined;
+  if (agentPid && threads0 && threads1) {
+    spool = { records: counted.records, fsyncs: fsyncCounts.size ? 0 : NaN, mainCpu: 0, poolCpu: 0, otherThreadsCpu: 0 };
+    for (const [tid, secs] of threads1) {
+      const used = secs - (threads0.get(tid) ?? 0);
+      const syncs = fsyncCounts.get(tid) ?? 0;
+      spool.fsyncs += syncs;
+      if (tid === agentPid) spool.mainCpu += used;
+      else if (syncs > 0) spool.poolCpu += used;
+      else spool.otherThreadsCpu += used;
+    }
+  }
   return {
-    ...res, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements,
-    proxyCpu: cpu.proxy, proxyUsPerTxn: (cpu.proxy * cpu.wall * 1e6) / res.txns, hostBusy: cpu.host, otherCpu: cpu.other,
+    ...res, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements,
+    proxyCpu: cpu.proxy, proxyUsPerTxn: (cpu.proxy * cpu.wall * 1e6) / res.txns, hostBusy: cpu.host, otherCpu: cpu.other, spool,
   };
 }
 
@@ -423,18 +517,19 @@ async function main(): Promise<number> {
   let counter: StatementCounter | undefined;
   try {
     try {
-      agent = await startAgent(pg, work, opts.cpuProf);
+      agent = await startAgent(pg, work, opts.cpuProf, opts.commitDelayMs);
     } catch (err) {
       // A BPF program load can fail transiently (EAGAIN) while another agent loads on the host.
       say(`the agent did not start, trying once more: ${(err as Error).message.split('\n').slice(-2).join(' ')}`);
-      agent = await startAgent(pg, work, opts.cpuProf);
+      agent = await startAgent(pg, work, opts.cpuProf, opts.commitDelayMs);
     }
     const a = agent;
     counter = new StatementCounter(path.join(a.stateDir, 'spool'));
     targets.runguard.launch = (argv) => [RUNGUARD, 'run', '--state-dir', a.stateDir, '--', ...argv];
     targets.runguard.proxyPid = a.proc?.pid;
     targets.runguard.note = `bin/runguard run: BPF redirect -> agent, postgres handler, policy ${path.relative(ROOT, POLICY)}, ` +
-      `one fsynced STATEMENT event per statement (state dir on ${sh('findmnt', ['-n', '-o', 'FSTYPE', '-T', a.stateDir]).out || 'an unknown filesystem'})` +
+      `one fsynced STATEMENT event per statement (state dir on ${sh('findmnt', ['-n', '-o', 'FSTYPE', '-T', a.stateDir]).out || 'an unknown filesystem'}, ` +
+      `spool commit delay ${opts.commitDelayMs ?? `${DEFAULT_COMMIT_DELAY_MS} (default)`} ms)` +
       `${opts.cpuProf ? '; agent under the cpu profiler (slower)' : ''}`;
   } catch (err) {
     targets.runguard.unavailable = (err as Error).message;
@@ -512,6 +607,21 @@ async function main(): Promise<number> {
     ratios.push([w.label, fx(r(g, d, (v) => v.tps)), fx(r(b, d, (v) => v.tps)), fx(r(g, b, (v) => v.tps)),
       plus(dd(g, d, (v) => v.p50Ms)), plus(dd(g, d, (v) => v.p99Ms)), plus(dd(b, d, (v) => v.p50Ms)), plus(dd(b, d, (v) => v.p99Ms)),
       plus(dd(g, b, (v) => v.p50Ms)), plus(dd(g, b, (v) => v.p99Ms))]);
+  }
+  const spoolRows: string[][] = [['workload', 'records', 'fdatasyncs', 'fsyncs/s', 'records/fsync', 'agent main us/txn', 'libuv pool us/txn', 'other threads us/txn']];
+  for (const w of opts.workloads) {
+    const g = results.get(key(w, 'runguard'));
+    const sp = g?.spool;
+    if (!g || !sp) continue;
+    const perTxn = (secs: number) => f0((secs * 1e6) / g.txns);
+    spoolRows.push([w.label, String(sp.records), f0(sp.fsyncs), f0(sp.fsyncs / opts.time), f2(sp.records / sp.fsyncs),
+      perTxn(sp.mainCpu), perTxn(sp.poolCpu), perTxn(sp.otherThreadsCpu)]);
+  }
+  if (spoolRows.length > 1) {
+    out.push('');
+    out.push(table(spoolRows, 'l'));
+    out.push('  runguard\'s spool over the measured run: fdatasyncs counted by perf on the syscall tracepoint (- without perf),');
+    out.push('  records = every event written (statements, opens, closes); agent cpu split by thread: main, libuv pool (threads that called\n  fdatasync), other (V8 platform threads, pool threads that did not sync)');
   }
   out.push('');
   out.push(table(ratios));

@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # libbpf1: the loader. clang, llvm, libbpf-dev, bpftool: rebuild and check the committed BPF objects.
 # postgresql: real servers and clients for the tests. iptables: the reference path in bench/.
-# sudo, systemd: the packaging checks (visudo, systemd-analyze verify). pgbouncer: the reference in bench/.
+# sudo, systemd: the packaging checks (visudo, systemd-analyze verify). pgbouncer: the reference in bench/;
+# linux-perf: bench/pgbench.ts counts the agent's fdatasyncs with it.
 # chromium + fonts: the dashboard's browser tests (driven by playwright-core; no browser download).
-PACKAGES=(libbpf1 clang llvm libbpf-dev bpftool linux-libc-dev postgresql postgresql-client iptables python3 procps iproute2 openssl sudo systemd pgbouncer
+PACKAGES=(libbpf1 clang llvm libbpf-dev bpftool linux-libc-dev postgresql postgresql-client iptables python3 procps iproute2 openssl sudo systemd pgbouncer linux-perf
   chromium fonts-dejavu-core fonts-liberation)
 missing=()
 for p in "${PACKAGES[@]}"; do

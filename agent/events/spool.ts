@@ -10,6 +10,7 @@ import { pino } from 'pino';
 import { encodeEvent, isSelfEncoding, sealedEvent, type EventDraft, type EventEnvelope, type SelfEncodingEvent } from '../../proto/index.js';
 import { HEADER_BYTES, putRecord, RecordReader, type SpoolRecord } from './record-format.js';
 import { fsyncDir, removeStaleHeadTmp, segmentFileName, SpoolError, writeHead } from './segment-files.js';
+import { DEFAULT_COMMIT_DELAY_MS, MAX_COMMIT_DELAY_MS } from './commit-delay.js';
 import { recoverSpool, ZERO_HASH, type SegmentState, type SpoolLogger } from './spool-recovery.js';
 
 export { SpoolError } from './segment-files.js';
@@ -17,16 +18,11 @@ export { readSpoolDir } from './read-spool-dir.js';
 export type { SpoolLogger } from './spool-recovery.js';
 
 export const DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024;
-/**
- * 0: flush at the end of the current I/O turn (setImmediate). Everything appended in one turn shares
- * one fdatasync, and whatever arrives while a sync is in flight shares the next one, so batches grow
- * with load on their own; a timer would only add its delay to every durable wait.
- */
-export const DEFAULT_FLUSH_INTERVAL_MS = 0;
+export { DEFAULT_COMMIT_DELAY_MS, MAX_COMMIT_DELAY_MS } from './commit-delay.js';
 /** Largest encoded event append() takes; emitters truncate long fields (and say so) before this. */
 export const MAX_EVENT_BYTES = 1024 * 1024;
 
-// A batch this large is written at once instead of waiting for the timer.
+// A batch this large is written at once instead of waiting for the commit delay.
 const GROUP_BYTES = 64 * 1024;
 // Caps one write: it bounds commit latency and how much a crash can tear (TORN_TAIL_WINDOW).
 const FLUSH_MAX_BYTES = 1024 * 1024;
@@ -45,16 +41,20 @@ export interface SpoolOptions {
   maxBytes: number;
   /** Default: 8 MiB, or a quarter of maxBytes if that is smaller. */
   segmentBytes?: number;
-  flushIntervalMs?: number;
+  /** Default DEFAULT_COMMIT_DELAY_MS; see there. */
+  commitDelayMs?: number;
   logger?: SpoolLogger;
 }
 
 export type { SpoolRecord } from './record-format.js';
 
 export interface Appended {
-  seq: number;
-  /** Resolves once the event is fsynced; rejects only if the spool is closed before that. */
-  durable: Promise<void>;
+  readonly seq: number;
+  /**
+   * Resolves once the event is fsynced; rejects only if the spool is closed before that. Reading it
+   * says that someone waits: the event's batch then skips the commit delay.
+   */
+  readonly durable: Promise<void>;
 }
 
 export interface SpoolStats {
@@ -77,6 +77,8 @@ export interface SpoolMetrics {
   fsyncs: number;
   writeFailures: number;
   bytesWritten: number;
+  /** Events made durable: eventsWritten / fsyncs is the group commit's batch size. */
+  eventsWritten: number;
 }
 
 /** Appended events that share one write: they become durable, and settle, together. */
@@ -88,6 +90,8 @@ interface Group {
   chunks: Buffer[];
   bytes: number;
   done: Deferred;
+  /** Someone awaits this group's `durable`: it is flushed without the commit delay. */
+  urgent: boolean;
 }
 
 interface Deferred {
@@ -110,12 +114,12 @@ export type SpoolEvents = { state: [state: SpoolState, reason: string, previous:
 export class Spool extends EventEmitter<SpoolEvents> {
   state: SpoolState = 'ok';
   stateReason = '';
-  readonly metrics: SpoolMetrics = { flushes: 0, fsyncs: 0, writeFailures: 0, bytesWritten: 0 };
+  readonly metrics: SpoolMetrics = { flushes: 0, fsyncs: 0, writeFailures: 0, bytesWritten: 0, eventsWritten: 0 };
   readonly dir: string;
   readonly agentId: string;
   readonly maxBytes: number;
   readonly segmentBytes: number;
-  readonly flushIntervalMs: number;
+  readonly commitDelayMs: number;
   private readonly maxEventBytes: number;
   private readonly logger: SpoolLogger;
 
@@ -140,6 +144,10 @@ export class Spool extends EventEmitter<SpoolEvents> {
   private slabPos = 0;
 
   private flushTimer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+  /** flushTimer is the commit delay (a Timeout), not the end-of-turn flush (an Immediate). */
+  private flushDelayed = false;
+  /** Some queued group is urgent: the next flush is not delayed. */
+  private urgentQueued = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private flushActive = false;
   private flushRun: Promise<void> = Promise.resolve();
@@ -165,7 +173,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
 
   private constructor(
     opts: SpoolOptions,
-    settings: { segmentBytes: number; flushIntervalMs: number },
+    settings: { segmentBytes: number; commitDelayMs: number },
     logger: SpoolLogger,
     rec: Awaited<ReturnType<typeof recoverSpool>>,
   ) {
@@ -174,7 +182,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
     this.agentId = opts.agentId;
     this.maxBytes = opts.maxBytes;
     this.segmentBytes = settings.segmentBytes;
-    this.flushIntervalMs = settings.flushIntervalMs;
+    this.commitDelayMs = settings.commitDelayMs;
     this.maxEventBytes = Math.min(MAX_EVENT_BYTES, this.segmentBytes - HEADER_BYTES);
     this.logger = logger;
     this.segments = rec.segments;
@@ -225,7 +233,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
       this.armFlushTimer();
     }
     if (this.state === 'ok' && this.diskBytes + this.bufferedBytes > this.maxBytes) this.refreshState();
-    return { seq, durable: group.done.promise };
+    return new AppendedEvent(seq, group, this.hurry);
   }
 
   async appendDurable(draft: EventDraft | SelfEncodingEvent): Promise<number> {
@@ -259,7 +267,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
     if (this.openGroup) return this.openGroup;
     const group: Group = {
       segFirstSeq: this.tailSegFirstSeq, firstSeq: seq, lastSeq: seq - 1, lastHash: ZERO_HASH,
-      chunks: [], bytes: 0, done: deferred(),
+      chunks: [], bytes: 0, done: deferred(), urgent: false,
     };
     this.queue.push(group);
     this.openGroup = group;
@@ -290,14 +298,35 @@ export class Spool extends EventEmitter<SpoolEvents> {
 
   // ---- flushing ----
 
+  /**
+   * Flushes at the end of this I/O turn if someone awaits a queued event, else after the commit
+   * delay: a batch nobody awaits waits that long for company, counted from its first event or from
+   * the end of the commit in flight, whichever is later. A timer that fires during a commit only
+   * marks the loop to go again, which it does at once for an awaited batch, else after the delay.
+   */
   private armFlushTimer(): void {
     if (this.flushTimer || this.closing || this.writeError || this.blocked) return;
-    this.flushTimer = this.flushIntervalMs === 0 ? setImmediate(this.onFlushTimer) : setTimeout(this.onFlushTimer, this.flushIntervalMs);
+    this.flushDelayed = this.commitDelayMs > 0 && !this.urgentQueued;
+    this.flushTimer = this.flushDelayed ? setTimeout(this.onFlushTimer, this.commitDelayMs) : setImmediate(this.onFlushTimer);
   }
 
   private readonly onFlushTimer = (): void => {
     this.flushTimer = undefined;
     this.kick(false);
+  };
+
+  /** A caller waits for the group's fdatasync: cut the commit delay short. */
+  private readonly hurry = (group: Group): void => {
+    if (group.urgent) return;
+    group.urgent = true;
+    // Not queued: already being written (it settles when that sync returns) or settled.
+    if (!this.queue.includes(group)) return;
+    this.urgentQueued = true;
+    if (this.flushTimer && this.flushDelayed) {
+      cancelTimer(this.flushTimer);
+      this.flushTimer = undefined;
+    }
+    this.armFlushTimer();
   };
 
   private armRetry(): void {
@@ -331,13 +360,23 @@ export class Spool extends EventEmitter<SpoolEvents> {
         this.again = false;
         const progressed = await this.flushOnce();
         if (!progressed || this.closing) return;
-        if (!this.again && !this.hasSealedBacklog()) return;
+        if (this.hasSealedBacklog()) continue;
+        // What arrived during that sync goes next, at once if someone awaits it; else after the
+        // commit delay, armed below, so that it takes along what arrives meanwhile.
+        if (!this.again || (this.commitDelayMs > 0 && !this.urgentQueued)) return;
       }
     } finally {
       // Cleared in the same tick as the last look at `again`, so no kick() is lost in between.
       this.flushActive = false;
-      // Events appended while a retry was running found the timer gated; they must not sit idle.
-      if (this.queue.length > 0) this.armFlushTimer();
+      if (this.queue.length > 0) {
+        // The commit delay counts from the end of the last commit, not from an append during it.
+        if (this.flushTimer && this.flushDelayed) {
+          cancelTimer(this.flushTimer);
+          this.flushTimer = undefined;
+        }
+        // Events appended while a retry was running found the timer gated; they must not sit idle.
+        this.armFlushTimer();
+      }
     }
   }
 
@@ -393,7 +432,11 @@ export class Spool extends EventEmitter<SpoolEvents> {
       n++;
     }
     if (n > 0 && this.queue[n - 1] === this.openGroup) this.seal();
-    return { batch: this.queue.splice(0, n), stoppedByBudget };
+    const batch = this.queue.splice(0, n);
+    // What is left was held back by the budget or FLUSH_MAX_BYTES; failed writes go back in front
+    // with their flag, and hurry() will set it again for anything appended later.
+    if (this.urgentQueued) this.urgentQueued = this.queue.some((g) => g.urgent);
+    return { batch, stoppedByBudget };
   }
 
   /** Writes the batch segment by segment; whatever did not become durable goes back in front. */
@@ -409,7 +452,9 @@ export class Spool extends EventEmitter<SpoolEvents> {
       }
       return { written: batch, error: null };
     } catch (err) {
-      this.queue.unshift(...batch.slice(i));
+      const unwritten = batch.slice(i);
+      this.queue.unshift(...unwritten);
+      if (unwritten.some((g) => g.urgent)) this.urgentQueued = true;
       return { written: batch.slice(0, i), error: err as Error };
     }
   }
@@ -437,6 +482,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
     this.bufferedBytes -= bytes;
     this.durableSeq = last.lastSeq;
     this.metrics.bytesWritten += bytes;
+    this.metrics.eventsWritten += last.lastSeq - run[0]!.firstSeq + 1;
   }
 
   /**
@@ -687,6 +733,16 @@ export class Spool extends EventEmitter<SpoolEvents> {
   }
 }
 
+/** What append() returns: reading `durable` marks the event's group as awaited. */
+class AppendedEvent implements Appended {
+  constructor(readonly seq: number, private readonly group: Group, private readonly hurry: (group: Group) => void) {}
+
+  get durable(): Promise<void> {
+    this.hurry(this.group);
+    return this.group.done.promise;
+  }
+}
+
 function newCursor(want: number): Cursor {
   return { want, seg: null, fh: null, offset: 0, atSeq: 0 };
 }
@@ -731,7 +787,7 @@ function cancelTimer(t: NodeJS.Timeout | NodeJS.Immediate): void {
   else clearImmediate(t);
 }
 
-function checkOptions(opts: SpoolOptions): { segmentBytes: number; flushIntervalMs: number } {
+function checkOptions(opts: SpoolOptions): { segmentBytes: number; commitDelayMs: number } {
   const where = `spool ${opts.dir}`;
   if (!opts.agentId) throw new SpoolError(`${where}: agentId is required`, opts.dir);
   if (!Number.isSafeInteger(opts.maxBytes) || opts.maxBytes <= 0) throw new SpoolError(`${where}: maxBytes must be a positive integer`, opts.dir);
@@ -743,9 +799,11 @@ function checkOptions(opts: SpoolOptions): { segmentBytes: number; flushInterval
   if (opts.maxBytes < 2 * segmentBytes) {
     throw new SpoolError(`${where}: maxBytes (${opts.maxBytes}) must be at least twice segmentBytes (${segmentBytes})`, opts.dir);
   }
-  const flushIntervalMs = opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS;
-  if (!(flushIntervalMs >= 0)) throw new SpoolError(`${where}: flushIntervalMs must be >= 0`, opts.dir);
-  return { segmentBytes, flushIntervalMs };
+  const commitDelayMs = opts.commitDelayMs ?? DEFAULT_COMMIT_DELAY_MS;
+  if (!(commitDelayMs >= 0 && commitDelayMs <= MAX_COMMIT_DELAY_MS)) {
+    throw new SpoolError(`${where}: commitDelayMs must be from 0 to ${MAX_COMMIT_DELAY_MS}, got ${commitDelayMs}`, opts.dir);
+  }
+  return { segmentBytes, commitDelayMs };
 }
 
 async function restrictToOwner(dir: string): Promise<void> {

@@ -133,6 +133,85 @@ test('group commit: thousands of appends share a handful of write+fdatasync roun
   }
 });
 
+/** Polls until the spool reports `seq` durable, without reading any `durable` (which would hurry it). */
+async function durableBy(spool: Spool, seq: number, timeoutMs = 5000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (spool.stats().durableSeq < seq) {
+    if (Date.now() > until) throw new Error(`seq ${seq} not durable after ${timeoutMs} ms (durableSeq ${spool.stats().durableSeq})`);
+    await sleep(2);
+  }
+}
+
+test('commit delay: events nobody awaits wait for company and share one write+fdatasync', async () => {
+  const spool = await open(await tempDir(), { commitDelayMs: 60 });
+  try {
+    assert.equal(spool.commitDelayMs, 60);
+    for (let i = 0; i < 3; i++) spool.append(draft(i));
+    await sleep(20);
+    assert.equal(spool.stats().durableSeq, 0, 'still within the delay');
+    assert.equal(spool.metrics.flushes, 0);
+    for (let i = 3; i < 6; i++) spool.append(draft(i)); // another turn, same batch
+    await durableBy(spool, 6);
+    assert.equal(spool.metrics.flushes, 1, 'one commit for both turns');
+    assert.equal(spool.metrics.fsyncs, 1);
+    assert.equal(spool.metrics.eventsWritten, 6);
+    assert.deepEqual((await collect(spool.readFrom(1))).map((r) => r.seq), [1, 2, 3, 4, 5, 6]);
+  } finally {
+    await spool.close();
+  }
+});
+
+test('commit delay: an awaited event is flushed at once, taking the unawaited ones before it along', async () => {
+  const spool = await open(await tempDir(), { commitDelayMs: 1000 });
+  try {
+    spool.append(draft(0));
+    spool.append(draft(1));
+    await sleep(5);
+    const started = Date.now();
+    const seq = await spool.appendDurable(draft(2));
+    assert.equal(seq, 3);
+    assert.ok(Date.now() - started < 900, `the awaited append took ${Date.now() - started} ms, the delay is 1000`);
+    assert.equal(spool.stats().durableSeq, 3, 'the events before it are durable with it');
+    assert.equal(spool.metrics.flushes, 1);
+    // Awaiting an event appended before, in the delayed batch, hurries it the same way.
+    const early = spool.append(draft(3));
+    spool.append(draft(4));
+    await sleep(5);
+    const t1 = Date.now();
+    await early.durable;
+    assert.ok(Date.now() - t1 < 900, 'reading durable later cuts the delay short');
+    assert.equal(spool.stats().durableSeq, 5);
+    // The hurry is per batch: the next unawaited event waits for the delay again.
+    spool.append(draft(5));
+    await sleep(50);
+    assert.equal(spool.stats().durableSeq, 5, 'a later, unawaited batch is delayed again');
+  } finally {
+    await spool.close();
+  }
+  assert.equal(spool.stats().durableSeq, 6, 'close() writes the delayed batch without waiting out the delay');
+});
+
+test('commit delay: under a steady stream the commits are spaced by the delay, not by each sync', async () => {
+  const batched = await open(await tempDir(), { commitDelayMs: 25 });
+  const eager = await open(await tempDir(), { commitDelayMs: 0 });
+  try {
+    for (let i = 0; i < 200; i++) {
+      batched.append(draft(i));
+      eager.append(draft(i));
+      await sleep(1);
+    }
+    await durableBy(batched, 200);
+    await durableBy(eager, 200);
+    const { flushes } = batched.metrics;
+    assert.ok(flushes <= Math.ceil(200 / 25) + 3, `200 events over >= 200 ms took ${flushes} commits with a 25 ms delay`);
+    assert.equal(batched.metrics.eventsWritten, 200);
+    assert.ok(eager.metrics.flushes > flushes, `without a delay: ${eager.metrics.flushes} commits, with: ${flushes}`);
+  } finally {
+    await batched.close();
+    await eager.close();
+  }
+});
+
 test('reopening continues the seq and the hash chain', async () => {
   const dir = await tempDir();
   let spool = await open(dir);
@@ -457,6 +536,8 @@ test('a spool holding another agent\'s events refuses to open', async () => {
 test('options and event size are checked with clear errors', async () => {
   const dir = await tempDir();
   await assert.rejects(Spool.open({ dir, agentId: AGENT, maxBytes: 1000, segmentBytes: 1024 }), /at least twice segmentBytes/);
+  await assert.rejects(open(dir, { commitDelayMs: -1 }), /commitDelayMs must be from 0 to 1000/);
+  await assert.rejects(open(dir, { commitDelayMs: 1001 }), /commitDelayMs must be from 0 to 1000/);
   const spool = await open(dir, { segmentBytes: 1024, maxBytes: 1 << 20 });
   try {
     assert.throws(() => spool.append({ ...draft(0), notice: { level: 'info', code: 'big', message: 'x'.repeat(2000) } }), RangeError);
@@ -465,6 +546,7 @@ test('options and event size are checked with clear errors', async () => {
     await spool.close();
   }
 });
+
 
 test('a writer killed with SIGKILL mid-stream leaves a spool that reopens and continues the chain', async () => {
   const dir = await tempDir();
