@@ -160,6 +160,13 @@ describe('the dashboard in a browser', { skip }, () => {
   test('find the job, follow it to the denied statement and its browser-checked proof', async () => {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const page = await signIn(ctx, 'vic');
+    // The decisions chart draws the hour that holds what just happened (the newest, partial bucket).
+    await waitFor('the denied DROP in the decisions chart', async () => {
+      await page.goto(`${collector.url}/#/`);
+      await page.waitForSelector('svg.chart');
+      return (await page.locator('svg.chart rect.fill-deny').count()) >= 1;
+    }, 30_000, 500);
+    assert.ok(await page.locator('svg.chart rect.fill-review').count() >= 1, 'the reviewed ALTER TABLE is in the chart too');
     await screenshot(page, '04-overview');
     // The job's events reach the collector shortly after it ends; filter the jobs list by repository.
     await waitFor('the job in the jobs list', async () => {

@@ -8,9 +8,11 @@ export interface Bucket { startMs: number; counts: Record<string, number> }
 
 export function decisionChart(buckets: Bucket[], sinceMs: number, untilMs: number, bucketMs: number): HTMLElement {
   const W = 800, H = 180, PAD = 28;
-  const n = Math.max(1, Math.ceil((untilMs - sinceMs) / bucketMs));
-  const byStart = new Map(buckets.map((b) => [Math.floor(b.startMs / bucketMs), b]));
+  // Buckets are aligned to bucketMs, so the range touches one more than it spans: the partial ones
+  // at both ends (the newest, holding what happened just now, most of all) are drawn too.
   const first = Math.floor(sinceMs / bucketMs);
+  const n = Math.max(1, Math.floor(untilMs / bucketMs) - first + 1);
+  const byStart = new Map(buckets.map((b) => [Math.floor(b.startMs / bucketMs), b]));
   let max = 1;
   for (const b of buckets) max = Math.max(max, Object.values(b.counts).reduce((a, c) => a + c, 0));
   const bw = (W - PAD) / n;

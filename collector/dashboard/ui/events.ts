@@ -42,10 +42,18 @@ export function endpoint(e: Endpoint | undefined): string {
   return `${e.hostname ? `${e.hostname} ` : ''}${host}:${e.port ?? 0}`;
 }
 
-/** The decision shown for an event: a statement's action (review with its outcome), a refusal. */
+/**
+ * The decision shown for an event: a statement's action (review with its outcome), a refusal. A
+ * mask rule that masked nothing shows as allow, as the store indexes it (collector/store/
+ * leaf-fields.ts), so the badge and the decision filter always agree.
+ */
 export function decisionOf(ev: AuditEvent): string {
   const d = ev.statement?.decision;
-  if (ev.statement) return d?.action === 'review' && d.outcome ? `review:${d.outcome}` : d?.action || 'allow';
+  if (ev.statement) {
+    if (d?.action === 'review' && d.outcome) return `review:${d.outcome}`;
+    if (d?.action === 'mask' && !ev.statement.maskedValues) return 'allow';
+    return d?.action || 'allow';
+  }
   if (ev.connectionRefused) return 'refused';
   if (ev.approvalDecided) return ev.approvalDecided.outcome ?? '';
   return '';

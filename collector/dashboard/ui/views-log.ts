@@ -137,7 +137,7 @@ export async function eventView(ctx: ViewContext, arg: string): Promise<void> {
     ['time', time(ev.time)], ['kind', kindName(ev.kind)], ['agent', `${d.agentId}, seq ${d.seq}`],
     ['job', ev.job ? jobLabel(ev.job) : ''], ['commit', ev.job?.sha ?? ''], ['actor', ev.job?.actor ?? ''],
     ['command line', (ev.process?.argv ?? []).join(' ')], ['process', ev.process ? `pid ${ev.process.pid ?? ''} ${ev.process.exe ?? ''} (user ${ev.process.user ?? ev.process.uid ?? ''})` : ''],
-    ['target', endpoint(ev.destination)], ['decision', decisionOf(ev)],
+    ['target', endpoint(ev.destination)], ['decision', decisionOf(ev)], ['rule', ev.statement?.decision?.rule ?? ''],
   ];
   const proofBox = h('div', { class: 'proof', 'data-test': 'proof' }, 'checking the inclusion proof in your browser…');
   const jobKey = ev.job?.repository || ev.job?.runId || ev.job?.job ? `${ev.job?.repository ?? ''}|${ev.job?.runId ?? ''}|${ev.job?.job ?? ''}` : `agent:${d.agentId}`;
