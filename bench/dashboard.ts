@@ -36,7 +36,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { caInit } from '../collector/pki/index.js';
 import { seedFleet, type FleetSeed } from '../test/helpers/synthetic-fleet.js';
-import { cleanupAll, onCleanup, percentile, run, stopChild, table, track } from './harness.js';
+import { cleanupAll, lineReader, onCleanup, percentile, run, stopChild, table, track } from './harness.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const RUNGUARD = path.join(ROOT, 'bin/runguard');
@@ -122,41 +122,16 @@ async function startCollector(root: string): Promise<Collector> {
   const proc = track(spawn(process.execPath, [RUNGUARD, 'collector', '--data-dir', path.join(root, 'data'), '--tls', path.join(root, 'ca'),
     '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--verify-interval', '0', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] }));
   onCleanup('collector', () => stopChild(proc, 10_000));
-  let text = '';
-  const waiters: { test: (o: Record<string, unknown>) => boolean; resolve: (o: Record<string, unknown>, ms: number) => void }[] = [];
-  let buf = '';
-  const onData = (d: Buffer) => {
-    text = (text + d.toString()).slice(-65536);
-    buf += d;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      let o: Record<string, unknown>;
-      try {
-        o = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        continue;
-      }
-      for (const w of [...waiters]) if (w.test(o)) {
-        waiters.splice(waiters.indexOf(w), 1);
-        w.resolve(o, performance.now() - t0);
-      }
-    }
+  const lines = lineReader(proc, 'the collector');
+  const wait = async (test: (o: Record<string, unknown>) => boolean, what: string, timeoutMs: number) => {
+    const o = await lines.wait(test, timeoutMs, what);
+    return { o, ms: performance.now() - t0 };
   };
-  proc.stdout!.on('data', onData);
-  proc.stderr!.on('data', onData);
-  const wait = (test: (o: Record<string, unknown>) => boolean, what: string, timeoutMs: number) =>
-    new Promise<{ o: Record<string, unknown>; ms: number }>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the collector: no ${what} in ${timeoutMs / 1000} s:\n${text}`)), timeoutMs);
-      proc.once('exit', (code) => reject(new Error(`the collector exited (${code}) waiting for ${what}:\n${text}`)));
-      waiters.push({ test, resolve: (o, ms) => { clearTimeout(timer); resolve({ o, ms }); } });
-    });
   const verify = wait((o) => typeof o.msg === 'string' && o.msg.startsWith('self-verify'), 'self-verify result', 30 * 60_000)
     .then(({ o }) => ({ ms: Number(o.ms ?? NaN), ok: o.msg === 'self-verify OK', line: JSON.stringify(o) }));
   verify.catch(() => {});
   const running = await wait((o) => o.msg === 'collector running', '"collector running" line', 10 * 60_000);
-  return { proc, base: `http://${String(running.o.http)}`, startMs: running.ms, verify, log: () => text };
+  return { proc, base: `http://${String(running.o.http)}`, startMs: running.ms, verify, log: lines.tail };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -106,3 +106,55 @@ export function cpuSeconds(pid: number | 'self' | undefined, withChildren = fals
     return NaN;
   }
 }
+
+/** Line-oriented JSON reader over a child's stdout; keeps a tail of everything for error messages. */
+export function lineReader(child: ChildProcess, name: string) {
+  const waiters: { test: (o: Record<string, unknown>) => boolean; resolve: (o: Record<string, unknown>) => void }[] = [];
+  const seen: Record<string, unknown>[] = [];
+  let buf = '';
+  let tail = '';
+  const onData = (d: Buffer) => {
+    tail = (tail + d.toString()).slice(-8192);
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      let o: Record<string, unknown>;
+      try {
+        o = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        continue;
+      }
+      const w = waiters.findIndex((x) => x.test(o));
+      if (w >= 0) waiters.splice(w, 1)[0]!.resolve(o);
+      else seen.push(o);
+      if (seen.length > 1000) seen.splice(0, 500);
+    }
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-8192)));
+  return {
+    seen,
+    tail: () => tail,
+    wait(test: (o: Record<string, unknown>) => boolean, timeoutMs: number, what: string): Promise<Record<string, unknown>> {
+      const found = seen.findIndex(test);
+      if (found >= 0) return Promise.resolve(seen.splice(found, 1)[0]!);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${name}: no ${what} within ${timeoutMs / 1000} s:\n${tail}`)), timeoutMs);
+        const onExit = (code: number | null) => {
+          clearTimeout(timer);
+          reject(new Error(`${name} exited (${code}) while waiting for ${what}:\n${tail}`));
+        };
+        child.once('exit', onExit);
+        waiters.push({
+          test, resolve: (o) => {
+            clearTimeout(timer);
+            child.off('exit', onExit);
+            resolve(o);
+          },
+        });
+      });
+    },
+  };
+}

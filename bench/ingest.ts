@@ -38,7 +38,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { caInit, enroll } from '../collector/pki/index.js';
-import { cleanupAll, onCleanup, percentile, stopChild, table, track } from './harness.js';
+import { cleanupAll, lineReader, onCleanup, percentile, stopChild, table, track } from './harness.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const RUNGUARD = path.join(ROOT, 'bin/runguard');
@@ -94,60 +94,6 @@ function parseArgs(argv: string[]): Opts {
   }
   return opts;
 }
-
-/** Line-oriented JSON reader over a child's stdout; keeps a tail of everything for error messages. */
-function lineReader(child: ChildProcess, name: string) {
-  const waiters: { test: (o: Record<string, unknown>) => boolean; resolve: (o: Record<string, unknown>) => void }[] = [];
-  const seen: Record<string, unknown>[] = [];
-  let buf = '';
-  let tail = '';
-  const onData = (d: Buffer) => {
-    tail = (tail + d.toString()).slice(-8192);
-    buf += d;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      let o: Record<string, unknown>;
-      try {
-        o = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        continue;
-      }
-      const w = waiters.findIndex((x) => x.test(o));
-      if (w >= 0) waiters.splice(w, 1)[0]!.resolve(o);
-      else seen.push(o);
-      if (seen.length > 1000) seen.splice(0, 500);
-    }
-  };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-8192)));
-  return {
-    seen,
-    tail: () => tail,
-    wait(test: (o: Record<string, unknown>) => boolean, timeoutMs: number, what: string): Promise<Record<string, unknown>> {
-      const found = seen.findIndex(test);
-      if (found >= 0) return Promise.resolve(seen.splice(found, 1)[0]!);
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`${name}: no ${what} within ${timeoutMs / 1000} s:\n${tail}`)), timeoutMs);
-        const onExit = (code: number | null) => {
-          clearTimeout(timer);
-          reject(new Error(`${name} exited (${code}) while waiting for ${what}:\n${tail}`));
-        };
-        child.once('exit', onExit);
-        waiters.push({
-          test, resolve: (o) => {
-            clearTimeout(timer);
-            child.off('exit', onExit);
-            resolve(o);
-          },
-        });
-      });
-    },
-  };
-}
-
-
 
 /** argv that runs a Node script, under the V8 CPU profiler when --profile DIR is given. */
 let profileDir: string | undefined;
