@@ -16,7 +16,7 @@ import type { CredentialConfig } from '../config.js';
 import type { AgentCa } from '../tls/ca.js';
 import { Redactor } from '../redact/redactor.js';
 import { maskedWrites, redactedParam, type MaskedWrites } from './column-literals.js';
-import { detectorHit } from '../redact/detectors.js';
+import { detectorHit, rowCannotHit } from '../redact/detectors.js';
 import type { EndReason, ProtocolHandler, Session, SessionEnd } from '../proxy/handler.js';
 import { Outbox } from '../net/outbox.js';
 import { ReadBuffer } from '../net/read-buffer.js';
@@ -120,8 +120,8 @@ class PgSession {
   private readonly queue: Pending[] = [];
   private readonly prepared = new Map<string, Prepared>();
   private readonly portals = new Map<string, { stmt: string; params: (Buffer | null)[] }>();
-  private maskColumns: boolean[] | undefined;
-  private maskSpec: MaskSpec | undefined;
+  /** How the current result's rows are masked; undefined when they are relayed as they are. */
+  private rowMask: ResultMask | undefined;
   private requestSeq = 0;
   private bytesUp = 0;
   private bytesDown = 0;
@@ -438,8 +438,8 @@ class PgSession {
         return this.toClient(raw);
       }
       case T.DataRow: {
-        if (this.maskColumns) {
-          const masked = this.maskRow(f.body);
+        if (this.rowMask) {
+          const masked = maskDataRow(f.body, this.rowMask, this.countMasked);
           if (masked instanceof PgProtocolError) return this.protocolError('server', masked);
           return this.toClient(masked ?? raw);
         }
@@ -781,7 +781,7 @@ class PgSession {
     if (i !== 0 || !head) return; // an error outside any statement (e.g. in Parse of a denied one)
     this.queue.shift();
     this.complete(head, outcome);
-    this.maskColumns = undefined;
+    this.rowMask = undefined;
     if (isError) {
       // After an error the server skips the rest of the simple query / of the pipeline until Sync.
       while (this.queue[0]?.kind === 'statement') this.complete(this.queue.shift()!, { error: 'not executed: an earlier statement failed' });
@@ -807,26 +807,25 @@ class PgSession {
       if (p.kind === 'statement') this.complete(p, { error: 'no outcome before ReadyForQuery' });
       if (p.kind === 'sync' || p.kind === 'simple-end') break;
     }
-    this.maskColumns = undefined;
+    this.rowMask = undefined;
   }
 
   // ---- masking --------------------------------------------------------------------------------
 
   private maskedValues = 0;
-  private maskFormats: number[] = [];
+  private readonly countMasked = (): void => { this.maskedValues++; };
 
   /**
    * Masking decisions per result shape: a session runs the same few statements again and again, and
    * the same RowDescription bytes under the same mask spec and tables decide the same columns.
    */
-  private readonly shapes = new Map<string, { cols: boolean[]; formats: number[]; masks: boolean }>();
+  private readonly shapes = new Map<string, { mask: ResultMask; masks: boolean }>();
   private shapesSpec?: MaskSpec;
 
   private describeResult(body: Buffer): PgProtocolError | undefined {
     const head = this.queue.find((p) => p.kind === 'statement');
     const spec = head?.mask;
-    this.maskColumns = undefined;
-    this.maskSpec = spec;
+    this.rowMask = undefined;
     if (!spec) {
       const rd = msg.decodeRowDescription(body);
       return rd instanceof PgProtocolError ? rd : undefined;
@@ -843,33 +842,65 @@ class PgSession {
       const rd = msg.decodeRowDescription(body);
       if (rd instanceof PgProtocolError) return rd;
       const cols = rd.fields.map((fd) => maskCoversColumn(spec, fd.name) || tables.some((t) => maskCoversColumn(spec, fd.name, t)));
-      shape = { cols, formats: rd.fields.map((fd) => fd.format), masks: cols.some(Boolean) || spec.detectors.length > 0 };
+      const anyColumn = cols.some(Boolean);
+      const mask: ResultMask = { detectors: spec.detectors, cols, formats: rd.fields.map((fd) => fd.format), anyColumn, cannotHit: rowFilterFor(spec) };
+      shape = { mask, masks: anyColumn || spec.detectors.length > 0 };
       this.shapes.set(key, shape);
     }
-    this.maskFormats = shape.formats;
-    if (shape.masks) this.maskColumns = shape.cols;
+    if (shape.masks) this.rowMask = shape.mask;
     return undefined;
-  }
-
-  /** The masked row; undefined when nothing in it needed masking. */
-  private maskRow(body: Buffer): Buffer | PgProtocolError | undefined {
-    const spec = this.maskSpec!;
-    const cols = this.maskColumns!;
-    let select: boolean[] = cols;
-    if (spec.detectors.length) {
-      const row = msg.decodeDataRow(body);
-      if (row instanceof PgProtocolError) return row;
-      select = row.values.map((v, i) => cols[i] || (v !== null && this.maskFormats[i] === 0 && detectorHit(spec.detectors, v.toString('utf8'))));
-    }
-    if (!select.some(Boolean)) return msg.checkDataRow(body);
-    return msg.rewriteDataRow(body, select, (_v, i) => {
-      this.maskedValues++;
-      // Text values become a marker; binary values (type-specific encodings) become NULL-free zeroes
-      // would be wrong for many types, so a binary column is masked as an empty value.
-      return this.maskFormats[i] === 1 ? Buffer.alloc(0) : MASKED;
-    });
   }
 }
 
+/** How the rows of one result are masked, worked out from its RowDescription under a mask spec. */
+export interface ResultMask {
+  /** The spec's detectors: a text value in which one of them hits is masked. */
+  readonly detectors: readonly string[];
+  /** Per column: masked by name (a column selector of the spec covers it). */
+  readonly cols: boolean[];
+  /** Per column: the format code, 0 text or 1 binary (detectors look at text values only). */
+  readonly formats: number[];
+  /** Some column is masked by name. */
+  readonly anyColumn: boolean;
+  /** rowCannotHit(detectors), when the detectors have such a test (see the fast path below). */
+  readonly cannotHit?: (row: Uint8Array) => boolean;
+}
+
+/**
+ * A DataRow body masked: the whole message (type and length included), or undefined when nothing
+ * in it needed masking and the frame goes out as it came; an error for a malformed row.
+ * `onMasked` is called once per value masked.
+ */
+export function maskDataRow(body: Buffer, m: ResultMask, onMasked: () => void): Buffer | PgProtocolError | undefined {
+  const cols = m.cols;
+  let select: boolean[] = cols;
+  if (m.detectors.length) {
+    // Fast path: with no column masked by name, a row whose bytes prove that none of the spec's
+    // detectors can hit in any value (no '@' for email, under 13 digits for card-number: see
+    // rowCannotHit) would come out of the full path below unchanged. It gets the same structural
+    // check instead of being decoded and every value turned into a string and run through the
+    // detector regexes: most rows of most results (ids, counts, timestamps) are like that.
+    if (!m.anyColumn && m.cannotHit?.(body)) return msg.checkDataRow(body);
+    const row = msg.decodeDataRow(body);
+    if (row instanceof PgProtocolError) return row;
+    select = row.values.map((v, i) => cols[i] || (v !== null && m.formats[i] === 0 && detectorHit(m.detectors, v.toString('utf8'))));
+  }
+  if (!select.some(Boolean)) return msg.checkDataRow(body);
+  return msg.rewriteDataRow(body, select, (_v, i) => {
+    onMasked();
+    // Text values become a marker; binary values (type-specific encodings) become NULL-free zeroes
+    // would be wrong for many types, so a binary column is masked as an empty value.
+    return m.formats[i] === 1 ? Buffer.alloc(0) : MASKED;
+  });
+}
+
 const MASKED = Buffer.from('[MASKED]');
+
+/** rowCannotHit for a spec's detectors, worked out once per spec (null: none for them). */
+const rowFilters = new WeakMap<MaskSpec, ((row: Uint8Array) => boolean) | null>();
+function rowFilterFor(spec: MaskSpec): ((row: Uint8Array) => boolean) | undefined {
+  let f = rowFilters.get(spec);
+  if (f === undefined) rowFilters.set(spec, (f = rowCannotHit(spec.detectors) ?? null));
+  return f ?? undefined;
+}
 
