@@ -815,12 +815,8 @@ class PgSession {
   private maskedValues = 0;
   private readonly countMasked = (): void => { this.maskedValues++; };
 
-  /**
-   * Masking decisions per result shape: a session runs the same few statements again and again, and
-   * the same RowDescription bytes under the same mask spec and tables decide the same columns.
-   */
-  private readonly shapes = new Map<string, { mask: ResultMask; masks: boolean }>();
-  private shapesSpec?: MaskSpec;
+  /** Masking decisions per result shape (see ResultShapes). */
+  private readonly shapes = new ResultShapes<{ mask: ResultMask; masks: boolean }>();
 
   private describeResult(body: Buffer): PgProtocolError | undefined {
     const head = this.queue.find((p) => p.kind === 'statement');
@@ -831,12 +827,7 @@ class PgSession {
       return rd instanceof PgProtocolError ? rd : undefined;
     }
     const tables = head?.op?.objects ?? [];
-    if (this.shapesSpec !== spec || this.shapes.size >= 256) {
-      this.shapes.clear();
-      this.shapesSpec = spec;
-    }
-    const key = `${tables.join('\0')}\x01${body.toString('latin1')}`;
-    let shape = this.shapes.get(key);
+    let shape = this.shapes.get(spec, tables, body);
     if (!shape) {
       // Only bytes that decoded once are ever cached: a hit is a valid RowDescription.
       const rd = msg.decodeRowDescription(body);
@@ -845,11 +836,58 @@ class PgSession {
       const anyColumn = cols.some(Boolean);
       const mask: ResultMask = { detectors: spec.detectors, cols, formats: rd.fields.map((fd) => fd.format), anyColumn, cannotHit: rowFilterFor(spec) };
       shape = { mask, masks: anyColumn || spec.detectors.length > 0 };
-      this.shapes.set(key, shape);
+      this.shapes.set(tables, body, shape);
     }
     if (shape.masks) this.rowMask = shape.mask;
     return undefined;
   }
+}
+
+/**
+ * Masking decisions per result shape: a session runs the same few statements again and again, and
+ * the same RowDescription bytes under the same mask spec and tables decide the same columns.
+ * Exact: a hit needs the very same spec object, table names and bytes. The last shape is checked
+ * first by comparing bytes (a repeated statement gets the same RowDescription as the previous one),
+ * which needs no key string; other shapes are found by a key built from the tables and the bytes.
+ */
+export class ResultShapes<T> {
+  private readonly byKey = new Map<string, T>();
+  private spec?: MaskSpec;
+  /** The shape last looked up or stored, with its own copy of the bytes (a frame may be a view). */
+  private last?: { tables: readonly string[]; body: Buffer; value: T };
+  /** At most this many shapes per spec; then they are forgotten and found again. */
+  static readonly MAX = 256;
+
+  /** The value stored for these tables and RowDescription bytes under this spec, if any. */
+  get(spec: MaskSpec, tables: readonly string[], body: Buffer): T | undefined {
+    if (this.spec !== spec || this.byKey.size >= ResultShapes.MAX) {
+      this.byKey.clear();
+      this.last = undefined;
+      this.spec = spec;
+    }
+    const last = this.last;
+    if (last && sameStrings(last.tables, tables) && last.body.equals(body)) return last.value;
+    const value = this.byKey.get(shapeKey(tables, body));
+    if (value !== undefined) this.last = { tables: tables.slice(), body: Buffer.from(body), value };
+    return value;
+  }
+
+  /** Stores a value for the spec of the preceding get(), which found none. */
+  set(tables: readonly string[], body: Buffer, value: T): void {
+    this.byKey.set(shapeKey(tables, body), value);
+    this.last = { tables: tables.slice(), body: Buffer.from(body), value };
+  }
+}
+
+// JSON of the tables ends at its own ']': no two lists of names (not [] and [''], nor ['a', 'b'] and
+// ['a\0b']) share a key, and one latin1 character per byte keeps the bytes exact.
+const shapeKey = (tables: readonly string[], body: Buffer): string => `${JSON.stringify(tables)}${body.toString('latin1')}`;
+
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** How the rows of one result are masked, worked out from its RowDescription under a mask spec. */

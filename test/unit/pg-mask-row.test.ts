@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { PgProtocolError } from '../../agent/pg/frames.js';
 import * as m from '../../agent/pg/messages.js';
-import { maskDataRow, type ResultMask } from '../../agent/pg/handler.js';
+import { maskDataRow, ResultShapes, type ResultMask } from '../../agent/pg/handler.js';
+import type { MaskSpec } from '../../agent/policy/types.js';
 import { detectorHit, rowCannotHit } from '../../agent/redact/detectors.js';
 import { MASK_DETECTORS } from '../../agent/policy/load.js';
 
@@ -99,5 +100,100 @@ test('rowCannotHit never claims a value cannot hit when detectorHit finds someth
     fc.assert(fc.property(text, (s) => {
       if (cannot(Buffer.from(s, 'utf8'))) assert.equal(detectorHit(names, s), false, JSON.stringify(s));
     }), { numRuns: 5000 });
+  }
+});
+
+// ---- ResultShapes against the string-keyed Map it replaced ----------------------------------------
+
+/** The original cache in describeResult: cleared on a new spec or at 256 shapes, keyed by a string. */
+class ShapesRef<T> {
+  private readonly shapes = new Map<string, T>();
+  private spec?: MaskSpec;
+  get(spec: MaskSpec, tables: readonly string[], body: Buffer): T | undefined {
+    if (this.spec !== spec || this.shapes.size >= 256) {
+      this.shapes.clear();
+      this.spec = spec;
+    }
+    return this.shapes.get(`${tables.join('\0')}\x01${body.toString('latin1')}`);
+  }
+  set(tables: readonly string[], body: Buffer, value: T): void {
+    this.shapes.set(`${tables.join('\0')}\x01${body.toString('latin1')}`, value);
+  }
+}
+
+test('ResultShapes hits exactly when the old cache did, and never with another shape', () => {
+  const specs: MaskSpec[] = [{ columns: ['*email*'], detectors: [] }, { columns: ['*email*'], detectors: [] }, { columns: [], detectors: ['email'] }];
+  // No '' or NUL in names: the old key joined them with NUL, so [''] and [] collided there (see below).
+  const tables = fc.oneof(fc.constantFrom([], ['users'], ['users', 'orders']),
+    fc.array(fc.constantFrom('users', 'public.users', 'Users', 'é', 'a', '"'), { maxLength: 3 }));
+  // Few distinct bodies, so that repeats (the last-shape path) and returns to older shapes happen;
+  // latin1 and UTF-8 look-alikes ('é' as one byte or two) must stay apart.
+  const rowDesc = fc.oneof(
+    fc.constantFrom('', 'T', 'é', '\u00c3\u00a9', '\0', 'abc', 'abd').map((t) => Buffer.from(t, 'latin1')),
+    fc.constantFrom('é', 'abc').map((t) => Buffer.from(t, 'utf8')),
+    fc.uint8Array({ maxLength: 3 }).map((b) => Buffer.from(b)),
+  );
+  // Mostly one spec, as in a session; a change of spec forgets everything.
+  const step = fc.tuple(fc.constantFrom(0, 0, 0, 0, 0, 0, 1, 2), tables, rowDesc);
+  fc.assert(fc.property(fc.array(step, { maxLength: 600 }), (steps) => {
+    const shapes = new ResultShapes<string>();
+    const ref = new ShapesRef<string>();
+    const reads = Buffer.alloc(16);
+    for (const [si, generated, b] of steps) {
+      const spec = specs[si]!;
+      const t: string[] = [...generated];
+      const identity = `${si}|${JSON.stringify(t)}|${b.toString('hex')}`;
+      // Every frame is read into the same memory, as the server side's reads are.
+      const view = reads.subarray(0, b.length);
+      b.copy(view);
+      const got = shapes.get(spec, t, view);
+      const want = ref.get(spec, t, b);
+      assert.equal(got, want);
+      if (got === undefined) {
+        shapes.set(t, view, identity);
+        ref.set(t, b, identity);
+      } else {
+        assert.equal(got, identity, 'a hit is the shape stored for these very inputs');
+      }
+      t.push('mutated later');
+    }
+  }), { numRuns: 300 });
+});
+
+test('ResultShapes forgets everything at a new spec and past its bound', () => {
+  const a: MaskSpec = { columns: ['x'], detectors: [] };
+  const shapes = new ResultShapes<number>();
+  for (let i = 0; i < ResultShapes.MAX; i++) {
+    assert.equal(shapes.get(a, [], Buffer.from([i & 0xff, i >> 8])), undefined);
+    shapes.set([], Buffer.from([i & 0xff, i >> 8]), i);
+  }
+  assert.equal(shapes.get(a, [], Buffer.from([5, 0])), undefined, 'cleared at the bound');
+  shapes.set([], Buffer.from([5, 0]), 5);
+  assert.equal(shapes.get(a, [], Buffer.from([5, 0])), 5);
+  assert.equal(shapes.get({ ...a }, [], Buffer.from([5, 0])), undefined, 'another spec object');
+});
+
+test('ResultShapes keeps its own copy of the bytes: the frame it saw may be overwritten', () => {
+  const a: MaskSpec = { columns: ['x'], detectors: [] };
+  const shapes = new ResultShapes<string>();
+  const frame = Buffer.from('Tabc');
+  shapes.get(a, ['t'], frame);
+  shapes.set(['t'], frame, 'abc');
+  frame.write('Txyz');
+  assert.equal(shapes.get(a, ['t'], Buffer.from('Txyz')), undefined);
+  assert.equal(shapes.get(a, ['t'], Buffer.from('Tabc')), 'abc');
+});
+
+test('ResultShapes tells apart lists of table names the old NUL-joined key confused', () => {
+  const a: MaskSpec = { columns: ['x'], detectors: [] };
+  const body = Buffer.from('T');
+  for (const [x, y] of [[[], ['']], [['a', 'b'], ['a\0b']], [['a'], ['a', '']]] as string[][][]) {
+    const shapes = new ResultShapes<string>();
+    shapes.get(a, x!, body);
+    shapes.set(x!, body, 'x');
+    assert.equal(shapes.get(a, y!, body), undefined, JSON.stringify([x, y]));
+    shapes.set(y!, body, 'y');
+    assert.equal(shapes.get(a, x!, body), 'x', 'from the map, not the last shape');
+    assert.equal(shapes.get(a, y!, body), 'y');
   }
 });
