@@ -14,7 +14,7 @@ import type { Decision, MaskSpec, Operation, OperationContext, Policy } from '..
 import { maskCoversColumn } from '../policy/index.js';
 import type { CredentialConfig } from '../config.js';
 import type { AgentCa } from '../tls/ca.js';
-import { Redactor } from '../redact/redactor.js';
+import { Redactor, redactionLabels } from '../redact/redactor.js';
 import { maskedWrites, redactedParam, type MaskedWrites } from './column-literals.js';
 import { detectorHit, rowCannotHit } from '../redact/detectors.js';
 import type { EndReason, ProtocolHandler, Session, SessionEnd } from '../proxy/handler.js';
@@ -46,12 +46,16 @@ export interface PgHandlerDeps {
   approvals?: ApprovalClient;
 }
 
+/** What a caller of statementInfo adds to the record (statementInfo copies exactly these). */
+type StatementExtra = Pick<StatementInfo, 'params' | 'prepared' | 'parseError' | 'error' | 'errorCode'>;
+
 /** One statement waiting for its outcome from the server. */
 interface Pending {
   kind: 'statement' | 'sync' | 'simple-end';
   op?: Operation;
   info?: StatementInfo;
-  started?: bigint;
+  /** performance.now() when the statement was sent (a number: no BigInt per statement). */
+  started?: number;
   mask?: MaskSpec;
 }
 
@@ -591,12 +595,22 @@ class PgSession {
 
   // ---- statements -----------------------------------------------------------------------------
 
+  /**
+   * The policy's view of `op`. One object per session, refreshed per call rather than allocated
+   * per evaluation: Policy.evaluate reads it synchronously and keeps nothing (it returns one of
+   * its frozen Decisions), and every caller here passes it straight to evaluate.
+   */
   private context(op: Operation): OperationContext {
-    return {
-      protocol: 'postgres', target: this.s.destination, job: this.s.job, database: this.database,
-      user: this.injected?.user ?? this.user, operation: op,
-    };
+    const c: OperationContext = (this.ctx ??= { protocol: 'postgres', target: this.s.destination, job: this.s.job, database: '', user: '', operation: op });
+    c.target = this.s.destination;
+    c.job = this.s.job;
+    c.database = this.database;
+    c.user = this.injected?.user ?? this.user;
+    c.operation = op;
+    return c;
   }
+
+  private ctx?: OperationContext;
 
   /** Classifies SQL and decides it; the most severe decision over its statements wins. */
   private decide(sql: string, exact = false): Prepared {
@@ -639,7 +653,7 @@ class PgSession {
   }
 
   private forwardQuery(raw: Buffer, p: Prepared, review?: ReviewResult): void {
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     for (const op of p.ops) {
       this.queue.push({ kind: 'statement', op, started, mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
         info: this.statementInfo(op, p.decision, { parseError: p.parseError }, review) });
@@ -725,7 +739,7 @@ class PgSession {
       p.writes ??= this.maskedWrites(op, p.decision);
       const masked = p.writes.params;
       const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
-      this.queue.push({ kind: 'statement', op, started: process.hrtime.bigint(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
+      this.queue.push({ kind: 'statement', op, started: performance.now(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
         info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.writes) });
     }
     this.toServer(raw);
@@ -750,23 +764,33 @@ class PgSession {
   /** What the detectors call the secret(s) in a literal, if they find any (see column-literals.ts). */
   private readonly secretLabel = (literal: string): string | undefined => {
     const r = this.redact(literal);
-    if (r === literal) return undefined;
-    const labels = new Set(Array.from(r.matchAll(/\[REDACTED:([^\]]+)\]/g), (m) => m[1]!));
-    return labels.size ? [...labels].join(',') : undefined;
+    return r === literal ? undefined : redactionLabels(r);
   };
 
-  private statementInfo(op: Operation, d: Decision, extra: Partial<StatementInfo>, review?: ReviewResult, writes?: MaskedWrites): StatementInfo {
+  /**
+   * The statement's audit record. Built for every statement, so without object spreads (each a
+   * runtime copy loop): the fields `extra` may carry are copied one by one, and only when set, which
+   * the event encoding cannot tell from a spread's undefined ones.
+   */
+  private statementInfo(op: Operation, d: Decision, extra: StatementExtra, review?: ReviewResult, writes?: MaskedWrites): StatementInfo {
     const text = (writes ?? this.maskedWrites(op, d)).text;
-    return {
+    const info: StatementInfo = {
       protocol: 'postgres', text: text ? this.redact(text) : '', type: op.type, objects: op.objects ?? [],
-      decision: { action: d.action, rule: d.rule, reason: d.reason, ...(review && { outcome: review.decision, approvalId: review.id }) },
+      decision: review
+        ? { action: d.action, rule: d.rule, reason: d.reason, outcome: review.decision, approvalId: review.id }
+        : { action: d.action, rule: d.rule, reason: d.reason },
       database: this.database, user: this.injected?.user ?? this.user,
-      ...extra,
     };
+    if (extra.params !== undefined) info.params = extra.params;
+    if (extra.prepared !== undefined) info.prepared = extra.prepared;
+    if (extra.parseError !== undefined) info.parseError = extra.parseError;
+    if (extra.error !== undefined) info.error = extra.error;
+    if (extra.errorCode !== undefined) info.errorCode = extra.errorCode;
+    return info;
   }
 
   /** Records a statement that got no server round trip of its own (denied, cancel, function call). */
-  private audit(op: Operation, d: Decision, extra: Partial<StatementInfo>, review?: ReviewResult): void {
+  private audit(op: Operation, d: Decision, extra: StatementExtra, review?: ReviewResult): void {
     this.emitStatement(this.statementInfo(op, d, extra, review));
   }
 
@@ -794,7 +818,8 @@ class PgSession {
     if (outcome.rows !== undefined) info.rows = outcome.rows;
     if (outcome.errorCode) info.errorCode = outcome.errorCode;
     if (outcome.error) info.error = this.redact(outcome.error);
-    if (p.started) info.durationUs = Number((process.hrtime.bigint() - p.started) / 1000n);
+    // Whole microseconds, truncated as the integer division of hrtime nanoseconds did.
+    if (p.started !== undefined) info.durationUs = Math.floor((performance.now() - p.started) * 1000);
     if (this.maskedValues) info.maskedValues = this.maskedValues;
     this.maskedValues = 0;
     this.emitStatement(info);
