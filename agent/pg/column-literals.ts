@@ -16,8 +16,6 @@ import { parseSync } from 'libpg-query';
 import { maskCoversColumn } from '../policy/policy.js';
 import type { MaskSpec } from '../policy/types.js';
 
-const IDENT = /[A-Za-z_][A-Za-z0-9_$]*/g;
-
 /** The selectors with table.column cut to the column: for a scan that does not know tables yet. */
 const anyTable = new WeakMap<MaskSpec, MaskSpec>();
 function columnsOnly(spec: MaskSpec): MaskSpec {
@@ -26,15 +24,70 @@ function columnsOnly(spec: MaskSpec): MaskSpec {
   return s;
 }
 
-/** Could the statement name a masked column at all? (No parse; false negatives are impossible.) */
+/**
+ * Per spec, name -> whether columnsOnly(spec) covers it. The scan below runs on every statement of a
+ * masked session and a session names the same few identifiers again and again (select, from,
+ * where, its tables and columns), so the glob RegExp runs once per distinct name. Bounded: a job
+ * generating names cannot grow it past CACHE_MAX (it is cleared, then refills). Keyed by the spec
+ * object, which a policy reload replaces, so a stale answer cannot survive a new policy.
+ */
+const CACHE_MAX = 4096;
+const coveredCache = new WeakMap<MaskSpec, Map<string, boolean>>();
+
+function coveredName(spec: MaskSpec, cache: Map<string, boolean>, name: string): boolean {
+  let hit = cache.get(name);
+  if (hit === undefined) {
+    hit = maskCoversColumn(columnsOnly(spec), name);
+    if (cache.size >= CACHE_MAX) cache.clear();
+    cache.set(name, hit);
+  }
+  return hit;
+}
+
+const A = 0x41, Z = 0x5a, a = 0x61, z = 0x7a, UNDERSCORE = 0x5f, DIGIT0 = 0x30, DIGIT9 = 0x39, DOLLAR = 0x24;
+const isIdentStart = (c: number) => (c >= a && c <= z) || (c >= A && c <= Z) || c === UNDERSCORE;
+const isIdentPart = (c: number) => isIdentStart(c) || (c >= DIGIT0 && c <= DIGIT9) || c === DOLLAR;
+
+/**
+ * Could the statement name a masked column at all? (No parse; false negatives are impossible.)
+ *
+ * Every maximal run of [A-Za-z_][A-Za-z0-9_$]* (as a global regex finds them scanning left to
+ * right: in "9abc" or "$abc" the name is "abc"), lower-cased, is tested against the column selectors, and
+ * so is every double-quoted identifier. One charCodeAt pass, no match objects: this runs for every
+ * statement of a session under a mask rule.
+ */
 export function mentionsMaskedColumn(sql: string, spec: MaskSpec): boolean {
   if (!spec.columns.length) return false;
-  const cols = columnsOnly(spec);
-  for (const m of sql.matchAll(IDENT)) if (maskCoversColumn(cols, m[0].toLowerCase())) return true;
-  // Quoted identifiers: "Api_Token".
-  for (const m of sql.matchAll(/"((?:[^"]|"")+)"/g)) if (maskCoversColumn(cols, m[1]!.replace(/""/g, '"'))) return true;
+  let cache = coveredCache.get(spec);
+  if (!cache) coveredCache.set(spec, (cache = new Map()));
+  const n = sql.length;
+  let i = 0;
+  while (i < n) {
+    const c = sql.charCodeAt(i);
+    if (!isIdentStart(c)) {
+      i++;
+      continue;
+    }
+    const start = i;
+    let upper = c >= A && c <= Z;
+    for (i++; i < n; i++) {
+      const d = sql.charCodeAt(i);
+      if (!isIdentPart(d)) break;
+      if (d >= A && d <= Z) upper = true;
+    }
+    // The selectors match case-insensitively; lower-casing only makes "ID" and "id" one cache entry.
+    const name = upper ? sql.slice(start, i).toLowerCase() : sql.slice(start, i);
+    if (coveredName(spec, cache, name)) return true;
+  }
+  // Quoted identifiers: "Api_Token". Rare, so the regex (with its exact backtracking on runs of
+  // quotes) only runs when there is a quote at all.
+  if (sql.indexOf('"') >= 0) {
+    for (const m of sql.matchAll(QUOTED)) if (coveredName(spec, cache, m[1]!.replace(/""/g, '"'))) return true;
+  }
   return false;
 }
+
+const QUOTED = /"((?:[^"]|"")+)"/g;
 
 type Node = Record<string, unknown>;
 

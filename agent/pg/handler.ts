@@ -14,9 +14,9 @@ import type { Decision, MaskSpec, Operation, OperationContext, Policy } from '..
 import { maskCoversColumn } from '../policy/index.js';
 import type { CredentialConfig } from '../config.js';
 import type { AgentCa } from '../tls/ca.js';
-import { Redactor } from '../redact/redactor.js';
+import { Redactor, redactionLabels } from '../redact/redactor.js';
 import { maskedWrites, redactedParam, type MaskedWrites } from './column-literals.js';
-import { detectorHit } from '../redact/detectors.js';
+import { detectorHit, rowCannotHit } from '../redact/detectors.js';
 import type { EndReason, ProtocolHandler, Session, SessionEnd } from '../proxy/handler.js';
 import { Outbox } from '../net/outbox.js';
 import { ReadBuffer } from '../net/read-buffer.js';
@@ -46,12 +46,16 @@ export interface PgHandlerDeps {
   approvals?: ApprovalClient;
 }
 
+/** What a caller of statementInfo adds to the record (statementInfo copies exactly these). */
+type StatementExtra = Pick<StatementInfo, 'params' | 'prepared' | 'parseError' | 'error' | 'errorCode'>;
+
 /** One statement waiting for its outcome from the server. */
 interface Pending {
   kind: 'statement' | 'sync' | 'simple-end';
   op?: Operation;
   info?: StatementInfo;
-  started?: bigint;
+  /** performance.now() when the statement was sent (a number: no BigInt per statement). */
+  started?: number;
   mask?: MaskSpec;
 }
 
@@ -120,8 +124,8 @@ class PgSession {
   private readonly queue: Pending[] = [];
   private readonly prepared = new Map<string, Prepared>();
   private readonly portals = new Map<string, { stmt: string; params: (Buffer | null)[] }>();
-  private maskColumns: boolean[] | undefined;
-  private maskSpec: MaskSpec | undefined;
+  /** How the current result's rows are masked; undefined when they are relayed as they are. */
+  private rowMask: ResultMask | undefined;
   private requestSeq = 0;
   private bytesUp = 0;
   private bytesDown = 0;
@@ -438,8 +442,8 @@ class PgSession {
         return this.toClient(raw);
       }
       case T.DataRow: {
-        if (this.maskColumns) {
-          const masked = this.maskRow(f.body);
+        if (this.rowMask) {
+          const masked = maskDataRow(f.body, this.rowMask, this.countMasked);
           if (masked instanceof PgProtocolError) return this.protocolError('server', masked);
           return this.toClient(masked ?? raw);
         }
@@ -591,12 +595,22 @@ class PgSession {
 
   // ---- statements -----------------------------------------------------------------------------
 
+  /**
+   * The policy's view of `op`. One object per session, refreshed per call rather than allocated
+   * per evaluation: Policy.evaluate reads it synchronously and keeps nothing (it returns one of
+   * its frozen Decisions), and every caller here passes it straight to evaluate.
+   */
   private context(op: Operation): OperationContext {
-    return {
-      protocol: 'postgres', target: this.s.destination, job: this.s.job, database: this.database,
-      user: this.injected?.user ?? this.user, operation: op,
-    };
+    const c: OperationContext = (this.ctx ??= { protocol: 'postgres', target: this.s.destination, job: this.s.job, database: '', user: '', operation: op });
+    c.target = this.s.destination;
+    c.job = this.s.job;
+    c.database = this.database;
+    c.user = this.injected?.user ?? this.user;
+    c.operation = op;
+    return c;
   }
+
+  private ctx?: OperationContext;
 
   /** Classifies SQL and decides it; the most severe decision over its statements wins. */
   private decide(sql: string, exact = false): Prepared {
@@ -639,7 +653,7 @@ class PgSession {
   }
 
   private forwardQuery(raw: Buffer, p: Prepared, review?: ReviewResult): void {
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     for (const op of p.ops) {
       this.queue.push({ kind: 'statement', op, started, mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
         info: this.statementInfo(op, p.decision, { parseError: p.parseError }, review) });
@@ -725,7 +739,7 @@ class PgSession {
       p.writes ??= this.maskedWrites(op, p.decision);
       const masked = p.writes.params;
       const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
-      this.queue.push({ kind: 'statement', op, started: process.hrtime.bigint(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
+      this.queue.push({ kind: 'statement', op, started: performance.now(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
         info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.writes) });
     }
     this.toServer(raw);
@@ -750,23 +764,33 @@ class PgSession {
   /** What the detectors call the secret(s) in a literal, if they find any (see column-literals.ts). */
   private readonly secretLabel = (literal: string): string | undefined => {
     const r = this.redact(literal);
-    if (r === literal) return undefined;
-    const labels = new Set(Array.from(r.matchAll(/\[REDACTED:([^\]]+)\]/g), (m) => m[1]!));
-    return labels.size ? [...labels].join(',') : undefined;
+    return r === literal ? undefined : redactionLabels(r);
   };
 
-  private statementInfo(op: Operation, d: Decision, extra: Partial<StatementInfo>, review?: ReviewResult, writes?: MaskedWrites): StatementInfo {
+  /**
+   * The statement's audit record. Built for every statement, so without object spreads (each a
+   * runtime copy loop): the fields `extra` may carry are copied one by one, and only when set, which
+   * the event encoding cannot tell from a spread's undefined ones.
+   */
+  private statementInfo(op: Operation, d: Decision, extra: StatementExtra, review?: ReviewResult, writes?: MaskedWrites): StatementInfo {
     const text = (writes ?? this.maskedWrites(op, d)).text;
-    return {
+    const info: StatementInfo = {
       protocol: 'postgres', text: text ? this.redact(text) : '', type: op.type, objects: op.objects ?? [],
-      decision: { action: d.action, rule: d.rule, reason: d.reason, ...(review && { outcome: review.decision, approvalId: review.id }) },
+      decision: review
+        ? { action: d.action, rule: d.rule, reason: d.reason, outcome: review.decision, approvalId: review.id }
+        : { action: d.action, rule: d.rule, reason: d.reason },
       database: this.database, user: this.injected?.user ?? this.user,
-      ...extra,
     };
+    if (extra.params !== undefined) info.params = extra.params;
+    if (extra.prepared !== undefined) info.prepared = extra.prepared;
+    if (extra.parseError !== undefined) info.parseError = extra.parseError;
+    if (extra.error !== undefined) info.error = extra.error;
+    if (extra.errorCode !== undefined) info.errorCode = extra.errorCode;
+    return info;
   }
 
   /** Records a statement that got no server round trip of its own (denied, cancel, function call). */
-  private audit(op: Operation, d: Decision, extra: Partial<StatementInfo>, review?: ReviewResult): void {
+  private audit(op: Operation, d: Decision, extra: StatementExtra, review?: ReviewResult): void {
     this.emitStatement(this.statementInfo(op, d, extra, review));
   }
 
@@ -781,7 +805,7 @@ class PgSession {
     if (i !== 0 || !head) return; // an error outside any statement (e.g. in Parse of a denied one)
     this.queue.shift();
     this.complete(head, outcome);
-    this.maskColumns = undefined;
+    this.rowMask = undefined;
     if (isError) {
       // After an error the server skips the rest of the simple query / of the pipeline until Sync.
       while (this.queue[0]?.kind === 'statement') this.complete(this.queue.shift()!, { error: 'not executed: an earlier statement failed' });
@@ -794,7 +818,8 @@ class PgSession {
     if (outcome.rows !== undefined) info.rows = outcome.rows;
     if (outcome.errorCode) info.errorCode = outcome.errorCode;
     if (outcome.error) info.error = this.redact(outcome.error);
-    if (p.started) info.durationUs = Number((process.hrtime.bigint() - p.started) / 1000n);
+    // Whole microseconds, truncated as the integer division of hrtime nanoseconds did.
+    if (p.started !== undefined) info.durationUs = Math.floor((performance.now() - p.started) * 1000);
     if (this.maskedValues) info.maskedValues = this.maskedValues;
     this.maskedValues = 0;
     this.emitStatement(info);
@@ -807,69 +832,138 @@ class PgSession {
       if (p.kind === 'statement') this.complete(p, { error: 'no outcome before ReadyForQuery' });
       if (p.kind === 'sync' || p.kind === 'simple-end') break;
     }
-    this.maskColumns = undefined;
+    this.rowMask = undefined;
   }
 
   // ---- masking --------------------------------------------------------------------------------
 
   private maskedValues = 0;
-  private maskFormats: number[] = [];
+  private readonly countMasked = (): void => { this.maskedValues++; };
 
-  /**
-   * Masking decisions per result shape: a session runs the same few statements again and again, and
-   * the same RowDescription bytes under the same mask spec and tables decide the same columns.
-   */
-  private readonly shapes = new Map<string, { cols: boolean[]; formats: number[]; masks: boolean }>();
-  private shapesSpec?: MaskSpec;
+  /** Masking decisions per result shape (see ResultShapes). */
+  private readonly shapes = new ResultShapes<{ mask: ResultMask; masks: boolean }>();
 
   private describeResult(body: Buffer): PgProtocolError | undefined {
     const head = this.queue.find((p) => p.kind === 'statement');
     const spec = head?.mask;
-    this.maskColumns = undefined;
-    this.maskSpec = spec;
+    this.rowMask = undefined;
     if (!spec) {
       const rd = msg.decodeRowDescription(body);
       return rd instanceof PgProtocolError ? rd : undefined;
     }
     const tables = head?.op?.objects ?? [];
-    if (this.shapesSpec !== spec || this.shapes.size >= 256) {
-      this.shapes.clear();
-      this.shapesSpec = spec;
-    }
-    const key = `${tables.join('\0')}\x01${body.toString('latin1')}`;
-    let shape = this.shapes.get(key);
+    let shape = this.shapes.get(spec, tables, body);
     if (!shape) {
       // Only bytes that decoded once are ever cached: a hit is a valid RowDescription.
       const rd = msg.decodeRowDescription(body);
       if (rd instanceof PgProtocolError) return rd;
       const cols = rd.fields.map((fd) => maskCoversColumn(spec, fd.name) || tables.some((t) => maskCoversColumn(spec, fd.name, t)));
-      shape = { cols, formats: rd.fields.map((fd) => fd.format), masks: cols.some(Boolean) || spec.detectors.length > 0 };
-      this.shapes.set(key, shape);
+      const anyColumn = cols.some(Boolean);
+      const mask: ResultMask = { detectors: spec.detectors, cols, formats: rd.fields.map((fd) => fd.format), anyColumn, cannotHit: rowFilterFor(spec) };
+      shape = { mask, masks: anyColumn || spec.detectors.length > 0 };
+      this.shapes.set(tables, body, shape);
     }
-    this.maskFormats = shape.formats;
-    if (shape.masks) this.maskColumns = shape.cols;
+    if (shape.masks) this.rowMask = shape.mask;
     return undefined;
-  }
-
-  /** The masked row; undefined when nothing in it needed masking. */
-  private maskRow(body: Buffer): Buffer | PgProtocolError | undefined {
-    const spec = this.maskSpec!;
-    const cols = this.maskColumns!;
-    let select: boolean[] = cols;
-    if (spec.detectors.length) {
-      const row = msg.decodeDataRow(body);
-      if (row instanceof PgProtocolError) return row;
-      select = row.values.map((v, i) => cols[i] || (v !== null && this.maskFormats[i] === 0 && detectorHit(spec.detectors, v.toString('utf8'))));
-    }
-    if (!select.some(Boolean)) return msg.checkDataRow(body);
-    return msg.rewriteDataRow(body, select, (_v, i) => {
-      this.maskedValues++;
-      // Text values become a marker; binary values (type-specific encodings) become NULL-free zeroes
-      // would be wrong for many types, so a binary column is masked as an empty value.
-      return this.maskFormats[i] === 1 ? Buffer.alloc(0) : MASKED;
-    });
   }
 }
 
+/**
+ * Masking decisions per result shape: a session runs the same few statements again and again, and
+ * the same RowDescription bytes under the same mask spec and tables decide the same columns.
+ * Exact: a hit needs the very same spec object, table names and bytes. The last shape is checked
+ * first by comparing bytes (a repeated statement gets the same RowDescription as the previous one),
+ * which needs no key string; other shapes are found by a key built from the tables and the bytes.
+ */
+export class ResultShapes<T> {
+  private readonly byKey = new Map<string, T>();
+  private spec?: MaskSpec;
+  /** The shape last looked up or stored, with its own copy of the bytes (a frame may be a view). */
+  private last?: { tables: readonly string[]; body: Buffer; value: T };
+  /** At most this many shapes per spec; then they are forgotten and found again. */
+  static readonly MAX = 256;
+
+  /** The value stored for these tables and RowDescription bytes under this spec, if any. */
+  get(spec: MaskSpec, tables: readonly string[], body: Buffer): T | undefined {
+    if (this.spec !== spec || this.byKey.size >= ResultShapes.MAX) {
+      this.byKey.clear();
+      this.last = undefined;
+      this.spec = spec;
+    }
+    const last = this.last;
+    if (last && sameStrings(last.tables, tables) && last.body.equals(body)) return last.value;
+    const value = this.byKey.get(shapeKey(tables, body));
+    if (value !== undefined) this.last = { tables: tables.slice(), body: Buffer.from(body), value };
+    return value;
+  }
+
+  /** Stores a value for the spec of the preceding get(), which found none. */
+  set(tables: readonly string[], body: Buffer, value: T): void {
+    this.byKey.set(shapeKey(tables, body), value);
+    this.last = { tables: tables.slice(), body: Buffer.from(body), value };
+  }
+}
+
+// JSON of the tables ends at its own ']': no two lists of names (not [] and [''], nor ['a', 'b'] and
+// ['a\0b']) share a key, and one latin1 character per byte keeps the bytes exact.
+const shapeKey = (tables: readonly string[], body: Buffer): string => `${JSON.stringify(tables)}${body.toString('latin1')}`;
+
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** How the rows of one result are masked, worked out from its RowDescription under a mask spec. */
+export interface ResultMask {
+  /** The spec's detectors: a text value in which one of them hits is masked. */
+  readonly detectors: readonly string[];
+  /** Per column: masked by name (a column selector of the spec covers it). */
+  readonly cols: boolean[];
+  /** Per column: the format code, 0 text or 1 binary (detectors look at text values only). */
+  readonly formats: number[];
+  /** Some column is masked by name. */
+  readonly anyColumn: boolean;
+  /** rowCannotHit(detectors), when the detectors have such a test (see the fast path below). */
+  readonly cannotHit?: (row: Uint8Array) => boolean;
+}
+
+/**
+ * A DataRow body masked: the whole message (type and length included), or undefined when nothing
+ * in it needed masking and the frame goes out as it came; an error for a malformed row.
+ * `onMasked` is called once per value masked.
+ */
+export function maskDataRow(body: Buffer, m: ResultMask, onMasked: () => void): Buffer | PgProtocolError | undefined {
+  const cols = m.cols;
+  let select: boolean[] = cols;
+  if (m.detectors.length) {
+    // Fast path: with no column masked by name, a row whose bytes prove that none of the spec's
+    // detectors can hit in any value (no '@' for email, under 13 digits for card-number: see
+    // rowCannotHit) would come out of the full path below unchanged. It gets the same structural
+    // check instead of being decoded and every value turned into a string and run through the
+    // detector regexes: most rows of most results (ids, counts, timestamps) are like that.
+    if (!m.anyColumn && m.cannotHit?.(body)) return msg.checkDataRow(body);
+    const row = msg.decodeDataRow(body);
+    if (row instanceof PgProtocolError) return row;
+    select = row.values.map((v, i) => cols[i] || (v !== null && m.formats[i] === 0 && detectorHit(m.detectors, v.toString('utf8'))));
+  }
+  if (!select.some(Boolean)) return msg.checkDataRow(body);
+  return msg.rewriteDataRow(body, select, (_v, i) => {
+    onMasked();
+    // Text values become a marker; binary values (type-specific encodings) become NULL-free zeroes
+    // would be wrong for many types, so a binary column is masked as an empty value.
+    return m.formats[i] === 1 ? Buffer.alloc(0) : MASKED;
+  });
+}
+
 const MASKED = Buffer.from('[MASKED]');
+
+/** rowCannotHit for a spec's detectors, worked out once per spec (null: none for them). */
+const rowFilters = new WeakMap<MaskSpec, ((row: Uint8Array) => boolean) | null>();
+function rowFilterFor(spec: MaskSpec): ((row: Uint8Array) => boolean) | undefined {
+  let f = rowFilters.get(spec);
+  if (f === undefined) rowFilters.set(spec, (f = rowCannotHit(spec.detectors) ?? null));
+  return f ?? undefined;
+}
 

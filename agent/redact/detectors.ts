@@ -214,3 +214,41 @@ export function detectorHit(names: readonly string[], text: string): boolean {
   }
   return false;
 }
+
+/**
+ * For result masking, which runs detectorHit on every text value of every row: a byte test over a
+ * whole DataRow that, when it returns true, proves none of `names` can hit in any of its values, so
+ * the row needs no decoding. Undefined unless every name has such a test; the tests follow from the
+ * regexes above, and test/unit/redact.test.ts checks them against detectorHit:
+ *   email        needs a literal '@' (U+0040);
+ *   card-number  /\b\d(?:[ -]?\d){12,18}\b/ needs at least 13 digits, and JavaScript's \d is [0-9]
+ *                even with the u flag.
+ * Values are UTF-8: bytes 0x40 and 0x30-0x39 appear only as those ASCII characters (never inside a
+ * multi-byte sequence, and an invalid sequence decodes to U+FFFD, not to them), so a row without a
+ * 0x40 byte has no '@' in any value, and one with fewer than 13 bytes 0x30-0x39 (counting the
+ * length words too, which can only raise the count) has no value with 13 digits. Any other detector
+ * (secrets with prefixes, words, URLs) gets no test here: such a spec always takes the full path.
+ */
+export function rowCannotHit(names: readonly string[]): ((row: Uint8Array) => boolean) | undefined {
+  let at = false;
+  let digits = false;
+  for (const n of names) {
+    if (n === 'email') at = true;
+    else if (n === 'card-number') digits = true;
+    else return undefined;
+  }
+  if (!at && !digits) return undefined;
+  const maxDigits = digits ? CARD_MIN_DIGITS - 1 : Infinity;
+  return (row) => {
+    let count = 0;
+    for (let i = 0; i < row.length; i++) {
+      const b = row[i]!;
+      if (b === 0x40 && at) return false;
+      if (b >= 0x30 && b <= 0x39 && ++count > maxDigits) return false;
+    }
+    return true;
+  };
+}
+
+/** The fewest digits a card-number match has: 1 + the {12,18} repetitions' 12. */
+const CARD_MIN_DIGITS = 13;

@@ -270,3 +270,32 @@ function alignedFragment(bytes: Buffer, shift: number): string {
 function toUrlSafe(b64: string): string {
   return b64.replace(/\+/g, '-').replace(/\//g, '_');
 }
+
+const MARKER = '[REDACTED:';
+
+/**
+ * The labels of the '[REDACTED:<label>]' markers in a redacted text, each once in order of first
+ * appearance, joined with ','; undefined when there is none. Finds what /\[REDACTED:([^\]]+)\]/g
+ * finds, by indexOf and without match objects or a Set: it runs for every value written into a
+ * masked column (agent/pg/handler.ts secretLabel).
+ */
+export function redactionLabels(text: string): string | undefined {
+  let labels: string[] | undefined;
+  let from = 0;
+  for (;;) {
+    const at = text.indexOf(MARKER, from);
+    if (at < 0) break;
+    const start = at + MARKER.length;
+    const end = text.indexOf(']', start);
+    if (end < 0) break; // no later marker can be closed either
+    if (end === start) {
+      from = at + 1; // '[REDACTED:]' is no marker; one may start inside it
+      continue;
+    }
+    const label = text.slice(start, end);
+    if (!labels) labels = [label];
+    else if (!labels.includes(label)) labels.push(label);
+    from = end + 1;
+  }
+  return labels?.join(',');
+}

@@ -1,9 +1,11 @@
 // Literals written into masked columns never reach the audit text; everything else is untouched.
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import { loadClassifier } from '../../agent/pg/classify.js';
 import { maskedWrites, mentionsMaskedColumn, redactColumnLiterals } from '../../agent/pg/column-literals.js';
 import type { MaskSpec } from '../../agent/policy/types.js';
+import { maskCoversColumn } from '../../agent/policy/policy.js';
 
 const SPEC: MaskSpec = { columns: ['*email*', '*password*', '*token*', 'payroll.salary'], detectors: [] };
 const R = (c: string) => `'[REDACTED:column:${c}]'`;
@@ -48,4 +50,54 @@ test("a secret a detector knows keeps the detector's label, still hiding the lit
   assert.equal(redactColumnLiterals("INSERT INTO deploys (ref, notify_token, api_token) VALUES ('main', 'Bearer dpl_9a8b', 'plain')", SPEC, [], label),
     `INSERT INTO deploys (ref, notify_token, api_token) VALUES ('main', '[REDACTED:env:DEPLOY_TOKEN]', ${R('api_token')})`);
   assert.equal(redactColumnLiterals("INSERT INTO t (name) VALUES ('dpl_1')", SPEC, [], label), "INSERT INTO t (name) VALUES ('dpl_1')", 'only masked columns are rewritten here');
+});
+
+// ---- mentionsMaskedColumn against the regex implementation it replaced --------------------------
+
+/** The original: a global identifier regex and one for quoted identifiers (the oracle). */
+function mentionsMaskedColumnRef(sql: string, spec: MaskSpec): boolean {
+  if (!spec.columns.length) return false;
+  const cols: MaskSpec = { columns: spec.columns.map((c) => c.slice(c.lastIndexOf('.') + 1)), detectors: [] };
+  for (const m of sql.matchAll(/[A-Za-z_][A-Za-z0-9_$]*/g)) if (maskCoversColumn(cols, m[0].toLowerCase())) return true;
+  for (const m of sql.matchAll(/"((?:[^"]|"")+)"/g)) if (maskCoversColumn(cols, m[1]!.replace(/""/g, '"'))) return true;
+  return false;
+}
+
+// Fixed specs, so the per-spec caches persist across generated statements as they do in a session.
+const SPECS: MaskSpec[] = [
+  SPEC,
+  { columns: ['token'], detectors: [] },
+  { columns: ['Api_Token', 'users.Email'], detectors: ['email'] },
+  { columns: ['*$*', 'a?c', '*"*'], detectors: [] },
+  { columns: ['*é*', 'x y', 'schema.t.col9'], detectors: [] },
+  { columns: [], detectors: ['email'] },
+];
+const WORDS = ['token', 'TOKEN', 'api_token', 'Api_Token', 'email', 'Email', 'EMAIL_addr', 'password_hash', 'salary', 'payroll', 'col9', 'abc', 'aXc',
+  'select', 'from', 'where', 'x', '_', 'a$b', '$1', 'é', 'tokén', 'x y', 'Zoë'];
+const fragment = fc.oneof(
+  fc.constantFrom(...WORDS),
+  fc.constantFrom(' ', ',', '.', '(', ')', "'", '"', '""', '@', '$', '-', '\n', '9', '42', '1234567890123', '☃', '😀', '\u0130', '\u212a'),
+  fc.constantFrom(...WORDS).map((w) => `"${w.replace(/"/g, '""')}"`),
+  fc.string({ unit: 'binary', maxLength: 6 }),
+  fc.string({ unit: fc.constantFrom('a', 'B', '_', '$', '0', '"', ' ', '@', 'k'), maxLength: 8 }),
+);
+const statement = fc.array(fragment, { maxLength: 24 }).map((parts) => parts.join(''));
+
+test('mentionsMaskedColumn agrees with the regex scan it replaced (generated text)', () => {
+  fc.assert(fc.property(statement, fc.constantFrom(...SPECS), (sql, spec) => {
+    assert.equal(mentionsMaskedColumn(sql, spec), mentionsMaskedColumnRef(sql, spec), JSON.stringify(sql));
+  }), { numRuns: 5000 });
+  fc.assert(fc.property(fc.string({ unit: 'grapheme', maxLength: 40 }), fc.constantFrom(...SPECS), (sql, spec) => {
+    assert.equal(mentionsMaskedColumn(sql, spec), mentionsMaskedColumnRef(sql, spec));
+  }), { numRuns: 2000 });
+});
+
+test('mentionsMaskedColumn stays exact when its bounded cache is cleared and refilled', () => {
+  const spec: MaskSpec = { columns: ['*token*', 'n4095'], detectors: [] };
+  // More distinct names than the cache holds, twice over, then the names that match.
+  const names = Array.from({ length: 10_000 }, (_, i) => `n${i}`);
+  for (const n of names) assert.equal(mentionsMaskedColumn(`SELECT ${n}`, spec), n === 'n4095', n);
+  assert.equal(mentionsMaskedColumn('SELECT N4095', spec), true);
+  assert.equal(mentionsMaskedColumn('SELECT "my_TOKEN"', spec), true);
+  assert.equal(mentionsMaskedColumn('SELECT "n"', spec), false);
 });

@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { DETECTORS, isLikelyCardNumber } from '../../agent/redact/detectors.js';
-import { Redactor, secretsFromEnv, MIN_SECRET_LENGTH } from '../../agent/redact/redactor.js';
+import fc from 'fast-check';
+import { Redactor, secretsFromEnv, MIN_SECRET_LENGTH, redactionLabels } from '../../agent/redact/redactor.js';
 
 const detectorsOnly = new Redactor();
 
@@ -218,4 +219,31 @@ test('redactArgv: per element, plus flags whose value is the next element', () =
 test('redactArgv: env secrets in a flag value are redacted around the rule', () => {
   const r = new Redactor([{ name: 'CI_USER_TOKEN', value: 'userpart99' }]);
   assert.deepEqual(r.redactArgv(['curl', '-u', 'userpart99:hunter22', 'https://x']), ['curl', '-u', '[REDACTED:env:CI_USER_TOKEN]:[REDACTED:cli-password]', 'https://x']);
+});
+
+/** The labels the postgres handler's secretLabel read with matchAll and a Set (the oracle). */
+function redactionLabelsRef(r: string): string | undefined {
+  const labels = new Set(Array.from(r.matchAll(/\[REDACTED:([^\]]+)\]/g), (m) => m[1]!));
+  return labels.size ? [...labels].join(',') : undefined;
+}
+
+test('redactionLabels: the labels the marker regex finds, once each, in order', () => {
+  assert.equal(redactionLabels("'[REDACTED:env:DEPLOY_TOKEN]' and [REDACTED:jwt] and [REDACTED:env:DEPLOY_TOKEN]"), 'env:DEPLOY_TOKEN,jwt');
+  assert.equal(redactionLabels('nothing here'), undefined);
+  assert.equal(redactionLabels('[REDACTED:][REDACTED:x]'), 'x');
+  assert.equal(redactionLabels('[REDACTED:a[REDACTED:b]'), 'a[REDACTED:b');
+  const fragment = fc.oneof(
+    fc.constantFrom('[REDACTED:', '[REDACTED:', ']', '[', 'REDACTED', ':', 'env:A', 'jwt', 'email', ',', ' ', '\n', 'é', '😀', "'"),
+    fc.string({ unit: 'binary', maxLength: 4 }),
+  );
+  fc.assert(fc.property(fc.array(fragment, { maxLength: 16 }), (parts) => {
+    const text = parts.join('');
+    assert.equal(redactionLabels(text), redactionLabelsRef(text), JSON.stringify(text));
+  }), { numRuns: 10_000 });
+  // And on what the redactor really writes.
+  const redactor = new Redactor(secretsFromEnv({ DEPLOY_TOKEN: 'dpl_9a8b7c6d', OTHER_SECRET: 'zz-top-secret-1' }));
+  fc.assert(fc.property(fc.array(fc.constantFrom('dpl_9a8b7c6d', 'zz-top-secret-1', 'ada@example.com', 'x', ' ', "'", 'password=hunter22 '), { maxLength: 6 }), (parts) => {
+    const r = redactor.redact(parts.join(''));
+    assert.equal(redactionLabels(r), redactionLabelsRef(r));
+  }), { numRuns: 500 });
 });
