@@ -192,7 +192,8 @@ export const ARGV_RULES: readonly ArgvRule[] = [
   { name: 'cli-password', programs: /(?:^|\/)curl$/, flag: /^(?:-u|--user|--proxy-user|-U)$/, secret: /^[^:]*:(?<secret>[\s\S]+)$/ },
 ];
 
-const SINGLE = new Map<string, RegExp>();
+// Keyed by the detector itself: several detectors share a name (two cli-password forms).
+const SINGLE = new Map<Detector, RegExp>();
 
 /**
  * Whether any of the named detectors finds a (validated) hit in `text`: used to mask result values
@@ -201,10 +202,10 @@ const SINGLE = new Map<string, RegExp>();
 export function detectorHit(names: readonly string[], text: string): boolean {
   for (const d of DETECTORS) {
     if (!names.includes(d.name)) continue;
-    let re = SINGLE.get(d.name);
+    let re = SINGLE.get(d);
     if (!re) {
       re = new RegExp(d.regex.source, d.regex.flags.includes('g') ? d.regex.flags : d.regex.flags + 'g');
-      SINGLE.set(d.name, re);
+      SINGLE.set(d, re);
     }
     re.lastIndex = 0;
     for (let m = re.exec(text); m !== null; m = re.exec(text)) {

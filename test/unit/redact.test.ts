@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { DETECTORS, isLikelyCardNumber } from '../../agent/redact/detectors.js';
+import { DETECTORS, detectorHit, isLikelyCardNumber } from '../../agent/redact/detectors.js';
 import fc from 'fast-check';
 import { Redactor, secretsFromEnv, MIN_SECRET_LENGTH, redactionLabels } from '../../agent/redact/redactor.js';
 
@@ -81,6 +81,17 @@ test('detectors: look-alikes are left alone, as the same string', () => {
 
 test('detectors: redaction is idempotent and a marker is never re-redacted', () => {
   for (const c of POSITIVE) assert.equal(detectorsOnly.redact(c.output), c.output, c.output);
+});
+
+test('detectorHit: every detector of a shared name is tried (both cli-password forms)', () => {
+  // The second form used to be looked up under the first one's cached regex and never ran.
+  assert.equal(detectorHit(['cli-password'], 'deploy --password=hunter2x'), true);
+  assert.equal(detectorHit(['cli-password'], 'mysql -u app -phunter2x -h db'), true);
+  assert.equal(detectorHit(['cli-password'], 'mysql -u app -h db'), false);
+  for (const d of DETECTORS) {
+    const c = POSITIVE.find((x) => x.detector === d.name && d.regex.test(x.input));
+    if (c) assert.equal(detectorHit([d.name], c.input), true, `${d.name}: ${c.input}`);
+  }
 });
 
 test('detectors: Luhn and issuer prefix', () => {
