@@ -27,8 +27,13 @@
 //   npx tsc -p . && node dist/bench/pgbench.js
 //   node dist/bench/pgbench.js [--time 15] [--warmup 2] [--clients 8] [--threads 2] [--scale 10]
 //                              [--workloads select-simple,select-prepared,tpcb] [--cpu-prof DIR]
-//                              [--spool-commit-delay-ms N]
+//                              [--spool-commit-delay-ms N] [--rounds N]
 //
+// --rounds N (default 1) runs each workload's three paths N times, back to back in rotating order.
+// This host's throughput drifts by 10-30% from minute to minute (a shared virtual machine), more than
+// most changes being measured, so with N > 1 every ratio is taken within a round, between runs
+// minutes apart at most, and the report gives the median ratio with the range over the rounds; the
+// per-path table shows each path's median run.
 // --spool-commit-delay-ms N sets the agent's spoolCommitDelayMs (default: the agent's default). For
 // the runguard path the report adds the spool's cost: fdatasyncs over the run (counted with perf, if
 // installed), events per fdatasync, and the agent's cpu split between its main thread and the libuv
@@ -89,6 +94,8 @@ interface Options {
   threads: number;
   scale: number;
   workloads: Workload[];
+  /** Each workload's three paths are run this many times, back to back; ratios are taken per round. */
+  rounds: number;
   cpuProf?: string;
   commitDelayMs?: number;
 }
@@ -138,9 +145,9 @@ let interrupted = false;
 // Processes
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS };
+  const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS, rounds: 1 };
   const usage = 'usage: pgbench.js [--time S] [--warmup S] [--clients N] [--threads N] [--scale N] ' +
-    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N]`;
+    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--rounds N]`;
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i]?.replace(/^--/, '');
     const value = argv[++i];
@@ -157,7 +164,7 @@ function parseArgs(argv: string[]): Options {
       const n = Number(value);
       if (!(n >= 0)) throw new Error(`--${key} ${value}: not a valid delay; ${usage}`);
       opts.commitDelayMs = n;
-    } else if (key === 'time' || key === 'warmup' || key === 'clients' || key === 'threads' || key === 'scale') {
+    } else if (key === 'time' || key === 'warmup' || key === 'clients' || key === 'threads' || key === 'scale' || key === 'rounds') {
       const n = Number(value);
       if (!Number.isInteger(n) || n < (key === 'warmup' ? 0 : 1)) throw new Error(`--${key} ${value}: not a valid count; ${usage}`);
       opts[key] = n;
@@ -410,8 +417,7 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
   }
   if (opts.warmup > 0) await pgbench(w, t, opts, opts.warmup);
   await counter?.settle(); // the warm-up's statements are not the measured run's
-  const logDir = path.join(work, `${w.name}-${name}`);
-  mkdirSync(logDir);
+  const logDir = mkdtempSync(path.join(work, `${w.name}-${name}-`));
   const agentPid = name === 'runguard' ? t.proxyPid : undefined;
   const fsyncs = agentPid ? countFsyncs(agentPid) : undefined;
   if (fsyncs) await sleep(200); // perf attached
@@ -543,30 +549,50 @@ async function main(): Promise<number> {
     targets.pgbouncer.unavailable = (err as Error).message;
   }
 
-  const results = new Map<string, RunResult>();
+  // Every run, by workload and path, in round order (a failed run leaves its round's slot empty).
+  const runs = new Map<string, (RunResult | undefined)[]>();
   const errors: string[] = [];
   const key = (w: Workload, n: PathName) => `${w.name}/${n}`;
   for (const [wi, w] of opts.workloads.entries()) {
     const order = PATHS.filter((n) => !targets[n].unavailable);
-    const rotated = [...order.slice(wi % order.length), ...order.slice(0, wi % order.length)];
-    for (const name of rotated) {
-      if (interrupted) return 130;
-      const t = targets[name];
-      say(`${w.label} via ${name}: ${opts.warmup} s warm-up, ${opts.time} s measured`);
-      try {
-        // Runs off the runguard path must not be audited (they did not go through the agent), and
-        // the runguard path's must be, all of them: the count is taken around every run.
-        const r = await measure(w, name, t, opts, work, pg, counter);
-        results.set(key(w, name), r);
-        if (name !== 'runguard' && r.statements !== 0) errors.push(`${w.name} via ${name}: ${r.statements} statements went through the agent`);
-        if (name === 'runguard' && r.statements < r.txns * w.statementsPerTxn) {
-          errors.push(`${w.name} via runguard: ${r.statements} STATEMENT events for ${r.txns} transactions x ${w.statementsPerTxn} statements`);
+    for (let round = 0; round < opts.rounds; round++) {
+      const shift = (wi + round) % order.length;
+      const rotated = [...order.slice(shift), ...order.slice(0, shift)];
+      for (const name of rotated) {
+        if (interrupted) return 130;
+        const t = targets[name];
+        const of = opts.rounds > 1 ? ` (round ${round + 1} of ${opts.rounds})` : '';
+        say(`${w.label} via ${name}${of}: ${opts.warmup} s warm-up, ${opts.time} s measured`);
+        const slot = runs.get(key(w, name)) ?? [];
+        runs.set(key(w, name), slot);
+        try {
+          // Runs off the runguard path must not be audited (they did not go through the agent), and
+          // the runguard path's must be, all of them: the count is taken around every run.
+          const r = await measure(w, name, t, opts, work, pg, counter);
+          slot[round] = r;
+          if (name !== 'runguard' && r.statements !== 0) errors.push(`${w.name} via ${name}: ${r.statements} statements went through the agent`);
+          if (name === 'runguard' && r.statements < r.txns * w.statementsPerTxn) {
+            errors.push(`${w.name} via runguard: ${r.statements} STATEMENT events for ${r.txns} transactions x ${w.statementsPerTxn} statements`);
+          }
+        } catch (err) {
+          errors.push(`${w.name} via ${name}: ${(err as Error).message}`);
         }
-      } catch (err) {
-        errors.push(`${w.name} via ${name}: ${(err as Error).message}`);
       }
     }
   }
+  // The tables show each path's median run by tps; the ratios below are taken round by round.
+  const results = new Map<string, RunResult>();
+  for (const [k, list] of runs) {
+    const done = list.filter((r): r is RunResult => r !== undefined).sort((a, b) => a.tps - b.tps);
+    if (done.length) results.set(k, done[(done.length - 1) >> 1]!);
+  }
+  const roundRatios = (w: Workload, num: PathName, den: PathName): number[] => {
+    const a = runs.get(key(w, num)) ?? [];
+    const b = runs.get(key(w, den)) ?? [];
+    const out: number[] = [];
+    for (let i = 0; i < opts.rounds; i++) if (a[i] && b[i]) out.push(a[i]!.tps / b[i]!.tps);
+    return out;
+  };
 
   // Report
   const out: string[] = [''];
@@ -597,16 +623,21 @@ async function main(): Promise<number> {
   const noisy = [...results.values()].some((r) => r.otherCpu > 0.1) || loadBefore > 0.1;
   if (noisy) out.push('  WARNING: other processes used the cpus during the bench; the ratios are not trustworthy, run again on a quiet host');
 
-  const ratios: string[][] = [['workload', 'tps rg/direct', 'tps pgb/direct', 'tps rg/pgb', 'rg +p50 ms', 'rg +p99 ms', 'pgb +p50 ms', 'pgb +p99 ms', 'rg-pgb p50', 'rg-pgb p99']];
+  const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[(xs.length - 1) >> 1]! : NaN);
+  const ratios: string[][] = [['workload', 'tps rg/direct', 'tps pgb/direct', 'tps rg/pgb', 'rg +p50 ms', 'rg +p99 ms', 'pgb +p50 ms', 'pgb +p99 ms', 'rg-pgb p50', 'rg-pgb p99',
+    ...(opts.rounds > 1 ? ['rg/pgb by round'] : [])]];
   for (const w of opts.workloads) {
     const d = results.get(key(w, 'direct'));
     const g = results.get(key(w, 'runguard'));
     const b = results.get(key(w, 'pgbouncer'));
     const r = (x: RunResult | undefined, y: RunResult | undefined, f: (r: RunResult) => number) => (x && y ? f(x) / f(y) : NaN);
     const dd = (x: RunResult | undefined, y: RunResult | undefined, f: (r: RunResult) => number) => (x && y ? f(x) - f(y) : NaN);
-    ratios.push([w.label, fx(r(g, d, (v) => v.tps)), fx(r(b, d, (v) => v.tps)), fx(r(g, b, (v) => v.tps)),
+    const tpsRatio = (num: PathName, den: PathName, x: RunResult | undefined, y: RunResult | undefined) =>
+      (opts.rounds > 1 ? median(roundRatios(w, num, den)) : r(x, y, (v) => v.tps));
+    ratios.push([w.label, fx(tpsRatio('runguard', 'direct', g, d)), fx(tpsRatio('pgbouncer', 'direct', b, d)), fx(tpsRatio('runguard', 'pgbouncer', g, b)),
       plus(dd(g, d, (v) => v.p50Ms)), plus(dd(g, d, (v) => v.p99Ms)), plus(dd(b, d, (v) => v.p50Ms)), plus(dd(b, d, (v) => v.p99Ms)),
-      plus(dd(g, b, (v) => v.p50Ms)), plus(dd(g, b, (v) => v.p99Ms))]);
+      plus(dd(g, b, (v) => v.p50Ms)), plus(dd(g, b, (v) => v.p99Ms)),
+      ...(opts.rounds > 1 ? [roundRatios(w, 'runguard', 'pgbouncer').map(fx).join(' ')] : [])]);
   }
   const spoolRows: string[][] = [['workload', 'records', 'fdatasyncs', 'fsyncs/s', 'records/fsync', 'agent main us/txn', 'libuv pool us/txn', 'other threads us/txn']];
   for (const w of opts.workloads) {
@@ -626,6 +657,7 @@ async function main(): Promise<number> {
   out.push('');
   out.push(table(ratios));
   out.push('  rg = runguard (full audit), pgb = pgbouncer (session mode); +p50/+p99: latency added over direct, in ms');
+  if (opts.rounds > 1) out.push(`  ${opts.rounds} rounds: tps ratios are the median of the per-round ratios; latencies are those of each path's median run`);
   out.push('');
   out.push('anchor (issue 4, this machine earlier): direct ~15,000-18,000 tps select-only, pgbouncer ~10,000-11,000, a bare Node');
   out.push('socket pipe ~8,500. Target: runguard >= 0.9 x pgbouncer throughput with every statement audited.');
@@ -633,7 +665,7 @@ async function main(): Promise<number> {
     const g = results.get(key(w, 'runguard'));
     const b = results.get(key(w, 'pgbouncer'));
     if (g && b) {
-      const ratio = g.tps / b.tps;
+      const ratio = opts.rounds > 1 ? median(roundRatios(w, 'runguard', 'pgbouncer')) : g.tps / b.tps;
       out.push(`  ${w.label}: runguard/pgbouncer ${fx(ratio)} -> ${ratio >= 0.9 ? 'meets' : 'MISSES'} the 0.9x target; ` +
         `${g.statements} statements audited for ${g.txns} transactions`);
     }
