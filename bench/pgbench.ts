@@ -27,7 +27,12 @@
 //   npx tsc -p . && node dist/bench/pgbench.js
 //   node dist/bench/pgbench.js [--time 15] [--warmup 2] [--clients 8] [--threads 2] [--scale 10]
 //                              [--workloads select-simple,select-prepared,tpcb] [--cpu-prof DIR]
-//                              [--spool-commit-delay-ms N] [--rounds N]
+//                              [--spool-commit-delay-ms N] [--rounds N] [--relay-path]
+//
+// --relay-path adds a fourth path, `relay`: a second agent whose only difference is that it runs the
+// port through the generic TCP handler (connection events only, no PostgreSQL parsing, no statement
+// events). pgbench goes through the same BPF redirect into it, so runguard vs relay is the price of
+// the PostgreSQL handler and its audit, and relay vs pgbouncer that of the redirect and a Node relay.
 //
 // --rounds N (default 1) runs each workload's three paths N times, back to back in rotating order.
 // This host's throughput drifts by 10-30% from minute to minute (a shared virtual machine), more than
@@ -68,7 +73,7 @@ const PROF_HOOK = path.join(ROOT, 'dist/bench/agent-cpu-prof.js');
 /** pgbench talks plaintext on every path: see the header. */
 const CLIENT_ENV = { PGSSLMODE: 'disable', PGCONNECT_TIMEOUT: '10' };
 
-type PathName = 'direct' | 'runguard' | 'pgbouncer';
+type PathName = 'direct' | 'runguard' | 'pgbouncer' | 'relay';
 const PATHS: PathName[] = ['direct', 'runguard', 'pgbouncer'];
 
 interface Workload {
@@ -96,6 +101,8 @@ interface Options {
   workloads: Workload[];
   /** Each workload's three paths are run this many times, back to back; ratios are taken per round. */
   rounds: number;
+  /** Adds the `relay` path: a second agent with the generic TCP handler on the port (--relay-path). */
+  relayPath: boolean;
   cpuProf?: string;
   commitDelayMs?: number;
 }
@@ -145,11 +152,15 @@ let interrupted = false;
 // Processes
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS, rounds: 1 };
+  const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS, rounds: 1, relayPath: false };
   const usage = 'usage: pgbench.js [--time S] [--warmup S] [--clients N] [--threads N] [--scale N] ' +
-    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--rounds N]`;
+    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--rounds N] [--relay-path]`;
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i]?.replace(/^--/, '');
+    if (key === 'relay-path') {
+      opts.relayPath = true;
+      continue;
+    }
     const value = argv[++i];
     if (value === undefined) throw new Error(usage);
     if (key === 'workloads') {
@@ -298,9 +309,10 @@ function countFsyncs(pid: number): { stop: () => Promise<Map<number, number>> } 
 // ---------------------------------------------------------------------------------------------
 // (b) runguard: the real agent with the postgres handler on PORT and the shipped policy.
 
-async function startAgent(pg: PgServer, work: string, cpuProf: string | undefined, commitDelayMs: number | undefined): Promise<AgentFixture> {
-  const config = path.join(work, 'agent.yaml');
-  writeFileSync(config, `protocols:\n  ${pg.port}: postgres\n${commitDelayMs === undefined ? '' : `spoolCommitDelayMs: ${commitDelayMs}\n`}`);
+async function startAgent(pg: PgServer, work: string, cpuProf: string | undefined, commitDelayMs: number | undefined,
+  protocol: 'postgres' | 'tcp' = 'postgres'): Promise<AgentFixture> {
+  const config = path.join(work, `agent-${protocol}.yaml`);
+  writeFileSync(config, `protocols:\n  ${pg.port}: ${protocol}\n${commitDelayMs === undefined ? '' : `spoolCommitDelayMs: ${commitDelayMs}\n`}`);
   const agent = new AgentFixture({
     intercept: [`${HOST}/32`],
     extraArgs: ['--config', config, '--policy', POLICY, '--agent-id', 'bench', '--log-level', 'info'],
@@ -518,7 +530,19 @@ async function main(): Promise<number> {
     direct: { launch: (a) => a, host: HOST, port: pg.port, note: 'pgbench in the bench\'s own cgroup, not watched' },
     runguard: { launch: (a) => a, host: HOST, port: pg.port, note: '' },
     pgbouncer: { launch: (a) => a, host: '127.0.0.1', port: 0, note: '' },
+    relay: { launch: (a) => a, host: HOST, port: pg.port, note: '' },
   };
+  const paths: PathName[] = opts.relayPath ? [...PATHS, 'relay'] : PATHS;
+  if (opts.relayPath) {
+    try {
+      const r = await startAgent(pg, work, undefined, opts.commitDelayMs, 'tcp');
+      targets.relay.launch = (argv) => [RUNGUARD, 'run', '--state-dir', r.stateDir, '--', ...argv];
+      targets.relay.proxyPid = r.proc?.pid;
+      targets.relay.note = 'bin/runguard run: BPF redirect -> a second agent, generic TCP handler on the port (connection events only)';
+    } catch (err) {
+      targets.relay.unavailable = (err as Error).message;
+    }
+  }
   let agent: AgentFixture | undefined;
   let counter: StatementCounter | undefined;
   try {
@@ -554,7 +578,7 @@ async function main(): Promise<number> {
   const errors: string[] = [];
   const key = (w: Workload, n: PathName) => `${w.name}/${n}`;
   for (const [wi, w] of opts.workloads.entries()) {
-    const order = PATHS.filter((n) => !targets[n].unavailable);
+    const order = paths.filter((n) => !targets[n].unavailable);
     for (let round = 0; round < opts.rounds; round++) {
       const shift = (wi + round) % order.length;
       const rotated = [...order.slice(shift), ...order.slice(0, shift)];
@@ -600,11 +624,11 @@ async function main(): Promise<number> {
     `-c ${opts.clients} -j ${opts.threads}, ${opts.warmup} s warm-up + ${opts.time} s per run, -n (vacuum by the bench, outside the proxy)`);
   out.push(`host: ${os.cpus().length} cpus (${os.cpus()[0]?.model.trim()}), Linux ${os.release()}, node ${process.version}, ${pgbenchVersion.out}`);
   out.push('server: test/helpers/postgres.ts settings (fsync=off, shared_buffers=64MB, max_connections=100), ssl=off; clients sslmode=disable');
-  for (const n of PATHS) out.push(`  ${n.padEnd(9)} ${targets[n].unavailable ? `UNAVAILABLE: ${targets[n].unavailable}` : targets[n].note}`);
+  for (const n of paths) out.push(`  ${n.padEnd(9)} ${targets[n].unavailable ? `UNAVAILABLE: ${targets[n].unavailable}` : targets[n].note}`);
   out.push('');
   const rows: string[][] = [['workload', 'path', 'tps', 'avg ms', 'p50 ms', 'p99 ms', 'txns', 'failed', 'STATEMENT events', 'proxy cpu', 'proxy us/txn', 'host cpu', 'other cpu']];
   for (const w of opts.workloads) {
-    for (const n of PATHS) {
+    for (const n of paths) {
       const r = results.get(key(w, n));
       if (!r) {
         rows.push([w.label, n, 'n/a', '', '', '', '', '', '', '', '', '', '']);
@@ -625,11 +649,12 @@ async function main(): Promise<number> {
 
   const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[(xs.length - 1) >> 1]! : NaN);
   const ratios: string[][] = [['workload', 'tps rg/direct', 'tps pgb/direct', 'tps rg/pgb', 'rg +p50 ms', 'rg +p99 ms', 'pgb +p50 ms', 'pgb +p99 ms', 'rg-pgb p50', 'rg-pgb p99',
-    ...(opts.rounds > 1 ? ['rg/pgb by round'] : [])]];
+    ...(opts.relayPath ? ['tps relay/pgb', 'tps rg/relay'] : []), ...(opts.rounds > 1 ? ['rg/pgb by round'] : [])]];
   for (const w of opts.workloads) {
     const d = results.get(key(w, 'direct'));
     const g = results.get(key(w, 'runguard'));
     const b = results.get(key(w, 'pgbouncer'));
+    const rl = results.get(key(w, 'relay'));
     const r = (x: RunResult | undefined, y: RunResult | undefined, f: (r: RunResult) => number) => (x && y ? f(x) / f(y) : NaN);
     const dd = (x: RunResult | undefined, y: RunResult | undefined, f: (r: RunResult) => number) => (x && y ? f(x) - f(y) : NaN);
     const tpsRatio = (num: PathName, den: PathName, x: RunResult | undefined, y: RunResult | undefined) =>
@@ -637,6 +662,7 @@ async function main(): Promise<number> {
     ratios.push([w.label, fx(tpsRatio('runguard', 'direct', g, d)), fx(tpsRatio('pgbouncer', 'direct', b, d)), fx(tpsRatio('runguard', 'pgbouncer', g, b)),
       plus(dd(g, d, (v) => v.p50Ms)), plus(dd(g, d, (v) => v.p99Ms)), plus(dd(b, d, (v) => v.p50Ms)), plus(dd(b, d, (v) => v.p99Ms)),
       plus(dd(g, b, (v) => v.p50Ms)), plus(dd(g, b, (v) => v.p99Ms)),
+      ...(opts.relayPath ? [fx(tpsRatio('relay', 'pgbouncer', rl, b)), fx(tpsRatio('runguard', 'relay', g, rl))] : []),
       ...(opts.rounds > 1 ? [roundRatios(w, 'runguard', 'pgbouncer').map(fx).join(' ')] : [])]);
   }
   const spoolRows: string[][] = [['workload', 'records', 'fdatasyncs', 'fsyncs/s', 'records/fsync', 'agent main us/txn', 'libuv pool us/txn', 'other threads us/txn']];
@@ -657,6 +683,7 @@ async function main(): Promise<number> {
   out.push('');
   out.push(table(ratios));
   out.push('  rg = runguard (full audit), pgb = pgbouncer (session mode); +p50/+p99: latency added over direct, in ms');
+  if (opts.relayPath) out.push('  relay = the agent with the generic TCP handler on the port: redirect and Node relay, no PostgreSQL parsing or statement events');
   if (opts.rounds > 1) out.push(`  ${opts.rounds} rounds: tps ratios are the median of the per-round ratios; latencies are those of each path's median run`);
   out.push('');
   out.push('anchor (issue 4, this machine earlier): direct ~15,000-18,000 tps select-only, pgbouncer ~10,000-11,000, a bare Node');
