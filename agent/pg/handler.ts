@@ -841,7 +841,7 @@ class PgSession {
   private readonly countMasked = (): void => { this.maskedValues++; };
 
   /** Masking decisions per result shape (see ResultShapes). */
-  private readonly shapes = new ResultShapes<{ mask: ResultMask; masks: boolean }>();
+  private readonly shapes = new ResultShapes<ResultMask>();
 
   private describeResult(body: Buffer): PgProtocolError | undefined {
     const head = this.queue.find((p) => p.kind === 'statement');
@@ -859,11 +859,11 @@ class PgSession {
       if (rd instanceof PgProtocolError) return rd;
       const cols = rd.fields.map((fd) => maskCoversColumn(spec, fd.name) || tables.some((t) => maskCoversColumn(spec, fd.name, t)));
       const anyColumn = cols.some(Boolean);
-      const mask: ResultMask = { detectors: spec.detectors, cols, formats: rd.fields.map((fd) => fd.format), anyColumn, cannotHit: rowFilterFor(spec) };
-      shape = { mask, masks: anyColumn || spec.detectors.length > 0 };
+      shape = { detectors: spec.detectors, cols, formats: rd.fields.map((fd) => fd.format), anyColumn, cannotHit: rowFilterFor(spec) };
       this.shapes.set(tables, body, shape);
     }
-    if (shape.masks) this.rowMask = shape.mask;
+    // Rows need looking at when a column is masked by name or a detector may hit in a value.
+    if (shape.anyColumn || shape.detectors.length > 0) this.rowMask = shape;
     return undefined;
   }
 }
