@@ -34,7 +34,7 @@
 // events). pgbench goes through the same BPF redirect into it, so runguard vs relay is the price of
 // the PostgreSQL handler and its audit, and relay vs pgbouncer that of the redirect and a Node relay.
 //
-// --rounds N (default 1) runs each workload's three paths N times, back to back in rotating order.
+// --rounds N (default 1) runs each workload's paths N times, back to back in rotating order.
 // This host's throughput drifts by 10-30% from minute to minute (a shared virtual machine), more than
 // most changes being measured, so with N > 1 every ratio is taken within a round, between runs
 // minutes apart at most, and the report gives the median ratio with the range over the rounds; the
@@ -605,10 +605,13 @@ async function main(): Promise<number> {
     }
   }
   // The tables show each path's median run by tps; the ratios below are taken round by round.
+  const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 0.5);
   const results = new Map<string, RunResult>();
   for (const [k, list] of runs) {
-    const done = list.filter((r): r is RunResult => r !== undefined).sort((a, b) => a.tps - b.tps);
-    if (done.length) results.set(k, done[(done.length - 1) >> 1]!);
+    const done = list.filter((r): r is RunResult => r !== undefined);
+    const mid = median(done.map((r) => r.tps));
+    const run = done.find((r) => r.tps === mid);
+    if (run) results.set(k, run);
   }
   const roundRatios = (w: Workload, num: PathName, den: PathName): number[] => {
     const a = runs.get(key(w, num)) ?? [];
@@ -647,7 +650,6 @@ async function main(): Promise<number> {
   const noisy = [...results.values()].some((r) => r.otherCpu > 0.1) || loadBefore > 0.1;
   if (noisy) out.push('  WARNING: other processes used the cpus during the bench; the ratios are not trustworthy, run again on a quiet host');
 
-  const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[(xs.length - 1) >> 1]! : NaN);
   const ratios: string[][] = [['workload', 'tps rg/direct', 'tps pgb/direct', 'tps rg/pgb', 'rg +p50 ms', 'rg +p99 ms', 'pgb +p50 ms', 'pgb +p99 ms', 'rg-pgb p50', 'rg-pgb p99',
     ...(opts.relayPath ? ['tps relay/pgb', 'tps rg/relay'] : []), ...(opts.rounds > 1 ? ['rg/pgb by round'] : [])]];
   for (const w of opts.workloads) {
