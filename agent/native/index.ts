@@ -1,0 +1,29 @@
+// The native data path addon (agent/native/src), loaded once. The agent works without it (the
+// PostgreSQL handler then relays every byte through JavaScript); RUNGUARD_REQUIRE_NATIVE=1 makes a
+// missing or broken build an error instead, which the tests set.
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeAddon {
+  /** The statement shape key of SQL bytes (see src/shape.h), or null where the scanner gives up. */
+  shape(sql: Buffer): Buffer | null;
+  /** Test hook: what the native message checks make of one message body (see src/pgmsg.h). */
+  checkMessage(direction: 'frontend' | 'backend', type: number, body: Buffer): Record<string, unknown> | null;
+}
+
+let loaded: { addon?: NativeAddon; error?: string } | undefined;
+
+/** dist/native/runguard_native.node, built by `make -C agent/native` (npm run build does it). */
+export const addonPath = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'native', 'runguard_native.node');
+
+export function loadNative(): { addon?: NativeAddon; error?: string } {
+  if (loaded) return loaded;
+  try {
+    loaded = { addon: createRequire(import.meta.url)(addonPath) as NativeAddon };
+  } catch (err) {
+    loaded = { error: `cannot load the native data path (${addonPath}): ${(err as Error).message}` };
+    if (process.env.RUNGUARD_REQUIRE_NATIVE === '1') throw new Error(loaded.error);
+  }
+  return loaded;
+}

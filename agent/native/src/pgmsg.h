@@ -1,0 +1,34 @@
+// PostgreSQL message bodies checked and taken apart in native code, for the data path's decisions.
+// The invariant: a body these functions accept is one the JavaScript decoder in agent/pg/messages.ts
+// (as agent/pg/handler.ts uses it) accepts too, with the same fields. They may be stricter, never
+// looser: whatever they refuse goes to the JavaScript handler, which reports it properly.
+// `body` is the message after the type byte and the length; nothing past body+n is read.
+#pragma once
+#include <node_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct PgSlice {
+  const uint8_t* p;
+  size_t n;
+};
+
+// Frontend (job -> server). Names and SQL must be valid UTF-8 (stricter than the JS decoders, which
+// map invalid bytes to U+FFFD: two byte strings must never name the same JS map key).
+bool pg_query(const uint8_t* body, size_t n, PgSlice* sql);                             // 'Q'
+bool pg_parse(const uint8_t* body, size_t n, PgSlice* name, PgSlice* sql);              // 'P'
+bool pg_bind(const uint8_t* body, size_t n, PgSlice* portal, PgSlice* statement);       // 'B'
+bool pg_execute(const uint8_t* body, size_t n, PgSlice* portal);                        // 'E'
+bool pg_close(const uint8_t* body, size_t n, uint8_t* kind, PgSlice* name);             // 'C' (kind 'S' or 'P')
+
+// Backend (server -> job), after authentication: true when handler.ts's onServerFrame would relay the
+// message without a protocol error: 'T' decodeRowDescription, 'D' checkDataRow, 'C'
+// decodeCommandComplete, 'E' decodeErrorResponse, 'Z' decodeReadyForQuery all succeed; 'R' and 'K'
+// are never accepted (the handler rejects them after authentication); other types are accepted as
+// they are (the handler relays them unread).
+bool pg_backend_ok(uint8_t type, const uint8_t* body, size_t n);
+
+// JS: checkMessage(direction, type, body) => null when refused, else an object with the fields
+// taken apart ({sql}, {name, sql}, {portal, statement}, {portal}, {kind, name}, or {} for backend).
+// Strings are returned as Buffers of their bytes. For tests.
+napi_value pgmsg_check_js(napi_env env, napi_callback_info info);
