@@ -25,6 +25,8 @@ import { VERSION } from './version.js';
 import { CollectorApprovals } from './approvals/client.js';
 import { HeartbeatSender } from './events/heartbeat.js';
 import { AgentStatusReporter, type BpfStatus } from './status.js';
+import { nativeRelay, type NativeRelay } from './native/relay.js';
+import { loadNative } from './native/index.js';
 
 /** Written to the state directory for `runguard run` and `runguard events`. */
 export interface AgentState {
@@ -92,9 +94,18 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
   // Policy: a file that does not load stops the agent at start (say which line), and on a later
   // change keeps the policy in force (never run without one because of a typo).
   let policy: Policy = cfg.policyFile ? loadPolicy(cfg.policyFile) : defaultPolicy();
+  const relay = startRelay(cfg, log, emit);
+  // The relay repeats decisions it was told it may; a new policy starts a new epoch in which it
+  // remembers none, and what it forwarded before is replayed under the policy of its own epoch.
+  const policies = new Map<number, Policy>([[0, policy]]);
+  let epoch = 0;
   const stopWatching = cfg.policyFile
     ? watchPolicy(cfg.policyFile, (p) => {
       policy = p;
+      if (relay) {
+        policies.set((epoch = relay.forget()), p);
+        policies.delete(epoch - 8);
+      }
       log.info({ file: cfg.policyFile, rules: p.rules.length }, 'policy reloaded');
       emit({ kind: EventKind.EVENT_KIND_AGENT_NOTICE!, notice: { level: 'info', code: 'policy_reloaded', message: `${cfg.policyFile}: ${p.rules.length} rules, sha256 ${p.digest}` } });
     }, (err) => {
@@ -110,7 +121,8 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
     : undefined;
   const handlers: Record<string, ProtocolHandler> = {
     tcp: tcpHandler,
-    postgres: postgresHandler({ policy: () => policy, ca, credentials: (dst) => credentials.get(dst), serverTls: cfg.serverTls, approvals }),
+    postgres: postgresHandler({ policy: () => policy, ca, credentials: (dst) => credentials.get(dst), serverTls: cfg.serverTls, approvals,
+      relay: relay && { relay, policyAt: (e) => (e === epoch ? undefined : policies.get(e)) } }),
   };
 
   const identity = new Attribution(undefined, { labelsDir: path.join(cfg.stateDir, 'jobs') });
@@ -242,6 +254,20 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
     await heartbeat.stop(() => reporter.collect(), 2000);
     await shipper.stop();
   }
+}
+
+/** The native data path, when configured and loadable; otherwise sessions stay on JavaScript, said once. */
+function startRelay(cfg: AgentConfig, log: Logger, emit: (d: EventDraft) => unknown): NativeRelay | undefined {
+  if (cfg.dataPath !== 'native') return undefined;
+  const relay = nativeRelay();
+  if (!relay) {
+    const message = `${loadNative().error ?? 'the native data path is unavailable'}; PostgreSQL sessions are relayed in JavaScript`;
+    log.warn(message);
+    emit({ kind: EventKind.EVENT_KIND_AGENT_NOTICE!, notice: { level: 'warn', code: 'native_unavailable', message } });
+    return undefined;
+  }
+  relay.onListenerError = (err) => log.error({ err }, 'a session failed on a native relay record');
+  return relay;
 }
 
 function createShipper(cfg: AgentConfig, spool: Spool, emit: (d: EventDraft) => unknown, log: Logger): Shipper {

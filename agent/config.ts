@@ -40,6 +40,11 @@ export interface AgentConfig {
   serverTls: 'prefer' | 'require' | 'disable';
   /** How often the agent reports its status to the collector (and at once on connecting). */
   heartbeatIntervalMs: number;
+  /**
+   * Who relays PostgreSQL sessions once authenticated: "native" (agent/native: a native thread,
+   * falling back to JavaScript with a notice when the addon cannot load) or "javascript".
+   */
+  dataPath: 'native' | 'javascript';
 }
 
 export interface CredentialConfig {
@@ -71,6 +76,7 @@ export function defaultConfig(): AgentConfig {
     credentials: [],
     serverTls: 'prefer',
     heartbeatIntervalMs: 10_000,
+    dataPath: 'native',
   };
 }
 
@@ -128,6 +134,7 @@ const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
   agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
   watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number', spoolCommitDelayMs: 'number',
   collector: 'string', tlsDir: 'string', policyFile: 'string', serverTls: 'string', heartbeatIntervalMs: 'number',
+  dataPath: 'string',
 };
 
 /** Reads a YAML config file; every error names the file and line. */
@@ -211,6 +218,7 @@ function parseCredentials(value: unknown, where: string): CredentialConfig[] {
 }
 
 export function validate(cfg: AgentConfig, where = 'config'): void {
+  if (!['native', 'javascript'].includes(cfg.dataPath)) throw new ConfigError(where, `dataPath must be native or javascript, got "${cfg.dataPath}"`);
   if (!['prefer', 'require', 'disable'].includes(cfg.serverTls)) throw new ConfigError(where, `serverTls must be prefer, require or disable, got "${cfg.serverTls}"`);
   if (!Number.isInteger(cfg.proxyPort) || cfg.proxyPort < 1 || cfg.proxyPort > 65535) {
     throw new ConfigError(where, `proxyPort must be 1..65535, got ${cfg.proxyPort}`);

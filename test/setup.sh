@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # sudo, systemd: the packaging checks (visudo, systemd-analyze verify). pgbouncer: the reference in bench/;
 # linux-perf: bench/pgbench.ts counts the agent's fdatasyncs with it.
 # chromium + fonts: the dashboard's browser tests (driven by playwright-core; no browser download).
-PACKAGES=(libbpf1 clang llvm libbpf-dev bpftool linux-libc-dev postgresql postgresql-client iptables python3 procps iproute2 openssl sudo systemd pgbouncer linux-perf
+# g++, make: the native data path addon (agent/native), built against nodejs's own headers.
+PACKAGES=(libbpf1 clang llvm g++ make libbpf-dev bpftool linux-libc-dev postgresql postgresql-client iptables python3 procps iproute2 openssl sudo systemd pgbouncer linux-perf
   chromium fonts-dejavu-core fonts-liberation)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -10,6 +10,13 @@ export interface NativeAddon {
   shape(sql: Buffer): Buffer | null;
   /** Test hook: what the native message checks make of one message body (see src/pgmsg.h). */
   checkMessage(direction: 'frontend' | 'backend', type: number, body: Buffer): Record<string, unknown> | null;
+  // The relay (src/relay.h; agent/native/relay.ts wraps these).
+  relayStart(onBatch: (batch: Buffer) => void, maxMessageLength: number, replayDelayMs: number): void;
+  relayAdopt(id: number, clientFd: number, serverFd: number): void;
+  relayWrite(id: number, serverLive: boolean, toServer: Buffer | null, toClient: Buffer | null): void;
+  relayResume(id: number, side: number, cache: number, allowName: boolean, serverLive: boolean): void;
+  relayClose(id: number): void;
+  relayForget(): number;
 }
 
 let loaded: { addon?: NativeAddon; error?: string } | undefined;

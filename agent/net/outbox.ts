@@ -56,6 +56,16 @@ export class Outbox {
     return ok;
   }
 
+  /** What is queued, as one Buffer (null when nothing is), for a writer that is not a stream. */
+  take(): Buffer | null {
+    this.closeRun();
+    const parts = this.parts;
+    if (parts.length === 0) return null;
+    const b = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    parts.length = 0;
+    return b;
+  }
+
   /** Drops what is queued (the socket it was for is gone). */
   clear(): void {
     this.runBuffer = null;

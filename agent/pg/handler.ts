@@ -26,6 +26,7 @@ import { md5Password, ScramClient, chooseSaslMechanism } from './scram.js';
 import { classify } from './classify.js';
 import type { ApprovalClient } from '../approvals/client.js';
 import { approvalsUnavailable, holdForApproval, reviewDenialText, type ReviewResult } from '../approvals/review.js';
+import { RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayListener } from '../native/relay.js';
 
 const ch = (c: string) => c.charCodeAt(0);
 const T = {
@@ -44,6 +45,12 @@ export interface PgHandlerDeps {
   serverTls: 'prefer' | 'require' | 'disable';
   /** Where review decisions come from (the collector); without it review denies, saying why. */
   approvals?: ApprovalClient;
+  /**
+   * The native data path (agent/native/relay.ts): plaintext sessions are handed to it once
+   * authenticated. `policyAt(epoch)` is the policy that was in force at a relay epoch (see
+   * NativeRelay.forget), for records the relay forwarded before a reload reached it.
+   */
+  relay?: { relay: NativeRelay; policyAt(epoch: number): Policy | undefined };
 }
 
 /** What a caller of statementInfo adds to the record (statementInfo copies exactly these). */
@@ -96,7 +103,21 @@ export function postgresHandler(deps: PgHandlerDeps): ProtocolHandler {
   return { name: 'postgres', run: (s) => new PgSession(s, deps).run() };
 }
 
-class PgSession {
+/** Whether any rule of the policy reads the operation's text (then decisions hold for one text only). */
+const readsText = new WeakMap<Policy, boolean>();
+function policyReadsText(policy: Policy): boolean {
+  let r = readsText.get(policy);
+  if (r === undefined) readsText.set(policy, (r = policy.rules.some((rule) => rule.match.pattern !== undefined)));
+  return r;
+}
+
+/** What the native relay may remember of a decision: it repeats only plain allows. */
+function relayCacheFor(p: Prepared, policy: Policy): RelayCache {
+  if (p.decision.action !== 'allow') return RelayCache.None;
+  return p.parseError !== undefined || policyReadsText(policy) ? RelayCache.Exact : RelayCache.Shape;
+}
+
+class PgSession implements RelayListener {
   private client: net.Socket;
   private server?: net.Socket;
   // The job's socket delivers fresh 'data' chunks, which frames may keep referencing (held messages,
@@ -138,6 +159,20 @@ class PgSession {
   private readonly up = new Outbox();
   private readonly down = new Outbox();
   private batching = 0;
+  // The native data path, once the session is handed to it (see agent/native/src/relay.h).
+  private link?: { relay: NativeRelay; id: number; serverLive: boolean };
+  /** Handling a record of what the relay already forwarded: writes are counted, not sent. */
+  private replaying = false;
+  private replayUp = 0;
+  private replayDown = 0;
+  /** The policy of the relay epoch a replayed record belongs to, when it is not the current one. */
+  private replayPolicy?: Policy;
+  /** When the message being handled was read, on performance.now()'s clock (records carry it). */
+  private clock?: number;
+  /** What the live record being handled lets the relay remember (see relayCacheFor). */
+  private relayCache = RelayCache.None;
+  private relayAllowName = false;
+  private diverged = false;
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
     this.client = s.client;
@@ -190,14 +225,24 @@ class PgSession {
     if (this.client.writableLength > 0 || (this.server !== undefined && this.server.writableLength > 0)) reads.retain();
   }
 
+  private now(): number {
+    return this.clock ?? performance.now();
+  }
+
+  private policy(): Policy {
+    return this.replayPolicy ?? this.deps.policy();
+  }
+
   private toServer(b: Buffer): void {
     this.bytesUp += b.length;
+    if (this.replaying) return void (this.replayUp += b.length);
     this.up.add(b);
     if (!this.batching) this.flush();
   }
 
   private toClient(b: Buffer): void {
     this.bytesDown += b.length;
+    if (this.replaying) return void (this.replayDown += b.length);
     this.down.add(b);
     if (!this.batching) this.flush();
   }
@@ -213,6 +258,12 @@ class PgSession {
   }
 
   private flush(): void {
+    if (this.link) {
+      const up = this.up.take();
+      const down = this.down.take();
+      if (up || down) this.link.relay.write(this.link.id, this.serverLive(), up, down);
+      return;
+    }
     if (!this.up.empty) {
       if (this.server) {
         if (!this.up.flush(this.server)) this.client.pause();
@@ -226,18 +277,23 @@ class PgSession {
   private close(reason: EndReason, error?: string): void {
     if (this.end) return;
     this.end = { reason, error, bytesUp: this.bytesUp, bytesDown: this.bytesDown };
+    if (this.link) this.end.relay = 'native';
     this.phase = 'closed';
     // Statements still waiting for an outcome are recorded as such, not forgotten.
     for (const p of this.queue) if (p.kind === 'statement') this.complete(p, { error: `session ended (${reason}) before the server answered` });
     this.queue.length = 0;
     // What was relayed before the end (a Terminate, the frames before a bad one) still goes out.
     this.flush();
-    this.client.end();
+    if (this.link) {
+      this.link.relay.close(this.link.id);
+    } else {
+      this.client.end();
     this.server?.end();
-    setTimeout(() => {
-      this.client.destroy();
-      this.server?.destroy();
-    }, 1000).unref();
+      setTimeout(() => {
+        this.client.destroy();
+        this.server?.destroy();
+      }, 1000).unref();
+    }
     const end = this.end;
     if (!this.holding) return this.finish(end);
     // A held statement's request is withdrawn, and its outcome recorded, before the session's end:
@@ -251,7 +307,9 @@ class PgSession {
     const text = `runguard: the ${side === 'job' ? 'client' : 'server'} sent an invalid message; ending the session: ${err.message}`;
     this.s.log.warn({ side, err: err.message }, 'postgres protocol error');
     this.flush();
-    if (!this.client.destroyed) this.client.write(msg.errorResponse({ severity: 'FATAL', code: '08P01', message: text }));
+    const fatal = msg.errorResponse({ severity: 'FATAL', code: '08P01', message: text });
+    if (this.link) this.link.relay.write(this.link.id, false, null, fatal);
+    else if (!this.client.destroyed) this.client.write(fatal);
     this.close('protocol_error', `${side}: ${err.message}`);
   }
 
@@ -428,7 +486,119 @@ class PgSession {
     if (this.phase === 'closed') return;
     let err: PgProtocolError | undefined;
     this.batch(() => { err = this.fromServer.push(chunk, this.onServerFrameBound); });
-    if (err) this.protocolError('server', err);
+    if (err) return this.protocolError('server', err);
+    if (this.handOffDue) this.handOff();
+  }
+
+  // ---- the native data path -------------------------------------------------------------------
+
+  /** Set at the end of authentication: hand the session to the relay once this chunk is done. */
+  private handOffDue = false;
+
+  /**
+   * Gives both sockets to the native relay. Only a plaintext session at rest: authenticated, no
+   * statement outstanding, nothing buffered on either side (the relay starts at a message boundary
+   * and the JavaScript sockets are closed right after, their descriptors duplicated).
+   */
+  private handOff(): void {
+    this.handOffDue = false;
+    const native = this.deps.relay;
+    const server = this.server;
+    if (!native || !server || this.clientTls || this.serverTls || this.phase !== 'ready' || this.held || this.queue.length) return;
+    if (this.fromClient.buffered || this.fromServer.buffered || this.client.readableLength || this.client.writableLength || server.writableLength) {
+      // Bytes in flight: the session stays here (it is rare: a job that pipelines before the server's first ReadyForQuery).
+      this.s.log.debug({ client: this.client.writableLength, server: server.writableLength }, 'session not handed to the native relay: bytes in flight');
+      return;
+    }
+    const fdOf = (sock: net.Socket) => (sock as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
+    const cfd = fdOf(this.client);
+    const sfd = fdOf(server);
+    if (cfd < 0 || sfd < 0) return;
+    let id: number;
+    try {
+      id = native.relay.adopt(this, cfd, sfd);
+    } catch (err) {
+      this.s.log.warn({ err }, 'cannot hand the session to the native relay; relaying it here');
+      return;
+    }
+    this.link = { relay: native.relay, id, serverLive: false };
+    for (const sock of [this.client, server]) {
+      sock.removeAllListeners();
+      sock.on('error', () => {});
+      sock.destroy();
+    }
+    if (this.serverReads) this.serverReads.sink = () => {};
+  }
+
+  /** Whether the server's messages must come here first: a result being masked, or one on its way. */
+  private serverLive(): boolean {
+    if (this.rowMask) return true;
+    for (const p of this.queue) if (p.mask) return true;
+    return false;
+  }
+
+  /** Whether the session has ended (a method: TypeScript cannot see a handler call change the phase). */
+  private ended(): boolean {
+    return this.phase === 'closed';
+  }
+
+  /** Lets the job's messages flow again after a hold. */
+  private resumeClient(): void {
+    if (!this.link) return void this.client.resume();
+    this.link.relay.resume(this.link.id, RelaySide.Client, RelayCache.None, false, this.serverLive());
+  }
+
+  onRelayRecord(kind: RecordKind, side: RelaySide, bytes: Buffer, ms: number, epoch: number): void {
+    const link = this.link;
+    if (!link || this.phase === 'closed') return;
+    const fromClient = side === RelaySide.Client;
+    switch (kind) {
+      case RecordKind.Replay: {
+        // The relay forwarded these messages already; the handler runs over them as if it had,
+        // under the policy the relay decided them by, for the audit and the session's state.
+        this.replaying = true;
+        this.replayUp = this.replayDown = 0;
+        this.clock = ms;
+        this.replayPolicy = this.deps.relay?.policyAt(epoch);
+        try {
+          if (fromClient) this.onClientData(bytes);
+          else this.onServerData(bytes);
+        } finally {
+          this.replaying = false;
+          this.clock = this.replayPolicy = undefined;
+        }
+        // Handled differently here than relayed there: a bug, or a policy change racing a decision.
+        const same = fromClient ? this.replayUp === bytes.length && this.replayDown === 0 : this.replayDown === bytes.length && this.replayUp === 0;
+        if (!same && !this.ended() && !this.diverged) {
+          this.diverged = true;
+          this.s.log.error({ side: fromClient ? 'job' : 'server', bytes: bytes.length, up: this.replayUp, down: this.replayDown },
+            'the native relay forwarded messages the handler would have handled differently');
+        }
+        return;
+      }
+      case RecordKind.Live: {
+        this.clock = ms;
+        this.relayCache = RelayCache.None;
+        this.relayAllowName = false;
+        try {
+          if (fromClient) this.onClientData(bytes);
+          else this.onServerData(bytes);
+        } finally {
+          this.clock = undefined;
+        }
+        if (this.ended() || (fromClient && this.held)) return; // a hold resumes when it ends
+        link.relay.resume(link.id, side, this.relayCache, this.relayAllowName, this.serverLive());
+        return;
+      }
+      case RecordKind.End: {
+        const error = bytes.length ? bytes.toString('utf8') : undefined;
+        if (fromClient) this.close(error ? 'client_error' : 'client_closed', error);
+        else this.close(error ? 'upstream_error' : 'upstream_closed', error);
+        return;
+      }
+      default:
+        return;
+    }
   }
 
   private onServerFrame(f: Frame): void {
@@ -541,6 +711,7 @@ class PgSession {
     if (f.type === T.Ready) {
       this.phase = 'ready';
       this.sessionStarted();
+      this.handOffDue = this.deps.relay !== undefined;
     }
     this.toClient(raw);
   }
@@ -615,7 +786,7 @@ class PgSession {
   /** Classifies SQL and decides it; the most severe decision over its statements wins. */
   private decide(sql: string, exact = false): Prepared {
     const c = classify(sql, { exact });
-    const policy = this.deps.policy();
+    const policy = this.policy();
     if ('error' in c) {
       const op: Operation = { type: 'UNPARSED', text: sql };
       return { ops: [op], parseError: c.error, decision: policy.evaluate(this.context(op)), denied: false };
@@ -636,11 +807,12 @@ class PgSession {
     const q = msg.decodeQuery(f.body);
     if (q instanceof PgProtocolError) return this.protocolError('job', q);
     const p = this.decide(q.sql);
-    const blocker = () => p.ops.find((op) => SEVERITY[this.deps.policy().evaluate(this.context(op)).action] >= 2) ?? p.ops[0];
+    const blocker = () => p.ops.find((op) => SEVERITY[this.policy().evaluate(this.context(op)).action] >= 2) ?? p.ops[0];
     if (p.decision.action === 'review' && this.deps.approvals) {
       return this.holdForReview(p, blocker() ?? { type: 'EMPTY' }, (r) => (r.decision === 'approved' ? this.forwardQuery(raw, p, r) : this.denyQuery(p, blocker(), r)));
     }
     if (p.denied) return this.denyQuery(p, blocker());
+    this.relayCache = relayCacheFor(p, this.policy());
     this.forwardQuery(raw, p);
   }
 
@@ -653,7 +825,7 @@ class PgSession {
   }
 
   private forwardQuery(raw: Buffer, p: Prepared, review?: ReviewResult): void {
-    const started = performance.now();
+    const started = this.now();
     for (const op of p.ops) {
       this.queue.push({ kind: 'statement', op, started, mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
         info: this.statementInfo(op, p.decision, { parseError: p.parseError }, review) });
@@ -671,7 +843,7 @@ class PgSession {
   private holdForReview(p: Prepared, op: Operation, then: (r: ReviewResult) => void): void {
     this.held = [];
     const client = this.client;
-    client.pause();
+    if (!this.link) client.pause();
     const ended = new AbortController();
     const held = { protocol: 'postgres' as const, operation: { ...op, text: op.text ? this.redact(op.text) : op.text }, decision: p.decision,
       database: this.database, user: this.injected?.user ?? this.user };
@@ -686,7 +858,7 @@ class PgSession {
           then(r);
           for (const f of waiting) this.onClientFrame(f); // one of them may start another hold: the rest wait again
         });
-        if (!this.held) this.client.resume();
+        if (!this.held) this.resumeClient();
       })
       .catch((err: Error) => {
         this.s.log.error({ err }, 'cannot resume a session after its review');
@@ -708,7 +880,11 @@ class PgSession {
         this.toServer(raw);
       });
     }
-    if (!p.denied) return this.toServer(raw);
+    if (!p.denied) {
+      this.relayCache = relayCacheFor(p, this.policy());
+      this.relayAllowName = p.decision.action === 'allow';
+      return this.toServer(raw);
+    }
     this.denyParse(m.name, p);
   }
 
@@ -726,6 +902,7 @@ class PgSession {
     const p = this.prepared.get(b.statement);
     // The denied statement was replaced by one without parameters: bind it with none.
     if (p?.denied) return this.toServer(msg.bind({ portal: b.portal, statement: b.statement, resultFormats: b.resultFormats }));
+    this.relayAllowName = p?.decision.action === 'allow';
     this.toServer(raw);
   }
 
@@ -739,8 +916,9 @@ class PgSession {
       p.writes ??= this.maskedWrites(op, p.decision);
       const masked = p.writes.params;
       const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
-      this.queue.push({ kind: 'statement', op, started: performance.now(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
+      this.queue.push({ kind: 'statement', op, started: this.now(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
         info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.writes) });
+      this.relayAllowName = p.decision.action === 'allow';
     }
     this.toServer(raw);
   }
@@ -819,7 +997,7 @@ class PgSession {
     if (outcome.errorCode) info.errorCode = outcome.errorCode;
     if (outcome.error) info.error = this.redact(outcome.error);
     // Whole microseconds, truncated as the integer division of hrtime nanoseconds did.
-    if (p.started !== undefined) info.durationUs = Math.floor((performance.now() - p.started) * 1000);
+    if (p.started !== undefined) info.durationUs = Math.floor((this.now() - p.started) * 1000);
     if (this.maskedValues) info.maskedValues = this.maskedValues;
     this.maskedValues = 0;
     this.emitStatement(info);

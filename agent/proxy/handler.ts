@@ -47,6 +47,8 @@ export interface SessionEnd {
   error?: string;
   bytesUp: number;
   bytesDown: number;
+  /** Set when the session's messages were relayed by the native data path (agent/native). */
+  relay?: 'native';
 }
 
 export interface ProtocolHandler {

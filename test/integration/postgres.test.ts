@@ -21,14 +21,23 @@ const JOB_ENV = {
   DEPLOY_TOKEN: SECRET, PGCONNECT_TIMEOUT: '10',
 };
 
-describe('PostgreSQL through the agent', { skip }, () => {
+// Every test runs twice: with TLS (the job's libpq prefers it, the agent terminates it, and opens TLS
+// to the server: sessions stay on the JavaScript handler) and in plaintext both ways (sessions go to
+// the native data path once authenticated: agent/native). The same assertions hold for both; the last test checks which path carried them.
+const VARIANTS = [
+  { name: 'JavaScript data path (TLS to the server)', serverTls: 'prefer', native: false, sslmode: 'prefer' },
+  { name: 'native data path (plaintext both ways)', serverTls: 'disable', native: true, sslmode: 'disable' },
+] as const;
+
+for (const variant of VARIANTS) describe(`PostgreSQL through the agent: ${variant.name}`, { skip }, () => {
   let pg: PgServer;
   let agent: AgentFixture;
   let collector: CollectorProcess;
   let work: string;
   let url: string;
+  const jobEnv = { ...JOB_ENV, PGSSLMODE: variant.sslmode };
   const psql = (args: string[], env: Record<string, string> = {}, input?: string): Promise<ProcResult> =>
-    agent.run(['sh', '-c', input === undefined ? 'exec psql "$@"' : 'printf %s "$RG_INPUT" | psql "$@"', 'psql', '-X', '-v', 'ON_ERROR_STOP=1', ...args], { ...JOB_ENV, RG_INPUT: input ?? '', ...env });
+    agent.run(['sh', '-c', input === undefined ? 'exec psql "$@"' : 'printf %s "$RG_INPUT" | psql "$@"', 'psql', '-X', '-v', 'ON_ERROR_STOP=1', ...args], { ...jobEnv, RG_INPUT: input ?? '', ...env });
   const statements = async () => (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_STATEMENT').map((e) => ({ ...e.statement, seq: Number(e.seq), sessionId: e.sessionId, job: e.job }));
 
   before(async () => {
@@ -42,7 +51,7 @@ describe('PostgreSQL through the agent', { skip }, () => {
     process.env.RG_TEST_MD5_PASSWORD = pg.passwords.md5_user;
     const config = path.join(work, 'agent.yaml');
     writeFileSync(config, [
-      'protocols:', `  ${pg.port}: postgres`,
+      'protocols:', `  ${pg.port}: postgres`, `serverTls: ${variant.serverTls}`,
       'credentials:',
       `  - target: 127.0.0.2:${pg.port}`, '    user: scram_user', `    passwordFile: ${passwordFile}`,
     ].join('\n') + '\n');
@@ -144,7 +153,7 @@ describe('PostgreSQL through the agent', { skip }, () => {
     const script = path.join(work, 'insert-token.sql');
     writeFileSync(script, '\\set tok random(1000000000000, 9999999999999)\nINSERT INTO creds (id, api_token) VALUES (2, :tok);\n');
     chmodSync(work, 0o755);
-    const b = await agent.run(['pgbench', '-n', '-M', 'prepared', '-t', '1', '-f', script, url], JOB_ENV);
+    const b = await agent.run(['pgbench', '-n', '-M', 'prepared', '-t', '1', '-f', script, url], jobEnv);
     assert.equal(b.status, 0, b.stderr + b.stdout);
     const stored = pg.admin("SELECT string_agg(api_token, ',' ORDER BY id) FROM creds").match(/plain-tok-91x,(\d{13})/);
     assert.ok(stored, 'the server got the real values');
@@ -193,7 +202,7 @@ describe('PostgreSQL through the agent', { skip }, () => {
   });
 
   test('a long query cancelled by the client (psql ^C) is cancelled through the proxy', async () => {
-    const child = spawn(RUNGUARD, ['run', '--state-dir', agent.stateDir, '--', 'psql', '-X', url, '-c', 'SELECT pg_sleep(30)'], { env: { ...process.env, ...JOB_ENV }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(RUNGUARD, ['run', '--state-dir', agent.stateDir, '--', 'psql', '-X', url, '-c', 'SELECT pg_sleep(30)'], { env: { ...process.env, ...jobEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     // runguard run's shell execs psql in place (Debian's perl wrapper then execs the real client),
@@ -220,7 +229,7 @@ describe('PostgreSQL through the agent', { skip }, () => {
     assert.equal(init.status, 0, init.stderr);
     pg.admin('GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC');
     for (const mode of ['simple', 'extended', 'prepared']) {
-      const r = await agent.run(['pgbench', '-n', '-M', mode, '-c', '2', '-t', '50', '-S', url], JOB_ENV);
+      const r = await agent.run(['pgbench', '-n', '-M', mode, '-c', '2', '-t', '50', '-S', url], jobEnv);
       assert.equal(r.status, 0, `${mode}: ${r.stderr}`);
       assert.match(r.stdout, /number of transactions actually processed: 100\/100/);
     }
@@ -239,5 +248,14 @@ describe('PostgreSQL through the agent', { skip }, () => {
     assert.match(s.dbSession.auth, /^injected:scram-sha-256$/);
     assert.ok(!JSON.stringify((await agent.events())).includes(pg.passwords.scram_user));
     assert.ok(!agent.log.includes(pg.passwords.scram_user));
+  });
+
+  test(variant.native ? 'plaintext sessions were relayed by the native data path' : 'sessions with TLS to the server stay on the JavaScript handler', async () => {
+    const closes = (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE' && e.connectionClose.protocol === 'postgres');
+    const native = closes.filter((e) => e.connectionClose.relay === 'native');
+    if (!variant.native) return assert.equal(native.length, 0);
+    // All but the sessions that never authenticate (cancel requests) or use TLS with the job.
+    assert.ok(native.length >= closes.length - 6, `${native.length} of ${closes.length} sessions native`);
+    assert.ok(!agent.log.includes('would have handled differently'), 'the relay and the handler agree on every message');
   });
 });

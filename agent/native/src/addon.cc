@@ -3,11 +3,18 @@
 
 #include "shape.h"
 #include "pgmsg.h"
+#include "relay.h"
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"shape", nullptr, shape_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"checkMessage", nullptr, pgmsg_check_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayStart", nullptr, relay_start_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayAdopt", nullptr, relay_adopt_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayWrite", nullptr, relay_write_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayResume", nullptr, relay_resume_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayClose", nullptr, relay_close_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayForget", nullptr, relay_forget_js, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -1,0 +1,740 @@
+// The native PostgreSQL data path (see relay.h for what it is for and how it divides the work with
+// the JavaScript handler). One epoll thread; every session's state is touched by that thread only.
+// JavaScript talks to it through a command queue (mutex + eventfd) and hears back through one
+// thread-safe function that delivers records in batches.
+#include "relay.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "pgmsg.h"
+#include "shape.h"
+
+namespace {
+
+// ---- records to JavaScript -----------------------------------------------------------------------
+
+enum RecordKind : uint8_t {
+  kReplay = 1,  // bytes the relay forwarded: whole messages, in order
+  kLive = 2,    // bytes the relay did not forward: the handler decides, then resumes that side
+  kEnd = 3,     // that side's socket ended (bytes: an error text, empty for an orderly end)
+  kClosed = 4,  // the session's sockets are closed and it is forgotten (after relayClose)
+};
+enum Side : uint8_t { kClient = 0, kServer = 1 };
+
+// Native byte order: both ends are this process. 24 bytes, so the f64 stays aligned.
+struct RecordHeader {
+  uint32_t id;
+  uint8_t kind;
+  uint8_t side;
+  uint16_t reserved;
+  uint32_t epoch;
+  uint32_t len;
+  double ms;  // CLOCK_MONOTONIC in milliseconds: the clock behind process.hrtime()
+};
+static_assert(sizeof(RecordHeader) == 24, "record header layout is shared with agent/native/relay.ts");
+
+// Decisions the handler said may be remembered (see cache kinds in relay.ts).
+enum CacheKind : int { kCacheNone = 0, kCacheExact = 1, kCacheShape = 2 };
+
+// Per-session bounds: a session cycling through endless distinct statements forgets and asks again.
+constexpr size_t kMaxRemembered = 4096;
+// Texts longer than this are never remembered (as classify.ts's MAX_CACHED_TEXT).
+constexpr size_t kMaxRememberedText = 16 * 1024;
+// Stop reading a side while this much is queued for its peer: backpressure instead of buffering.
+constexpr size_t kHighWater = 4 * 1024 * 1024;
+constexpr size_t kReadChunk = 64 * 1024;
+constexpr double kCloseGraceMs = 1000;
+
+double now_ms() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+uint32_t be32(const uint8_t* p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+
+// ---- framing -------------------------------------------------------------------------------------
+// The same per-type length bounds as agent/pg/frames.ts: a message the relay frames is one the
+// JavaScript FrameReader frames too. -1: not a message type in that direction.
+
+struct Limits {
+  int32_t min[256];
+  uint32_t max[256];
+};
+
+constexpr uint32_t kAny = 0x7fffffff;
+
+Limits make_limits(std::initializer_list<std::tuple<char, int32_t, uint32_t>> entries) {
+  Limits l;
+  for (int i = 0; i < 256; i++) l.min[i] = -1, l.max[i] = 0;
+  for (auto& [t, lo, hi] : entries) l.min[(uint8_t)t] = lo, l.max[(uint8_t)t] = hi;
+  return l;
+}
+
+const Limits kFrontend = make_limits({{'Q', 4, kAny}, {'P', 4, kAny}, {'B', 4, kAny}, {'D', 4, kAny}, {'E', 4, kAny},
+                                      {'S', 4, 4}, {'H', 4, 4}, {'C', 4, kAny}, {'d', 4, kAny}, {'c', 4, 4},
+                                      {'f', 4, kAny}, {'X', 4, 4}, {'F', 4, kAny}, {'p', 4, kAny}});
+const Limits kBackend = make_limits({{'R', 8, kAny}, {'K', 12, 264}, {'S', 4, kAny}, {'Z', 5, 5}, {'T', 4, kAny},
+                                     {'D', 4, kAny}, {'C', 4, kAny}, {'E', 4, kAny}, {'N', 4, kAny}, {'A', 4, kAny},
+                                     {'G', 4, kAny}, {'H', 4, kAny}, {'W', 4, kAny}, {'d', 4, kAny}, {'c', 4, 4},
+                                     {'1', 4, 4}, {'2', 4, 4}, {'3', 4, 4}, {'n', 4, 4}, {'s', 4, 4},
+                                     {'t', 4, kAny}, {'I', 4, 4}, {'V', 4, kAny}, {'v', 4, kAny}});
+
+// ---- sessions ------------------------------------------------------------------------------------
+
+struct Peer {
+  int fd = -1;
+  std::vector<uint8_t> in;  // read and not yet handled (a partial message at most, unless waiting)
+  std::vector<uint8_t> out;  // to be written to this socket
+  size_t out_off = 0;
+  bool eof = false;       // this socket's read side ended (reported with kEnd)
+  bool failed = false;    // a write or read failed (reported with kEnd)
+  bool waiting = false;   // a kLive record of this side's input awaits the handler's answer
+  bool broken = false;    // framing failed: the rest went to the handler, which ends the session
+  uint32_t registered = 0;  // the epoll events currently asked for
+  size_t pending() const { return out.size() - out_off; }
+};
+
+struct Session {
+  uint32_t id = 0;
+  Peer peer[2];
+  bool server_live = false;  // every server message goes to the handler first (masked results)
+  bool closing = false;
+  double close_deadline = 0;
+  // Decisions the handler let the relay repeat: 'Q'/'P' + 'S' + shape, or + 'X' + exact text.
+  std::unordered_set<std::string> allowed;
+  // Prepared statements and portals whose statement the policy allowed without masking.
+  std::unordered_set<std::string> statements;
+  std::unordered_set<std::string> portals;
+  // The client message waiting in a kLive record: what to remember if the handler says so.
+  uint8_t live_type = 0;
+  std::string live_shape_key, live_exact_key, live_name, live_portal;
+  bool live_has_shape = false;
+};
+
+struct Command {
+  enum Op { kAdopt, kWrite, kResume, kClose, kForget, kStop } op;
+  explicit Command(Op o) : op(o) {}
+  uint32_t id = 0;
+  int a = -1, b = -1;  // adopt: fds; resume: side, cache
+  bool allow = false;
+  int server_live = -1;  // -1: unchanged
+  std::vector<uint8_t> up, down;
+};
+
+class Relay {
+ public:
+  Relay(napi_threadsafe_function tsfn, uint32_t max_message, double replay_delay_ms)
+      : tsfn_(tsfn), max_message_(max_message), replay_delay_ms_(replay_delay_ms) {
+    epfd_ = epoll_create1(EPOLL_CLOEXEC);
+    evfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event ev = {};
+    ev.events = EPOLLIN;
+    ev.data.u64 = UINT64_MAX;
+    epoll_ctl(epfd_, EPOLL_CTL_ADD, evfd_, &ev);
+    thread_ = std::thread([this] { loop(); });
+  }
+
+  ~Relay() {
+    push(Command(Command::kStop));
+    thread_.join();
+    close(epfd_);
+    close(evfd_);
+  }
+
+  bool ok() const { return epfd_ >= 0 && evfd_ >= 0; }
+
+  void push(Command&& c) {
+    {
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      cmds_.push_back(std::move(c));
+    }
+    uint64_t one = 1;
+    ssize_t r = write(evfd_, &one, sizeof one);
+    (void)r;  // EAGAIN only when the counter is already non-zero: the thread is woken anyway
+  }
+
+  // Called on the JavaScript thread by the thread-safe function: everything batched so far.
+  std::vector<uint8_t>* take() {
+    auto* v = new std::vector<uint8_t>();
+    std::lock_guard<std::mutex> g(out_mu_);
+    v->swap(outgoing_);
+    signalled_ = false;
+    return v;
+  }
+
+  uint32_t forget_epoch() { return ++epoch_requested_; }
+
+ private:
+  napi_threadsafe_function tsfn_;
+  const uint32_t max_message_;
+  const double replay_delay_ms_;
+  int epfd_ = -1, evfd_ = -1;
+  std::thread thread_;
+  std::mutex cmd_mu_;
+  std::deque<Command> cmds_;
+  std::mutex out_mu_;
+  std::vector<uint8_t> outgoing_;  // guarded by out_mu_
+  bool signalled_ = false;         // guarded by out_mu_: a call to JavaScript is on its way
+  // Thread-owned from here on.
+  std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;
+  std::vector<uint8_t> batch_;  // records of this loop turn
+  bool urgent_ = false;         // batch_ holds something JavaScript must see now
+  double replay_since_ = 0;     // when the oldest unsent replay record was made (0: none)
+  uint32_t epoch_ = 0;
+  std::atomic<uint32_t> epoch_requested_{0};
+  std::string key_, shape_;  // reused per message: no allocation once grown
+  bool stopping_ = false;
+  size_t closing_ = 0;  // sessions JavaScript closed that still have output to write
+
+  // ---- records ----
+
+  void record(const Session& s, RecordKind kind, Side side, const uint8_t* p, size_t n) {
+    RecordHeader h{s.id, kind, side, 0, epoch_, (uint32_t)n, now_ms()};
+    const uint8_t* hp = reinterpret_cast<const uint8_t*>(&h);
+    batch_.insert(batch_.end(), hp, hp + sizeof h);
+    if (n) batch_.insert(batch_.end(), p, p + n);
+    if (kind == kReplay) {
+      if (replay_since_ == 0) replay_since_ = h.ms;
+    } else {
+      urgent_ = true;
+    }
+  }
+
+  void end(Session& s, Side side, int err) {
+    Peer& p = s.peer[side];
+    if (p.eof || p.failed) return;
+    if (err) p.failed = true; else p.eof = true;
+    const char* text = err ? strerror(err) : "";
+    record(s, kEnd, side, reinterpret_cast<const uint8_t*>(text), strlen(text));
+  }
+
+  // Hands this turn's records to JavaScript: at once when one must be answered, otherwise once
+  // the oldest has waited replay_delay_ms_, so that a busy session's audit costs one JavaScript
+  // call per few milliseconds instead of one per statement.
+  void deliver(double now) {
+    if (batch_.empty()) return;
+    if (!urgent_ && !stopping_ && now - replay_since_ < replay_delay_ms_) return;
+    bool call;
+    {
+      std::lock_guard<std::mutex> g(out_mu_);
+      outgoing_.insert(outgoing_.end(), batch_.begin(), batch_.end());
+      call = !signalled_;
+      signalled_ = true;
+    }
+    batch_.clear();
+    urgent_ = false;
+    replay_since_ = 0;
+    if (call) napi_call_threadsafe_function(tsfn_, nullptr, napi_tsfn_nonblocking);
+  }
+
+  // ---- the loop ----
+
+  void loop() {
+    struct epoll_event evs[64];
+    while (!stopping_) {
+      int timeout = -1;
+      double now = now_ms();
+      if (!batch_.empty()) timeout = urgent_ ? 0 : (int)(replay_delay_ms_ - (now - replay_since_)) + 1;
+      if (closing_ > 0) timeout = timeout < 0 ? 50 : std::min(timeout, 50);
+      if (timeout < 0 && !batch_.empty()) timeout = 0;
+      int n = epoll_wait(epfd_, evs, 64, timeout);
+      if (n < 0 && errno != EINTR) break;
+      for (int i = 0; i < n; i++) {
+        if (evs[i].data.u64 == UINT64_MAX) {
+          uint64_t v;
+          ssize_t r = read(evfd_, &v, sizeof v);
+          (void)r;
+          run_commands();
+          continue;
+        }
+        uint32_t id = (uint32_t)(evs[i].data.u64 >> 1);
+        Side side = (Side)(evs[i].data.u64 & 1);
+        auto it = sessions_.find(id);
+        if (it == sessions_.end()) continue;
+        Session& s = *it->second;
+        if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) flush(s, side);
+        if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) read_side(s, side);
+        settle(s);
+      }
+      now = now_ms();
+      reap(now);
+      deliver(now);
+    }
+    for (auto& [id, s] : sessions_) {
+      for (auto& p : s->peer) close(p.fd);
+    }
+    sessions_.clear();
+  }
+
+  void run_commands() {
+    std::deque<Command> cmds;
+    {
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      cmds.swap(cmds_);
+    }
+    for (auto& c : cmds) {
+      if (c.op == Command::kStop) {
+        stopping_ = true;
+        continue;
+      }
+      if (c.op == Command::kForget) {
+        epoch_ = (uint32_t)c.a;
+        for (auto& [id, s] : sessions_) s->allowed.clear(), s->statements.clear(), s->portals.clear();
+        continue;
+      }
+      if (c.op == Command::kAdopt) {
+        adopt(c.id, c.a, c.b);
+        continue;
+      }
+      auto it = sessions_.find(c.id);
+      if (it == sessions_.end()) continue;  // already closed: what JavaScript sends after is moot
+      Session& s = *it->second;
+      if (c.server_live >= 0) s.server_live = c.server_live;
+      switch (c.op) {
+        case Command::kWrite:
+          queue(s, kServer, c.up);
+          queue(s, kClient, c.down);
+          break;
+        case Command::kResume:
+          resume(s, (Side)c.a, c.b, c.allow);
+          break;
+        case Command::kClose:
+          if (!s.closing) {
+            s.closing = true;
+            closing_++;
+            s.close_deadline = now_ms() + kCloseGraceMs;
+          }
+          break;
+        default:
+          break;
+      }
+      settle(s);
+    }
+  }
+
+  void adopt(uint32_t id, int cfd, int sfd) {
+    auto s = std::make_unique<Session>();
+    s->id = id;
+    s->peer[kClient].fd = cfd;
+    s->peer[kServer].fd = sfd;
+    Session& ref = *s;
+    sessions_[id] = std::move(s);
+    settle(ref);
+  }
+
+  // ---- reading and deciding ----
+
+  void read_side(Session& s, Side side) {
+    Peer& p = s.peer[side];
+    // Read only while the input can be handled; the rest stays in the kernel (backpressure).
+    while (!p.eof && !p.failed && !p.waiting && !s.closing && s.peer[side ^ 1].pending() < kHighWater) {
+      size_t old = p.in.size();
+      p.in.resize(old + kReadChunk);
+      ssize_t r = recv(p.fd, p.in.data() + old, kReadChunk, 0);
+      if (r <= 0) {
+        p.in.resize(old);
+        if (r == 0) end(s, side, 0);
+        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) end(s, side, errno);
+        break;
+      }
+      p.in.resize(old + r);
+      handle(s, side);
+      flush(s, (Side)(side ^ 1));  // what was relayed goes out before the next read
+      if ((size_t)r < kReadChunk) break;  // the kernel had no more: the next epoll turn says when
+    }
+  }
+
+  // Relays every complete message of `side` the relay may relay itself, stopping at the first the
+  // handler must see first. Runs of relayed messages become one replay record each.
+  void handle(Session& s, Side side) {
+    Peer& in = s.peer[side];
+    const Limits& lim = side == kClient ? kFrontend : kBackend;
+    size_t off = 0, run = 0;
+    while (!in.waiting && !in.broken && !s.closing) {
+      size_t avail = in.in.size() - off;
+      if (avail < 5) break;
+      const uint8_t* m = in.in.data() + off;
+      uint8_t type = m[0];
+      uint32_t len = be32(m + 1);
+      if (lim.min[type] < 0 || len < (uint32_t)lim.min[type] || len > lim.max[type] || len > max_message_) {
+        // Not a frame the handler's reader accepts: it gets the rest and reports the error.
+        relay_run(s, side, run, off);
+        record(s, kLive, side, m, avail);
+        in.waiting = in.broken = true;
+        off = in.in.size();
+        run = off;
+        break;
+      }
+      size_t total = (size_t)len + 1;
+      if (avail < total) break;
+      bool relay = side == kClient ? client_may_relay(s, type, m + 5, len - 4) : server_may_relay(s, type, m + 5, len - 4);
+      if (!relay) {
+        relay_run(s, side, run, off);
+        // A masked result goes to the handler whole, as much as has arrived: one answer per read.
+        size_t live_end = off + total;
+        if (side == kServer && s.server_live) live_end = complete_prefix(in, off, lim);
+        record(s, kLive, side, m, live_end - off);
+        in.waiting = true;
+        off = run = live_end;
+        break;
+      }
+      off += total;
+    }
+    relay_run(s, side, run, off);
+    in.in.erase(in.in.begin(), in.in.begin() + off);
+  }
+
+  // The end of the last complete, well-framed message from `off` on.
+  size_t complete_prefix(const Peer& in, size_t off, const Limits& lim) {
+    size_t end = off;
+    while (in.in.size() - end >= 5) {
+      const uint8_t* m = in.in.data() + end;
+      uint32_t len = be32(m + 1);
+      if (lim.min[m[0]] < 0 || len < (uint32_t)lim.min[m[0]] || len > lim.max[m[0]] || len > max_message_) break;
+      if (in.in.size() - end < (size_t)len + 1) break;
+      end += (size_t)len + 1;
+    }
+    return end;
+  }
+
+  // Forwards in[from, to) to the peer and tells JavaScript it did.
+  void relay_run(Session& s, Side side, size_t from, size_t to) {
+    if (to <= from) return;
+    Peer& in = s.peer[side];
+    const uint8_t* p = in.in.data() + from;
+    Peer& out = s.peer[side ^ 1];
+    out.out.insert(out.out.end(), p, p + (to - from));
+    record(s, kReplay, side, p, to - from);
+  }
+
+  bool remembered(Session& s, uint8_t type, const uint8_t* sql, size_t n) {
+    s.live_has_shape = false;
+    if (n > kMaxRememberedText) return false;
+    key_.assign(1, (char)type);
+    if (pg_shape(sql, n, &shape_)) {
+      key_ += 'S';
+      key_ += shape_;
+      if (s.allowed.count(key_)) return true;
+      s.live_has_shape = true;
+      s.live_shape_key = key_;
+    }
+    key_.assign(1, (char)type);
+    key_ += 'X';
+    key_.append(reinterpret_cast<const char*>(sql), n);
+    if (s.allowed.count(key_)) return true;
+    s.live_exact_key = key_;
+    return false;
+  }
+
+  static std::string str(const PgSlice& x) { return std::string(reinterpret_cast<const char*>(x.p), x.n); }
+
+  bool client_may_relay(Session& s, uint8_t type, const uint8_t* body, size_t n) {
+    PgSlice sql, name, portal;
+    s.live_type = type;
+    switch (type) {
+      case 'Q':
+        return pg_query(body, n, &sql) && remembered(s, type, sql.p, sql.n);
+      case 'P':
+        if (!pg_parse(body, n, &name, &sql)) return false;
+        s.live_name = str(name);
+        if (!remembered(s, type, sql.p, sql.n)) return false;
+        s.statements.insert(s.live_name);
+        return true;
+      case 'B':
+        if (!pg_bind(body, n, &portal, &name)) return false;
+        s.live_name = str(name);
+        s.live_portal = str(portal);
+        if (!s.statements.count(s.live_name)) {
+          s.portals.erase(s.live_portal);
+          return false;
+        }
+        s.portals.insert(s.live_portal);
+        return true;
+      case 'E':
+        if (!pg_execute(body, n, &portal)) return false;
+        s.live_portal = str(portal);
+        return s.portals.count(s.live_portal) > 0;
+      case 'C': {
+        uint8_t kind;
+        if (!pg_close(body, n, &kind, &name)) return false;
+        (kind == 'S' ? s.statements : s.portals).erase(str(name));
+        return true;
+      }
+      case 'S': case 'H': case 'D': case 'd': case 'c': case 'f': case 'F': case 'X': case 'p':
+        // Relayed unread by the handler too (F and X are recorded from the replay).
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  bool server_may_relay(Session& s, uint8_t type, const uint8_t* body, size_t n) {
+    return !s.server_live && pg_backend_ok(type, body, n);
+  }
+
+  void resume(Session& s, Side side, int cache, bool allow) {
+    Peer& p = s.peer[side];
+    if (!p.waiting || p.broken) return;
+    p.waiting = false;
+    if (side == kClient) remember(s, cache, allow);
+    handle(s, side);
+  }
+
+  void remember(Session& s, int cache, bool allow) {
+    if (s.allowed.size() >= kMaxRemembered) s.allowed.clear();
+    if (s.statements.size() >= kMaxRemembered) s.statements.clear();
+    if (s.portals.size() >= kMaxRemembered) s.portals.clear();
+    uint8_t t = s.live_type;
+    if ((t == 'Q' || t == 'P') && cache != kCacheNone) {
+      if (cache == kCacheShape && s.live_has_shape) s.allowed.insert(s.live_shape_key);
+      else if (!s.live_exact_key.empty()) s.allowed.insert(s.live_exact_key);
+    }
+    // Whether the statement a later Bind/Execute refers to may be relayed without asking.
+    if (t == 'P') allow ? (void)s.statements.insert(s.live_name) : (void)s.statements.erase(s.live_name);
+    if (t == 'B') {
+      if (allow) s.statements.insert(s.live_name), s.portals.insert(s.live_portal);
+      else s.portals.erase(s.live_portal);
+    }
+    if (t == 'E') allow ? (void)s.portals.insert(s.live_portal) : (void)s.portals.erase(s.live_portal);
+    s.live_exact_key.clear();
+  }
+
+  // ---- writing ----
+
+  void queue(Session& s, Side side, const std::vector<uint8_t>& b) {
+    if (b.empty()) return;
+    Peer& p = s.peer[side];
+    p.out.insert(p.out.end(), b.begin(), b.end());
+  }
+
+  void flush(Session& s, Side side) {
+    Peer& p = s.peer[side];
+    while (p.pending() > 0 && !p.failed) {
+      ssize_t w = send(p.fd, p.out.data() + p.out_off, p.pending(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        if (errno == EINTR) continue;
+        end(s, side, errno);
+        p.out.clear();
+        p.out_off = 0;
+        break;
+      }
+      p.out_off += (size_t)w;
+    }
+    if (p.out_off == p.out.size()) {
+      p.out.clear();
+      p.out_off = 0;
+    }
+  }
+
+  // Writes what is queued and asks epoll for exactly what each socket now waits for.
+  void settle(Session& s) {
+    for (int side = 0; side < 2; side++) {
+      if (s.peer[side].pending()) flush(s, (Side)side);
+    }
+    for (int side = 0; side < 2; side++) {
+      Peer& p = s.peer[side];
+      bool reading = !p.eof && !p.failed && !p.waiting && !s.closing && s.peer[side ^ 1].pending() < kHighWater;
+      // Input that arrived while this side waited is handled now that it may be.
+      if (reading && !p.in.empty()) {
+        handle(s, (Side)side);
+        reading = !p.waiting;
+      }
+      uint32_t want = (reading ? (uint32_t)EPOLLIN : 0u) | (p.pending() && !p.failed ? (uint32_t)EPOLLOUT : 0u);
+      if (want == p.registered) continue;
+      struct epoll_event ev = {};
+      ev.events = want;
+      ev.data.u64 = (uint64_t)s.id << 1 | side;
+      int op = p.registered == 0 ? (int)EPOLL_CTL_ADD : want == 0 ? (int)EPOLL_CTL_DEL : (int)EPOLL_CTL_MOD;
+      epoll_ctl(epfd_, op, p.fd, &ev);
+      p.registered = want;
+    }
+  }
+
+  // Sessions JavaScript closed: gone once their output is written, or the grace time is over.
+  void reap(double now) {
+    if (closing_ == 0) return;
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      Session& s = *it->second;
+      bool drained = (s.peer[0].pending() == 0 || s.peer[0].failed) && (s.peer[1].pending() == 0 || s.peer[1].failed);
+      if (!s.closing || (!drained && now < s.close_deadline)) {
+        ++it;
+        continue;
+      }
+      for (auto& p : s.peer) {
+        if (p.registered) epoll_ctl(epfd_, EPOLL_CTL_DEL, p.fd, nullptr);
+        shutdown(p.fd, SHUT_WR);
+        close(p.fd);
+      }
+      record(s, kClosed, kClient, nullptr, 0);
+      closing_--;
+      it = sessions_.erase(it);
+    }
+  }
+};
+
+// ---- JavaScript bindings -------------------------------------------------------------------------
+
+Relay* g_relay = nullptr;
+
+void call_js(napi_env env, napi_value cb, void*, void*) {
+  if (env == nullptr || g_relay == nullptr) return;
+  std::vector<uint8_t>* v = g_relay->take();
+  if (v->empty()) {
+    delete v;
+    return;
+  }
+  napi_value buf, undefined;
+  if (napi_create_external_buffer(
+          env, v->size(), v->data(), [](napi_env, void*, void* hint) { delete static_cast<std::vector<uint8_t>*>(hint); },
+          v, &buf) != napi_ok) {
+    napi_create_buffer_copy(env, v->size(), v->data(), nullptr, &buf);
+    delete v;
+  }
+  napi_get_undefined(env, &undefined);
+  napi_call_function(env, undefined, cb, 1, &buf, nullptr);
+}
+
+napi_value throw_error(napi_env env, const char* msg) {
+  napi_throw_error(env, nullptr, msg);
+  return nullptr;
+}
+
+bool get_u32(napi_env env, napi_value v, uint32_t* out) { return napi_get_value_uint32(env, v, out) == napi_ok; }
+
+bool get_bytes(napi_env env, napi_value v, std::vector<uint8_t>* out) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_null || t == napi_undefined) return true;
+  void* data;
+  size_t n;
+  if (napi_get_buffer_info(env, v, &data, &n) != napi_ok) return false;
+  out->assign(static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + n);
+  return true;
+}
+
+template <size_t N>
+bool args(napi_env env, napi_callback_info info, napi_value (&argv)[N]) {
+  size_t argc = N;
+  return napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) == napi_ok && argc == N;
+}
+
+void cleanup(void*) {
+  delete g_relay;
+  g_relay = nullptr;
+}
+
+}  // namespace
+
+napi_value relay_start_js(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  uint32_t max_message;
+  double delay;
+  if (!args(env, info, argv) || !get_u32(env, argv[1], &max_message) || napi_get_value_double(env, argv[2], &delay) != napi_ok)
+    return throw_error(env, "relayStart(onBatch, maxMessageLength, replayDelayMs)");
+  if (g_relay) return throw_error(env, "the native relay is already started");
+  napi_value name;
+  napi_create_string_utf8(env, "runguard-relay", NAPI_AUTO_LENGTH, &name);
+  napi_threadsafe_function tsfn;
+  if (napi_create_threadsafe_function(env, argv[0], nullptr, name, 0, 1, nullptr, nullptr, nullptr, call_js, &tsfn) != napi_ok)
+    return throw_error(env, "cannot create the relay's callback");
+  // The relay never keeps the process alive by itself: the agent's own sockets and timers do.
+  napi_unref_threadsafe_function(env, tsfn);
+  g_relay = new Relay(tsfn, max_message, delay);
+  if (!g_relay->ok()) {
+    delete g_relay;
+    g_relay = nullptr;
+    return throw_error(env, "cannot create the relay's epoll or eventfd descriptor");
+  }
+  napi_add_env_cleanup_hook(env, cleanup, nullptr);
+  return nullptr;
+}
+
+napi_value relay_adopt_js(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  uint32_t id, cfd, sfd;
+  if (!g_relay) return throw_error(env, "the native relay is not started");
+  if (!args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &cfd) || !get_u32(env, argv[2], &sfd))
+    return throw_error(env, "relayAdopt(id, clientFd, serverFd)");
+  // Duplicates, so that the JavaScript sockets can be closed without ending the connections.
+  int c = fcntl(cfd, F_DUPFD_CLOEXEC, 3);
+  int s = c < 0 ? -1 : fcntl(sfd, F_DUPFD_CLOEXEC, 3);
+  if (c < 0 || s < 0) {
+    int err = errno;
+    if (c >= 0) close(c);
+    napi_throw_error(env, nullptr, strerror(err));
+    return nullptr;
+  }
+  Command cmd(Command::kAdopt);
+  cmd.id = id, cmd.a = c, cmd.b = s;
+  g_relay->push(std::move(cmd));
+  return nullptr;
+}
+
+napi_value relay_write_js(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  uint32_t id;
+  bool live;
+  Command cmd(Command::kWrite);
+  if (!g_relay || !args(env, info, argv) || !get_u32(env, argv[0], &id) || napi_get_value_bool(env, argv[1], &live) != napi_ok ||
+      !get_bytes(env, argv[2], &cmd.up) || !get_bytes(env, argv[3], &cmd.down))
+    return throw_error(env, "relayWrite(id, serverLive, toServer, toClient)");
+  cmd.id = id, cmd.server_live = live;
+  g_relay->push(std::move(cmd));
+  return nullptr;
+}
+
+napi_value relay_resume_js(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  uint32_t id, side, cache;
+  bool allow, live;
+  if (!g_relay || !args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &side) || side > 1 ||
+      !get_u32(env, argv[2], &cache) || cache > 2 || napi_get_value_bool(env, argv[3], &allow) != napi_ok ||
+      napi_get_value_bool(env, argv[4], &live) != napi_ok)
+    return throw_error(env, "relayResume(id, side, cache, allowName, serverLive)");
+  Command cmd(Command::kResume);
+  cmd.id = id, cmd.a = (int)side, cmd.b = (int)cache, cmd.allow = allow, cmd.server_live = live;
+  g_relay->push(std::move(cmd));
+  return nullptr;
+}
+
+napi_value relay_close_js(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  uint32_t id;
+  if (!g_relay || !args(env, info, argv) || !get_u32(env, argv[0], &id)) return throw_error(env, "relayClose(id)");
+  Command cmd(Command::kClose);
+  cmd.id = id;
+  g_relay->push(std::move(cmd));
+  return nullptr;
+}
+
+napi_value relay_forget_js(napi_env env, napi_callback_info) {
+  if (!g_relay) return throw_error(env, "the native relay is not started");
+  Command cmd(Command::kForget);
+  uint32_t epoch = g_relay->forget_epoch();
+  cmd.a = (int)epoch;
+  g_relay->push(std::move(cmd));
+  napi_value v;
+  napi_create_uint32(env, epoch, &v);
+  return v;
+}

@@ -1,0 +1,26 @@
+// The native PostgreSQL data path: one thread that owns the sockets of sessions the JavaScript
+// handler has authenticated and relays their messages itself, so that the steady state of a session
+// (statements the policy already allowed, their results) costs no JavaScript on the latency path.
+//
+// The JavaScript handler stays the one place where protocol semantics live. Everything the native
+// side relays is also handed to JavaScript afterwards, in batches ("replay" records), and the handler
+// runs over it exactly as if it had relayed it itself: statements are classified, decided and
+// audited there, with the times the native side saw them. A message the native side cannot vouch
+// for (a statement whose shape it has not seen allowed, anything it fails to check, every result of
+// a statement whose rows are masked) goes to JavaScript first ("live" records) and that side of the
+// session waits until the handler answers with what to write and whether to remember the decision.
+#pragma once
+#include <node_api.h>
+
+// JS: relayStart(onBatch(buf), maxMessageLength, replayDelayMs)
+napi_value relay_start_js(napi_env env, napi_callback_info info);
+// JS: relayAdopt(id, clientFd, serverFd): the relay takes duplicates of both descriptors.
+napi_value relay_adopt_js(napi_env env, napi_callback_info info);
+// JS: relayWrite(id, serverLive, toServer | null, toClient | null)
+napi_value relay_write_js(napi_env env, napi_callback_info info);
+// JS: relayResume(id, side, cache, allowName, serverLive): a live record of `side` is answered.
+napi_value relay_resume_js(napi_env env, napi_callback_info info);
+// JS: relayClose(id): writes what is queued (for up to a second), then closes both sockets.
+napi_value relay_close_js(napi_env env, napi_callback_info info);
+// JS: relayForget(): every session forgets the decisions it remembered (the policy changed).
+napi_value relay_forget_js(napi_env env, napi_callback_info info);
