@@ -14,7 +14,8 @@ export interface NativeAddon {
   relayStart(onBatch: (batch: Buffer) => void, maxMessageLength: number, replayDelayMs: number): void;
   relayAdopt(id: number, clientFd: number, serverFd: number): void;
   relayWrite(id: number, serverLive: boolean, toServer: Buffer | null, toClient: Buffer | null): void;
-  relayResume(id: number, side: number, cache: number, allowName: boolean, serverLive: boolean): void;
+  relayResume(id: number, side: number, cache: number, allowName: boolean, serverLive: boolean, tag: number, plainResult: number,
+    toServer: Buffer | null, toClient: Buffer | null): void;
   relayClose(id: number): void;
   relayForget(): number;
 }

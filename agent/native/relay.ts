@@ -15,6 +15,18 @@ export const enum RelayCache {
   Shape = 2,
 }
 
+export interface RelayAnswer {
+  cache: RelayCache;
+  allowName: boolean;
+  serverLive: boolean;
+  tag: number;
+  plainResult: number;
+}
+
+/** Mask tag bits for the detectors the relay can rule out in a row (src/relay.cc row_cannot_hit). */
+export const MASK_HIT_AT = 1;
+export const MASK_HIT_DIGITS = 2;
+
 export const enum RecordKind { Replay = 1, Live = 2, End = 3, Closed = 4 }
 
 export interface RelayListener {
@@ -57,8 +69,14 @@ export class NativeRelay {
     this.addon.relayWrite(id, serverLive, toServer, toClient);
   }
 
-  resume(id: number, side: RelaySide, cache: RelayCache, allowName: boolean, serverLive: boolean): void {
-    this.addon.relayResume(id, side, cache, allowName, serverLive);
+  /**
+   * The handler's answer to a live record of `side`, with what it writes: whether (and how) the
+   * relay may repeat the decision, whether the statement a Parse/Bind/Execute names may run
+   * through the relay, the statement's mask tag, and for a RowDescription of a masked statement
+   * the tag under which it masks nothing (0: none). See src/relay.cc.
+   */
+  resume(id: number, side: RelaySide, answer: RelayAnswer, toServer: Buffer | null, toClient: Buffer | null): void {
+    this.addon.relayResume(id, side, answer.cache, answer.allowName, answer.serverLive, answer.tag, answer.plainResult, toServer, toClient);
   }
 
   close(id: number): void {

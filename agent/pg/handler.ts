@@ -11,7 +11,7 @@ import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { EventKind, type StatementInfo } from '../../proto/index.js';
 import type { Decision, MaskSpec, Operation, OperationContext, Policy } from '../policy/index.js';
-import { maskCoversColumn } from '../policy/index.js';
+import { maskByNameOnly, maskCoversColumn } from '../policy/index.js';
 import type { CredentialConfig } from '../config.js';
 import type { AgentCa } from '../tls/ca.js';
 import { Redactor, redactionLabels } from '../redact/redactor.js';
@@ -26,7 +26,7 @@ import { md5Password, ScramClient, chooseSaslMechanism } from './scram.js';
 import { classify } from './classify.js';
 import type { ApprovalClient } from '../approvals/client.js';
 import { approvalsUnavailable, holdForApproval, reviewDenialText, type ReviewResult } from '../approvals/review.js';
-import { RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayListener } from '../native/relay.js';
+import { MASK_HIT_AT, MASK_HIT_DIGITS, RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayAnswer, type RelayListener } from '../native/relay.js';
 
 const ch = (c: string) => c.charCodeAt(0);
 const T = {
@@ -111,10 +111,30 @@ function policyReadsText(policy: Policy): boolean {
   return r;
 }
 
-/** What the native relay may remember of a decision: it repeats only plain allows. */
+/**
+ * What the native relay may remember of a decision it can carry out (an allow, or a mask it can
+ * apply: see relayMaskFlags): for this text only, or for every text of its shape.
+ */
 function relayCacheFor(p: Prepared, policy: Policy): RelayCache {
-  if (p.decision.action !== 'allow') return RelayCache.None;
+  if (p.decision.action !== 'allow' && !(p.decision.action === 'mask' && p.decision.mask && relayMaskFlags(p.decision.mask) >= 0)) return RelayCache.None;
   return p.parseError !== undefined || policyReadsText(policy) ? RelayCache.Exact : RelayCache.Shape;
+}
+
+/**
+ * A mask the relay can carry out on the results it forwards: it relays a RowDescription the
+ * handler found no column masked in (so the spec must not depend on tables) and rows in which the
+ * spec's detectors provably cannot hit (rowCannotHit's detectors); everything else it sends here.
+ * The detectors as mask tag bits, or -1 for a spec the relay cannot apply.
+ */
+const maskFlags = new WeakMap<MaskSpec, number>();
+function relayMaskFlags(spec: MaskSpec): number {
+  let f = maskFlags.get(spec);
+  if (f === undefined) {
+    f = maskByNameOnly(spec) ? 0 : -1;
+    for (const d of spec.detectors) f = f < 0 ? f : d === 'email' ? f | MASK_HIT_AT : d === 'card-number' ? f | MASK_HIT_DIGITS : -1;
+    maskFlags.set(spec, f);
+  }
+  return f;
 }
 
 class PgSession implements RelayListener {
@@ -169,9 +189,14 @@ class PgSession implements RelayListener {
   private replayPolicy?: Policy;
   /** When the message being handled was read, on performance.now()'s clock (records carry it). */
   private clock?: number;
-  /** What the live record being handled lets the relay remember (see relayCacheFor). */
-  private relayCache = RelayCache.None;
-  private relayAllowName = false;
+  /** The answer to the live record being handled (see NativeRelay.resume). */
+  private readonly answer: RelayAnswer = { cache: RelayCache.None, allowName: false, serverLive: false, tag: 0, plainResult: 0 };
+  /** While set, writes wait for the answer to the live record (they go with it, atomically). */
+  private deferred = false;
+  /** The relay's ids for the mask specs of this session's decisions (see maskTag). */
+  private readonly maskIds = new Map<MaskSpec, number>();
+  /** The current result's mask is one the relay cannot apply: its rows come here first. */
+  private rowMaskLive = false;
   private diverged = false;
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
@@ -259,6 +284,7 @@ class PgSession implements RelayListener {
 
   private flush(): void {
     if (this.link) {
+      if (this.deferred) return;
       const up = this.up.take();
       const down = this.down.take();
       if (up || down) this.link.relay.write(this.link.id, this.serverLive(), up, down);
@@ -283,6 +309,7 @@ class PgSession implements RelayListener {
     for (const p of this.queue) if (p.kind === 'statement') this.complete(p, { error: `session ended (${reason}) before the server answered` });
     this.queue.length = 0;
     // What was relayed before the end (a Terminate, the frames before a bad one) still goes out.
+    this.deferred = false;
     this.flush();
     if (this.link) {
       this.link.relay.close(this.link.id);
@@ -530,11 +557,39 @@ class PgSession implements RelayListener {
     if (this.serverReads) this.serverReads.sink = () => {};
   }
 
-  /** Whether the server's messages must come here first: a result being masked, or one on its way. */
+  /** Whether the server's messages must come here first: a result masked in a way the relay cannot. */
   private serverLive(): boolean {
-    if (this.rowMask) return true;
-    for (const p of this.queue) if (p.mask) return true;
+    if (this.rowMask && this.rowMaskLive) return true;
+    for (const p of this.queue) if (p.mask && relayMaskFlags(p.mask) < 0) return true;
     return false;
+  }
+
+  /** The relay's mask tag for a decision: 0 for rows as they are, -1 for a mask it cannot apply. */
+  private maskTag(d: Decision): number {
+    if (d.action !== 'mask' || !d.mask) return d.action === 'allow' ? 0 : -1;
+    const flags = relayMaskFlags(d.mask);
+    if (flags < 0) return -1;
+    let id = this.maskIds.get(d.mask);
+    if (id === undefined) this.maskIds.set(d.mask, (id = this.maskIds.size + 1));
+    return id * 4 + flags;
+  }
+
+  /** Starts the answer to a live record: nothing remembered unless a handler step says so. */
+  private newAnswer(): void {
+    const a = this.answer;
+    a.cache = RelayCache.None;
+    a.allowName = false;
+    a.tag = 0;
+    a.plainResult = 0;
+    this.deferred = true;
+  }
+
+  /** Sends the answer to the live record of `side`, with what the handler wrote meanwhile. */
+  private sendAnswer(side: RelaySide): void {
+    this.deferred = false;
+    const link = this.link!;
+    this.answer.serverLive = this.serverLive();
+    link.relay.resume(link.id, side, this.answer, this.up.take(), this.down.take());
   }
 
   /** Whether the session has ended (a method: TypeScript cannot see a handler call change the phase). */
@@ -545,7 +600,7 @@ class PgSession implements RelayListener {
   /** Lets the job's messages flow again after a hold. */
   private resumeClient(): void {
     if (!this.link) return void this.client.resume();
-    this.link.relay.resume(this.link.id, RelaySide.Client, RelayCache.None, false, this.serverLive());
+    this.sendAnswer(RelaySide.Client);
   }
 
   onRelayRecord(kind: RecordKind, side: RelaySide, bytes: Buffer, ms: number, epoch: number): void {
@@ -578,16 +633,20 @@ class PgSession implements RelayListener {
       }
       case RecordKind.Live: {
         this.clock = ms;
-        this.relayCache = RelayCache.None;
-        this.relayAllowName = false;
+        this.newAnswer();
         try {
           if (fromClient) this.onClientData(bytes);
           else this.onServerData(bytes);
         } finally {
           this.clock = undefined;
         }
-        if (this.ended() || (fromClient && this.held)) return; // a hold resumes when it ends
-        link.relay.resume(link.id, side, this.relayCache, this.relayAllowName, this.serverLive());
+        if (this.ended()) return;
+        if (fromClient && this.held) {
+          // A hold answers when it ends (resumeClient); nothing was written meanwhile.
+          this.deferred = false;
+          return this.flush();
+        }
+        this.sendAnswer(side);
         return;
       }
       case RecordKind.End: {
@@ -812,7 +871,7 @@ class PgSession implements RelayListener {
       return this.holdForReview(p, blocker() ?? { type: 'EMPTY' }, (r) => (r.decision === 'approved' ? this.forwardQuery(raw, p, r) : this.denyQuery(p, blocker(), r)));
     }
     if (p.denied) return this.denyQuery(p, blocker());
-    this.relayCache = relayCacheFor(p, this.policy());
+    this.answer.cache = relayCacheFor(p, this.policy());
     this.forwardQuery(raw, p);
   }
 
@@ -826,6 +885,7 @@ class PgSession implements RelayListener {
 
   private forwardQuery(raw: Buffer, p: Prepared, review?: ReviewResult): void {
     const started = this.now();
+    this.answer.tag = Math.max(0, this.maskTag(p.decision));
     for (const op of p.ops) {
       this.queue.push({ kind: 'statement', op, started, mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
         info: this.statementInfo(op, p.decision, { parseError: p.parseError }, review) });
@@ -854,11 +914,17 @@ class PgSession implements RelayListener {
         if (this.phase === 'closed') return;
         const waiting = this.held ?? [];
         this.held = undefined;
+        // On the native relay, what the outcome writes goes with the answer that resumes the job.
+        if (this.link) this.newAnswer();
         this.batch(() => {
           then(r);
           for (const f of waiting) this.onClientFrame(f); // one of them may start another hold: the rest wait again
         });
         if (!this.held) this.resumeClient();
+        else if (this.link) {
+          this.deferred = false;
+          this.flush();
+        }
       })
       .catch((err: Error) => {
         this.s.log.error({ err }, 'cannot resume a session after its review');
@@ -881,8 +947,10 @@ class PgSession implements RelayListener {
       });
     }
     if (!p.denied) {
-      this.relayCache = relayCacheFor(p, this.policy());
-      this.relayAllowName = p.decision.action === 'allow';
+      const tag = this.maskTag(p.decision);
+      this.answer.cache = relayCacheFor(p, this.policy());
+      this.answer.allowName = tag >= 0;
+      this.answer.tag = Math.max(0, tag);
       return this.toServer(raw);
     }
     this.denyParse(m.name, p);
@@ -902,7 +970,9 @@ class PgSession implements RelayListener {
     const p = this.prepared.get(b.statement);
     // The denied statement was replaced by one without parameters: bind it with none.
     if (p?.denied) return this.toServer(msg.bind({ portal: b.portal, statement: b.statement, resultFormats: b.resultFormats }));
-    this.relayAllowName = p?.decision.action === 'allow';
+    const tag = p ? this.maskTag(p.decision) : -1;
+    this.answer.allowName = tag >= 0;
+    this.answer.tag = Math.max(0, tag);
     this.toServer(raw);
   }
 
@@ -918,7 +988,9 @@ class PgSession implements RelayListener {
       const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
       this.queue.push({ kind: 'statement', op, started: this.now(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
         info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.writes) });
-      this.relayAllowName = p.decision.action === 'allow';
+      const tag = this.maskTag(p.decision);
+      this.answer.allowName = tag >= 0;
+      this.answer.tag = Math.max(0, tag);
     }
     this.toServer(raw);
   }
@@ -1025,6 +1097,7 @@ class PgSession implements RelayListener {
     const head = this.queue.find((p) => p.kind === 'statement');
     const spec = head?.mask;
     this.rowMask = undefined;
+    this.rowMaskLive = spec !== undefined && relayMaskFlags(spec) < 0;
     if (!spec) {
       const rd = msg.decodeRowDescription(body);
       return rd instanceof PgProtocolError ? rd : undefined;
@@ -1042,6 +1115,8 @@ class PgSession implements RelayListener {
     }
     // Rows need looking at when a column is masked by name or a detector may hit in a value.
     if (shape.anyColumn || shape.detectors.length > 0) this.rowMask = shape;
+    // The relay may forward this result's description itself from now on (its rows it checks).
+    if (this.link && !shape.anyColumn && !this.rowMaskLive) this.answer.plainResult = this.maskTag({ action: 'mask', rule: '', reason: '', mask: spec });
     return undefined;
   }
 }

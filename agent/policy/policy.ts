@@ -347,6 +347,11 @@ function compileMask(spec: MaskSpec): CompiledMask {
  * it comes from ("public.users" or "users") when the handler knows it. Column names and selectors
  * compare case-insensitively: masking more is the safe side.
  */
+/** Whether the spec selects columns by name alone (no table.column selector): tables never matter. */
+export function maskByNameOnly(spec: MaskSpec): boolean {
+  return compileMask(spec).qualified.length === 0;
+}
+
 export function maskCoversColumn(spec: MaskSpec, column: string, table?: string): boolean {
   const c = compileMask(spec);
   if (c.names !== null && c.names.test(column)) return true;

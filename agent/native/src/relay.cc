@@ -55,6 +55,25 @@ static_assert(sizeof(RecordHeader) == 24, "record header layout is shared with a
 // Decisions the handler said may be remembered (see cache kinds in relay.ts).
 enum CacheKind : int { kCacheNone = 0, kCacheExact = 1, kCacheShape = 2 };
 
+// A statement's mask tag: 0 when its rows come back as they are, else the handler's id for the mask
+// spec (tag >> 2) and the detectors a value may hit (kHitAt, kHitDigits: see row_cannot_hit). Only
+// specs whose effect on a result the relay can rule out get a tag; the handler sees all others live.
+constexpr uint32_t kHitAt = 1, kHitDigits = 2;
+// A unit with statements of two different specs: every server message goes to the handler first.
+constexpr uint32_t kOpaque = UINT32_MAX;
+
+// agent/redact/detectors.ts rowCannotHit, byte for byte: a DataRow body without a '@' cannot hold
+// an email address, one with fewer than 13 ASCII digits (length words included) no card number.
+bool row_cannot_hit(uint32_t flags, const uint8_t* p, size_t n) {
+  size_t digits = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint8_t b = p[i];
+    if (b == 0x40 && (flags & kHitAt)) return false;
+    if (b >= 0x30 && b <= 0x39 && ++digits > 12 && (flags & kHitDigits)) return false;
+  }
+  return true;
+}
+
 // Per-session bounds: a session cycling through endless distinct statements forgets and asks again.
 constexpr size_t kMaxRemembered = 4096;
 // Texts longer than this are never remembered (as classify.ts's MAX_CACHED_TEXT).
@@ -103,7 +122,9 @@ const Limits kBackend = make_limits({{'R', 8, kAny}, {'K', 12, 264}, {'S', 4, kA
 
 struct Peer {
   int fd = -1;
-  std::vector<uint8_t> in;  // read and not yet handled (a partial message at most, unless waiting)
+  // Read and not yet handled: in[0, in_len). Grown, never shrunk or zero-filled per read.
+  std::vector<uint8_t> in;
+  size_t in_len = 0;
   std::vector<uint8_t> out;  // to be written to this socket
   size_t out_off = 0;
   bool eof = false;       // this socket's read side ended (reported with kEnd)
@@ -120,15 +141,28 @@ struct Session {
   bool server_live = false;  // every server message goes to the handler first (masked results)
   bool closing = false;
   double close_deadline = 0;
-  // Decisions the handler let the relay repeat: 'Q'/'P' + 'S' + shape, or + 'X' + exact text.
-  std::unordered_set<std::string> allowed;
-  // Prepared statements and portals whose statement the policy allowed without masking.
-  std::unordered_set<std::string> statements;
-  std::unordered_set<std::string> portals;
+  // Decisions the handler let the relay repeat, with their mask tags: 'Q'/'P' + 'S' + shape, or
+  // + 'X' + exact text.
+  std::unordered_map<std::string, uint32_t> allowed;
+  // Prepared statements and portals whose statement the relay may execute, with its mask tag.
+  std::unordered_map<std::string, uint32_t> statements;
+  std::unordered_map<std::string, uint32_t> portals;
+  // What the server is answering, in order: one mask tag per simple query, function call or
+  // extended-protocol run up to its Sync; ReadyForQuery ends the oldest. `open` is the run not yet
+  // closed by a Sync (its rows may come before it, after a Flush).
+  std::deque<uint32_t> units;
+  uint32_t open = 0;
+  // RowDescriptions the handler found no column masked in, per mask spec: (spec << 32 bytes) key.
+  std::unordered_set<std::string> plain_results;
   // The client message waiting in a kLive record: what to remember if the handler says so.
   uint8_t live_type = 0;
   std::string live_shape_key, live_exact_key, live_name, live_portal;
   bool live_has_shape = false;
+  // The server message waiting alone in a kLive record, when it is a RowDescription.
+  std::string live_result;
+  // The current result's RowDescription went to the handler, which did not say it masks nothing:
+  // its rows go to the handler too, until the result ends.
+  bool masked_result = false;
 };
 
 struct Command {
@@ -138,6 +172,8 @@ struct Command {
   int a = -1, b = -1;  // adopt: fds; resume: side, cache
   bool allow = false;
   int server_live = -1;  // -1: unchanged
+  uint32_t tag = 0;      // resume: the mask tag of the decided statement
+  uint32_t plain = 0;    // resume (server): the live RowDescription masks nothing under this spec
   std::vector<uint8_t> up, down;
 };
 
@@ -299,7 +335,7 @@ class Relay {
       }
       if (c.op == Command::kForget) {
         epoch_ = (uint32_t)c.a;
-        for (auto& [id, s] : sessions_) s->allowed.clear(), s->statements.clear(), s->portals.clear();
+        for (auto& [id, s] : sessions_) s->allowed.clear(), s->statements.clear(), s->portals.clear(), s->plain_results.clear();
         continue;
       }
       if (c.op == Command::kAdopt) {
@@ -316,7 +352,12 @@ class Relay {
           queue(s, kClient, c.down);
           break;
         case Command::kResume:
-          resume(s, (Side)c.a, c.b, c.allow);
+          // What the handler decided takes effect before its writes go out: the server's answer
+          // to them is read against it.
+          resume(s, (Side)c.a, c.b, c.allow, c.tag, c.plain);
+          queue(s, kServer, c.up);
+          queue(s, kClient, c.down);
+          continue_side(s, (Side)c.a);
           break;
         case Command::kClose:
           if (!s.closing) {
@@ -348,16 +389,14 @@ class Relay {
     Peer& p = s.peer[side];
     // Read only while the input can be handled; the rest stays in the kernel (backpressure).
     while (!p.eof && !p.failed && !p.waiting && !s.closing && s.peer[side ^ 1].pending() < kHighWater) {
-      size_t old = p.in.size();
-      p.in.resize(old + kReadChunk);
-      ssize_t r = recv(p.fd, p.in.data() + old, kReadChunk, 0);
+      if (p.in.size() < p.in_len + kReadChunk) p.in.resize(p.in_len + kReadChunk);
+      ssize_t r = recv(p.fd, p.in.data() + p.in_len, kReadChunk, 0);
       if (r <= 0) {
-        p.in.resize(old);
         if (r == 0) end(s, side, 0);
         else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) end(s, side, errno);
         break;
       }
-      p.in.resize(old + r);
+      p.in_len += (size_t)r;
       handle(s, side);
       flush(s, (Side)(side ^ 1));  // what was relayed goes out before the next read
       if ((size_t)r < kReadChunk) break;  // the kernel had no more: the next epoll turn says when
@@ -371,7 +410,7 @@ class Relay {
     const Limits& lim = side == kClient ? kFrontend : kBackend;
     size_t off = 0, run = 0;
     while (!in.waiting && !in.broken && !s.closing) {
-      size_t avail = in.in.size() - off;
+      size_t avail = in.in_len - off;
       if (avail < 5) break;
       const uint8_t* m = in.in.data() + off;
       uint8_t type = m[0];
@@ -381,8 +420,7 @@ class Relay {
         relay_run(s, side, run, off);
         record(s, kLive, side, m, avail);
         in.waiting = in.broken = true;
-        off = in.in.size();
-        run = off;
+        off = run = in.in_len;
         break;
       }
       size_t total = (size_t)len + 1;
@@ -390,28 +428,67 @@ class Relay {
       bool relay = side == kClient ? client_may_relay(s, type, m + 5, len - 4) : server_may_relay(s, type, m + 5, len - 4);
       if (!relay) {
         relay_run(s, side, run, off);
-        // A masked result goes to the handler whole, as much as has arrived: one answer per read.
         size_t live_end = off + total;
-        if (side == kServer && s.server_live) live_end = complete_prefix(in, off, lim);
+        s.live_result.clear();
+        if (side == kServer) {
+          // What the handler must see goes to it with everything after it that has arrived (rows
+          // to mask, mostly): one answer per read, not per row. A RowDescription goes alone: the
+          // answer may say the relay can forward the rest itself.
+          if (type == 'T' && !s.server_live) s.live_result.assign(reinterpret_cast<const char*>(m + 5), len - 4);
+          else live_end = complete_prefix(in, off, lim);
+          for (size_t z = off; z < live_end; z += be32(in.in.data() + z + 1) + 1) result_state(s, in.in[z]);
+          if (type == 'T' && live_end == off + total) s.masked_result = true;
+        }
         record(s, kLive, side, m, live_end - off);
         in.waiting = true;
         off = run = live_end;
         break;
       }
+      if (side == kServer) result_state(s, type);
       off += total;
     }
     relay_run(s, side, run, off);
-    in.in.erase(in.in.begin(), in.in.begin() + off);
+    if (off) {
+      memmove(in.in.data(), in.in.data() + off, in.in_len - off);
+      in.in_len -= off;
+    }
+  }
+
+  // Where the server's answer stands after a message of this type: a result starts or ends, and
+  // ReadyForQuery answers the oldest unit.
+  void result_state(Session& s, uint8_t type) {
+    switch (type) {
+      case 'Z':
+        if (!s.units.empty()) s.units.pop_front();
+        s.masked_result = false;
+        break;
+      case 'T': case 'C': case 'E': case 'I': case 's':
+        s.masked_result = false;
+        break;
+      default:
+        break;
+    }
+  }
+
+  // A message that starts or extends a unit went to the server with mask tag `tag`.
+  static uint32_t merge(uint32_t a, uint32_t b) { return a == 0 ? b : b == 0 || a == b ? a : kOpaque; }
+  void sent(Session& s, uint8_t type, uint32_t tag) {
+    switch (type) {
+      case 'Q': case 'F': s.units.push_back(tag); break;
+      case 'E': s.open = merge(s.open, tag); break;
+      case 'S': s.units.push_back(s.open), s.open = 0; break;
+      default: break;
+    }
   }
 
   // The end of the last complete, well-framed message from `off` on.
   size_t complete_prefix(const Peer& in, size_t off, const Limits& lim) {
     size_t end = off;
-    while (in.in.size() - end >= 5) {
+    while (in.in_len - end >= 5) {
       const uint8_t* m = in.in.data() + end;
       uint32_t len = be32(m + 1);
       if (lim.min[m[0]] < 0 || len < (uint32_t)lim.min[m[0]] || len > lim.max[m[0]] || len > max_message_) break;
-      if (in.in.size() - end < (size_t)len + 1) break;
+      if (in.in_len - end < (size_t)len + 1) break;
       end += (size_t)len + 1;
     }
     return end;
@@ -427,21 +504,25 @@ class Relay {
     record(s, kReplay, side, p, to - from);
   }
 
-  bool remembered(Session& s, uint8_t type, const uint8_t* sql, size_t n) {
+  // Whether the handler let the relay repeat its decision on this text; *tag: its mask tag.
+  bool remembered(Session& s, uint8_t type, const uint8_t* sql, size_t n, uint32_t* tag) {
     s.live_has_shape = false;
+    s.live_exact_key.clear();
     if (n > kMaxRememberedText) return false;
     key_.assign(1, (char)type);
     if (pg_shape(sql, n, &shape_)) {
       key_ += 'S';
       key_ += shape_;
-      if (s.allowed.count(key_)) return true;
+      auto it = s.allowed.find(key_);
+      if (it != s.allowed.end()) return *tag = it->second, true;
       s.live_has_shape = true;
       s.live_shape_key = key_;
     }
     key_.assign(1, (char)type);
     key_ += 'X';
     key_.append(reinterpret_cast<const char*>(sql), n);
-    if (s.allowed.count(key_)) return true;
+    auto it = s.allowed.find(key_);
+    if (it != s.allowed.end()) return *tag = it->second, true;
     s.live_exact_key = key_;
     return false;
   }
@@ -450,38 +531,50 @@ class Relay {
 
   bool client_may_relay(Session& s, uint8_t type, const uint8_t* body, size_t n) {
     PgSlice sql, name, portal;
+    uint32_t tag = 0;
     s.live_type = type;
     switch (type) {
       case 'Q':
-        return pg_query(body, n, &sql) && remembered(s, type, sql.p, sql.n);
+        if (!pg_query(body, n, &sql) || !remembered(s, type, sql.p, sql.n, &tag)) return false;
+        sent(s, type, tag);
+        return true;
       case 'P':
         if (!pg_parse(body, n, &name, &sql)) return false;
         s.live_name = str(name);
-        if (!remembered(s, type, sql.p, sql.n)) return false;
-        s.statements.insert(s.live_name);
+        if (!remembered(s, type, sql.p, sql.n, &tag)) return false;
+        s.statements[s.live_name] = tag;
         return true;
-      case 'B':
+      case 'B': {
         if (!pg_bind(body, n, &portal, &name)) return false;
         s.live_name = str(name);
         s.live_portal = str(portal);
-        if (!s.statements.count(s.live_name)) {
+        auto it = s.statements.find(s.live_name);
+        if (it == s.statements.end()) {
           s.portals.erase(s.live_portal);
           return false;
         }
-        s.portals.insert(s.live_portal);
+        s.portals[s.live_portal] = it->second;
         return true;
-      case 'E':
+      }
+      case 'E': {
         if (!pg_execute(body, n, &portal)) return false;
         s.live_portal = str(portal);
-        return s.portals.count(s.live_portal) > 0;
+        auto it = s.portals.find(s.live_portal);
+        if (it == s.portals.end()) return false;
+        sent(s, type, it->second);
+        return true;
+      }
       case 'C': {
         uint8_t kind;
         if (!pg_close(body, n, &kind, &name)) return false;
         (kind == 'S' ? s.statements : s.portals).erase(str(name));
         return true;
       }
-      case 'S': case 'H': case 'D': case 'd': case 'c': case 'f': case 'F': case 'X': case 'p':
-        // Relayed unread by the handler too (F and X are recorded from the replay).
+      case 'S': case 'F':
+        sent(s, type, 0);
+        return true;
+      case 'H': case 'D': case 'd': case 'c': case 'f': case 'X': case 'p':
+        // Relayed unread by the handler too (X is recorded from the replay).
         return true;
       default:
         return false;
@@ -489,33 +582,62 @@ class Relay {
   }
 
   bool server_may_relay(Session& s, uint8_t type, const uint8_t* body, size_t n) {
-    return !s.server_live && pg_backend_ok(type, body, n);
+    if (s.server_live || !pg_backend_ok(type, body, n)) return false;
+    if (type != 'T' && type != 'D') return true;
+    if (type == 'D' && s.masked_result) return false;
+    // Results of masked statements: relayed when the handler would change nothing in them.
+    uint32_t flags = 0;
+    for (size_t i = 0; i <= s.units.size(); i++) {
+      uint32_t tag = i < s.units.size() ? s.units[i] : s.open;
+      if (tag == 0) continue;
+      if (tag == kOpaque) return false;
+      if (type == 'T') {
+        key_.assign(reinterpret_cast<const char*>(&tag), sizeof tag);
+        key_.append(reinterpret_cast<const char*>(body), n);
+        if (!s.plain_results.count(key_)) return false;
+      }
+      flags |= tag & 3;
+    }
+    return type == 'T' || flags == 0 || row_cannot_hit(flags, body, n);
   }
 
-  void resume(Session& s, Side side, int cache, bool allow) {
+  void resume(Session& s, Side side, int cache, bool allow, uint32_t tag, uint32_t plain) {
     Peer& p = s.peer[side];
     if (!p.waiting || p.broken) return;
     p.waiting = false;
-    if (side == kClient) remember(s, cache, allow);
-    handle(s, side);
+    if (side == kClient) {
+      remember(s, cache, allow, tag);
+      // The handler wrote what it made of the message (the message, a replacement, nothing yet).
+      sent(s, s.live_type, tag);
+    } else if (plain != 0 && !s.live_result.empty()) {
+      s.masked_result = false;
+      if (s.plain_results.size() >= kMaxRemembered) s.plain_results.clear();
+      key_.assign(reinterpret_cast<const char*>(&plain), sizeof plain);
+      key_ += s.live_result;
+      s.plain_results.insert(key_);
+    }
   }
 
-  void remember(Session& s, int cache, bool allow) {
+  void continue_side(Session& s, Side side) {
+    if (!s.peer[side].waiting) handle(s, side);
+  }
+
+  void remember(Session& s, int cache, bool allow, uint32_t tag) {
     if (s.allowed.size() >= kMaxRemembered) s.allowed.clear();
     if (s.statements.size() >= kMaxRemembered) s.statements.clear();
     if (s.portals.size() >= kMaxRemembered) s.portals.clear();
     uint8_t t = s.live_type;
     if ((t == 'Q' || t == 'P') && cache != kCacheNone) {
-      if (cache == kCacheShape && s.live_has_shape) s.allowed.insert(s.live_shape_key);
-      else if (!s.live_exact_key.empty()) s.allowed.insert(s.live_exact_key);
+      if (cache == kCacheShape && s.live_has_shape) s.allowed[s.live_shape_key] = tag;
+      else if (!s.live_exact_key.empty()) s.allowed[s.live_exact_key] = tag;
     }
     // Whether the statement a later Bind/Execute refers to may be relayed without asking.
-    if (t == 'P') allow ? (void)s.statements.insert(s.live_name) : (void)s.statements.erase(s.live_name);
+    if (t == 'P') allow ? (void)(s.statements[s.live_name] = tag) : (void)s.statements.erase(s.live_name);
     if (t == 'B') {
-      if (allow) s.statements.insert(s.live_name), s.portals.insert(s.live_portal);
+      if (allow) s.statements[s.live_name] = tag, s.portals[s.live_portal] = tag;
       else s.portals.erase(s.live_portal);
     }
-    if (t == 'E') allow ? (void)s.portals.insert(s.live_portal) : (void)s.portals.erase(s.live_portal);
+    if (t == 'E') allow ? (void)(s.portals[s.live_portal] = tag) : (void)s.portals.erase(s.live_portal);
     s.live_exact_key.clear();
   }
 
@@ -556,7 +678,7 @@ class Relay {
       Peer& p = s.peer[side];
       bool reading = !p.eof && !p.failed && !p.waiting && !s.closing && s.peer[side ^ 1].pending() < kHighWater;
       // Input that arrived while this side waited is handled now that it may be.
-      if (reading && !p.in.empty()) {
+      if (reading && p.in_len > 0) {
         handle(s, (Side)side);
         reading = !p.waiting;
       }
@@ -705,15 +827,16 @@ napi_value relay_write_js(napi_env env, napi_callback_info info) {
 }
 
 napi_value relay_resume_js(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  uint32_t id, side, cache;
+  napi_value argv[9];
+  uint32_t id, side, cache, tag, plain;
   bool allow, live;
+  Command cmd(Command::kResume);
   if (!g_relay || !args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &side) || side > 1 ||
       !get_u32(env, argv[2], &cache) || cache > 2 || napi_get_value_bool(env, argv[3], &allow) != napi_ok ||
-      napi_get_value_bool(env, argv[4], &live) != napi_ok)
-    return throw_error(env, "relayResume(id, side, cache, allowName, serverLive)");
-  Command cmd(Command::kResume);
-  cmd.id = id, cmd.a = (int)side, cmd.b = (int)cache, cmd.allow = allow, cmd.server_live = live;
+      napi_get_value_bool(env, argv[4], &live) != napi_ok || !get_u32(env, argv[5], &tag) || !get_u32(env, argv[6], &plain) ||
+      !get_bytes(env, argv[7], &cmd.up) || !get_bytes(env, argv[8], &cmd.down))
+    return throw_error(env, "relayResume(id, side, cache, allowName, serverLive, tag, plainResult, toServer, toClient)");
+  cmd.id = id, cmd.a = (int)side, cmd.b = (int)cache, cmd.allow = allow, cmd.server_live = live, cmd.tag = tag, cmd.plain = plain;
   g_relay->push(std::move(cmd));
   return nullptr;
 }
