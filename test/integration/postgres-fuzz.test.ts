@@ -47,6 +47,9 @@ describe('malformed PostgreSQL messages end the session, never the agent', { ski
   let fake: net.Server;
   let fakePort = 0;
   let nextReply: Buffer = Buffer.alloc(0);
+  // Whether the fake server first completes the startup (AuthenticationOk, ReadyForQuery) and sends
+  // the bad reply to the query: the session is then on the native relay when the reply comes.
+  let replyAfterReady = false;
 
   before(async () => {
     const why = bpfUnavailableReason();
@@ -55,7 +58,11 @@ describe('malformed PostgreSQL messages end the session, never the agent', { ski
     // A server that answers the startup with whatever the current property case says.
     fake = net.createServer((s) => {
       s.on('error', () => {});
-      s.once('data', () => s.write(Buffer.concat([msg.authenticationOk(), nextReply])));
+      s.once('data', () => {
+        if (!replyAfterReady) return void s.write(Buffer.concat([msg.authenticationOk(), nextReply]));
+        s.write(Buffer.concat([msg.authenticationOk(), msg.readyForQuery('I')]));
+        s.once('data', () => s.write(nextReply));
+      });
     });
     await new Promise<void>((r) => fake.listen(0, '127.0.0.3', () => r()));
     fakePort = (fake.address() as net.AddressInfo).port;
@@ -90,20 +97,24 @@ describe('malformed PostgreSQL messages end the session, never the agent', { ski
       assert.ok(reply.includes(Buffer.from('08P01')), `the client gets a protocol_violation error, got ${reply.toString('latin1').slice(0, 120)}`);
       const closes = (await agent.events()).slice(before).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE');
       assert.ok(closes.some((e) => e.connectionClose.reason === 'protocol_error' && /job:/.test(e.connectionClose.error)), 'a protocol_error close event');
+      // The bad message comes after the server's ReadyForQuery: the native relay carried the session.
+      assert.ok(closes.some((e) => e.connectionClose.relay === 'native'), 'the session was on the native relay');
     }), { numRuns: RUNS });
     assert.equal(cases, RUNS);
     await alive();
   });
 
-  test('from the server: every malformed reply ends that session with an error to the job and an event', async () => {
+  for (const afterReady of [false, true]) test(`from the server${afterReady ? ', on the native relay' : ''}: every malformed reply ends that session with an error to the job and an event`, async () => {
+    replyAfterReady = afterReady;
     await fc.assert(fc.asyncProperty(malformed('backend'), async (bad) => {
       nextReply = bad;
       const before = (await agent.events()).length;
-      const r = await agent.run(['psql', '-X', `postgresql://postgres@127.0.0.3:${fakePort}/postgres`, '-c', 'SELECT 1']);
+      const r = await agent.run(['psql', '-X', `postgresql://postgres@127.0.0.3:${fakePort}/postgres${afterReady ? '?sslmode=disable' : ''}`, '-c', 'SELECT 1']);
       assert.notEqual(r.status, 0);
       assert.match(r.stderr, /runguard: the server sent an invalid message/);
       const closes = (await agent.events()).slice(before).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE');
       assert.ok(closes.some((e) => e.connectionClose.reason === 'protocol_error' && /server:/.test(e.connectionClose.error)));
+      assert.equal(closes.some((e) => e.connectionClose.relay === 'native'), afterReady, 'which path carried the session');
     }), { numRuns: RUNS });
     await alive();
   });

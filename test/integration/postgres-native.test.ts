@@ -1,0 +1,103 @@
+// The native data path (agent/native) against the things that could make a remembered decision
+// wrong: a policy reload in the middle of a session, and results whose masking depends on the rows.
+// Real PostgreSQL on 127.0.0.2, real psql through the eBPF redirect, plaintext both ways so that
+// every session reaches the relay once authenticated.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AgentFixture } from '../helpers/agent.js';
+import { startPostgres, type PgServer } from '../helpers/postgres.js';
+import { bpfUnavailableReason } from '../helpers/env.js';
+
+const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
+
+const ALLOW = `version: 1
+default: allow
+rules:
+  - name: mask-contacts
+    match: { protocol: postgres }
+    action: mask
+    mask: { columns: [secret_note], detectors: [email] }
+`;
+const DENY = `version: 1
+default: allow
+rules:
+  - name: no-reading-contacts
+    description: contacts are off limits now
+    match: { protocol: postgres, tables: [contacts] }
+    action: deny
+`;
+
+describe('the native relay repeats only decisions that still hold', { skip }, () => {
+  let pg: PgServer;
+  let agent: AgentFixture;
+  let work: string;
+  let url: string;
+  let policy: string;
+
+  before(async () => {
+    const why = bpfUnavailableReason();
+    if (why) throw new Error(`eBPF required but unavailable: ${why}`);
+    pg = startPostgres({ ssl: false });
+    work = mkdtempSync(path.join(os.tmpdir(), 'rg-pgnative-'));
+    url = `postgresql://postgres@127.0.0.2:${pg.port}/postgres?sslmode=disable`;
+    policy = path.join(work, 'policy.yaml');
+    writeFileSync(policy, ALLOW);
+    writeFileSync(path.join(work, 'allow.yaml'), ALLOW);
+    writeFileSync(path.join(work, 'deny.yaml'), DENY);
+    const config = path.join(work, 'agent.yaml');
+    writeFileSync(config, `protocols:\n  ${pg.port}: postgres\nserverTls: disable\n`);
+    pg.admin("CREATE TABLE contacts (id int PRIMARY KEY, note text, secret_note text); GRANT SELECT ON contacts TO PUBLIC");
+    pg.admin("INSERT INTO contacts SELECT i, CASE WHEN i % 3 = 0 THEN 'mail u' || i || '@example.com' ELSE 'plain ' || i END, 's' || i FROM generate_series(1, 3000) i");
+    agent = new AgentFixture({ intercept: ['127.0.0.2/32'], extraArgs: ['--config', config, '--policy', policy] });
+    await agent.start();
+  });
+
+  after(async () => {
+    copyFileSync(path.join(work, 'allow.yaml'), policy);
+    await agent?.cleanup();
+    pg?.stop();
+  });
+
+  test('rows are masked by column and by detector exactly as the handler would, row by row', async () => {
+    // Statements of one shape: the relay remembers the mask decision after the first. The result
+    // without a masked column it relays itself, except rows in which an email may be, which go to
+    // the handler; the result with one goes to the handler whole.
+    const r = await agent.run(['psql', '-X', '-At', url,
+      '-c', 'SELECT id, note, id FROM contacts WHERE id <= 3000 ORDER BY id',
+      '-c', 'SELECT id, note, secret_note FROM contacts WHERE id <= 3000 ORDER BY id']);
+    assert.equal(r.status, 0, r.stderr);
+    const rows = r.stdout.trim().split('\n');
+    assert.equal(rows.length, 6000);
+    rows.forEach((line, i) => {
+      const [id, note, last] = line.split('|');
+      assert.equal(note, Number(id) % 3 === 0 ? '[MASKED]' : `plain ${id}`, `note of ${id}`);
+      assert.equal(last, i < 3000 ? id : '[MASKED]', `last column of ${id}`);
+    });
+    const events = await agent.events();
+    assert.equal(events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)?.connectionClose.relay, 'native');
+    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT').slice(-2).map((e) => e.statement);
+    assert.deepEqual(st.map((s) => Number(s.maskedValues ?? 0)), [1000, 4000], 'masked values counted per statement');
+  });
+
+  test('a policy reload takes effect in a session on the relay: a statement of a shape allowed before is denied after', async () => {
+    const script = [
+      'SELECT count(*) FROM contacts WHERE id < 10;',
+      `\\! cp ${path.join(work, 'deny.yaml')} ${policy} && sleep 2`,
+      'SELECT count(*) FROM contacts WHERE id < 20;',
+    ].join('\n');
+    const r = await agent.run(['sh', '-c', 'printf %s "$RG_INPUT" | psql -X -At "$1"', 'psql', url], { RG_INPUT: script });
+    assert.equal(r.stdout.trim(), '9', 'the first statement ran');
+    assert.match(r.stderr, /denied by policy rule "no-reading-contacts"/, 'the second, of the same shape, was denied');
+    const st = (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_STATEMENT').map((e) => e.statement).slice(-2);
+    assert.deepEqual(st.map((s) => [s.text, s.decision.action, s.decision.rule]), [
+      ['SELECT count(*) FROM contacts WHERE id < 10', 'mask', 'mask-contacts'],
+      ['SELECT count(*) FROM contacts WHERE id < 20', 'deny', 'no-reading-contacts'],
+    ]);
+    const closes = (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE');
+    assert.equal(closes.at(-1)?.connectionClose.relay, 'native');
+    assert.ok(!agent.log.includes('would have handled differently'));
+  });
+});
