@@ -3,6 +3,12 @@
 // every simple and extended-protocol statement: classified by the real PostgreSQL parser, decided by
 // policy, audited with its outcome, and masked in the result when policy says so.
 //
+// Once a plaintext session is authenticated it is handed to the native relay (agent/native): the
+// relay forwards what this handler has decided and replays it here in batches, so the same code
+// below still classifies, decides and audits every message ("replay" records, whose writes are only
+// counted); what the relay cannot vouch for comes here first ("live" records), and the answer says
+// what to write and which decisions the relay may repeat. See onRelayRecord.
+//
 // A denied statement never reaches the database as written: it is replaced by a DO block that raises
 // SQLSTATE 42501 naming the rule, so the *server* reports the error and leaves an open transaction in
 // the failed state exactly as PostgreSQL itself would; the session stays usable.

@@ -5,6 +5,7 @@
 #include "relay.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -80,6 +81,9 @@ constexpr size_t kMaxRemembered = 4096;
 constexpr size_t kMaxRememberedText = 16 * 1024;
 // Stop reading a side while this much is queued for its peer: backpressure instead of buffering.
 constexpr size_t kHighWater = 4 * 1024 * 1024;
+// Stop reading every socket while this much of what was forwarded waits for JavaScript: the audit
+// keeps up with the relay or the relay slows down, and memory stays bounded.
+constexpr size_t kMaxBacklog = 64 * 1024 * 1024;
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr double kCloseGraceMs = 1000;
 
@@ -166,7 +170,7 @@ struct Session {
 };
 
 struct Command {
-  enum Op { kAdopt, kWrite, kResume, kClose, kForget, kStop } op;
+  enum Op { kAdopt, kWrite, kResume, kClose, kForget, kDrained, kStop } op;
   explicit Command(Op o) : op(o) {}
   uint32_t id = 0;
   int a = -1, b = -1;  // adopt: fds; resume: side, cache
@@ -187,7 +191,10 @@ class Relay {
     ev.events = EPOLLIN;
     ev.data.u64 = UINT64_MAX;
     epoll_ctl(epfd_, EPOLL_CTL_ADD, evfd_, &ev);
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "runguard-relay");  // for top -H, perf and /proc/PID/task
+      loop();
+    });
   }
 
   ~Relay() {
@@ -212,9 +219,15 @@ class Relay {
   // Called on the JavaScript thread by the thread-safe function: everything batched so far.
   std::vector<uint8_t>* take() {
     auto* v = new std::vector<uint8_t>();
-    std::lock_guard<std::mutex> g(out_mu_);
-    v->swap(outgoing_);
-    signalled_ = false;
+    bool was_full;
+    {
+      std::lock_guard<std::mutex> g(out_mu_);
+      v->swap(outgoing_);
+      signalled_ = false;
+      was_full = full_;
+      full_ = false;
+    }
+    if (was_full) push(Command(Command::kDrained));  // the loop reads again
     return v;
   }
 
@@ -231,6 +244,8 @@ class Relay {
   std::mutex out_mu_;
   std::vector<uint8_t> outgoing_;  // guarded by out_mu_
   bool signalled_ = false;         // guarded by out_mu_: a call to JavaScript is on its way
+  bool full_ = false;              // guarded by out_mu_: outgoing_ passed kMaxBacklog
+  bool backlogged_ = false;        // the loop's copy of full_: no socket is read meanwhile
   // Thread-owned from here on.
   std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;
   std::vector<uint8_t> batch_;  // records of this loop turn
@@ -276,6 +291,7 @@ class Relay {
       outgoing_.insert(outgoing_.end(), batch_.begin(), batch_.end());
       call = !signalled_;
       signalled_ = true;
+      if (outgoing_.size() > kMaxBacklog) full_ = backlogged_ = true;
     }
     batch_.clear();
     urgent_ = false;
@@ -333,6 +349,11 @@ class Relay {
         stopping_ = true;
         continue;
       }
+      if (c.op == Command::kDrained) {
+        backlogged_ = false;
+        for (auto& [id, s] : sessions_) settle(*s);
+        continue;
+      }
       if (c.op == Command::kForget) {
         epoch_ = (uint32_t)c.a;
         for (auto& [id, s] : sessions_) s->allowed.clear(), s->statements.clear(), s->portals.clear(), s->plain_results.clear();
@@ -385,10 +406,15 @@ class Relay {
 
   // ---- reading and deciding ----
 
+  bool may_read(const Session& s, Side side) const {
+    const Peer& p = s.peer[side];
+    return !p.eof && !p.failed && !p.waiting && !s.closing && !backlogged_ && s.peer[side ^ 1].pending() < kHighWater;
+  }
+
   void read_side(Session& s, Side side) {
     Peer& p = s.peer[side];
     // Read only while the input can be handled; the rest stays in the kernel (backpressure).
-    while (!p.eof && !p.failed && !p.waiting && !s.closing && s.peer[side ^ 1].pending() < kHighWater) {
+    while (may_read(s, side)) {
       if (p.in.size() < p.in_len + kReadChunk) p.in.resize(p.in_len + kReadChunk);
       ssize_t r = recv(p.fd, p.in.data() + p.in_len, kReadChunk, 0);
       if (r <= 0) {
@@ -676,7 +702,7 @@ class Relay {
     }
     for (int side = 0; side < 2; side++) {
       Peer& p = s.peer[side];
-      bool reading = !p.eof && !p.failed && !p.waiting && !s.closing && s.peer[side ^ 1].pending() < kHighWater;
+      bool reading = may_read(s, (Side)side);
       // Input that arrived while this side waited is handled now that it may be.
       if (reading && p.in_len > 0) {
         handle(s, (Side)side);
