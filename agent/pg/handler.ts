@@ -655,6 +655,13 @@ class PgSession implements RelayListener {
         this.sendAnswer(side);
         return;
       }
+      case RecordKind.Skip: {
+        // Messages the handler would only have relayed and counted (see only_counted in relay.cc).
+        const n = bytes.readUInt32LE(0);
+        if (fromClient) this.bytesUp += n;
+        else this.bytesDown += n;
+        return;
+      }
       case RecordKind.End: {
         const error = bytes.length ? bytes.toString('utf8') : undefined;
         if (fromClient) this.close(error ? 'client_error' : 'client_closed', error);

@@ -38,8 +38,23 @@ enum RecordKind : uint8_t {
   kLive = 2,    // bytes the relay did not forward: the handler decides, then resumes that side
   kEnd = 3,     // that side's socket ended (bytes: an error text, empty for an orderly end)
   kClosed = 4,  // the session's sockets are closed and it is forgotten (after relayClose)
+  kSkip = 5,    // the relay forwarded this many bytes (u32) of messages the handler only counts
 };
 enum Side : uint8_t { kClient = 0, kServer = 1 };
+
+// Messages the handler relays unread once a session is authenticated (handler.ts onClientFrame and
+// onServerFrame: the default branches, and DataRows it would pass unchanged, which are the only
+// ones the relay forwards itself): it is told only how many bytes went by.
+bool only_counted(Side side, uint8_t type) {
+  if (side == kClient) return type == 'D' || type == 'H' || type == 'd' || type == 'c' || type == 'f' || type == 'p';
+  switch (type) {
+    case 'D': case '1': case '2': case '3': case 'n': case 't': case 'S': case 'N': case 'A':
+    case 'd': case 'c': case 'G': case 'H': case 'W': case 'V': case 'v':
+      return true;
+    default:
+      return false;
+  }
+}
 
 // Native byte order: both ends are this process. 24 bytes, so the f64 stays aligned.
 struct RecordHeader {
@@ -86,6 +101,8 @@ constexpr size_t kHighWater = 4 * 1024 * 1024;
 constexpr size_t kMaxBacklog = 64 * 1024 * 1024;
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr double kCloseGraceMs = 1000;
+// A run of messages the handler only counts is sent to it as a count from this size on.
+constexpr size_t kMinSkip = 4096;
 
 double now_ms() {
   struct timespec ts;
@@ -520,14 +537,35 @@ class Relay {
     return end;
   }
 
-  // Forwards in[from, to) to the peer and tells JavaScript it did.
+  // Forwards in[from, to), whole messages, to the peer and tells JavaScript it did: as replay
+  // records, except that a long run of messages the handler only counts (a big result, COPY data)
+  // becomes its byte count. A short run stays in the replay: a record costs the handler more than
+  // the few messages it would save.
   void relay_run(Session& s, Side side, size_t from, size_t to) {
     if (to <= from) return;
     Peer& in = s.peer[side];
-    const uint8_t* p = in.in.data() + from;
+    const uint8_t* p = in.in.data();
     Peer& out = s.peer[side ^ 1];
-    out.out.insert(out.out.end(), p, p + (to - from));
-    record(s, kReplay, side, p, to - from);
+    out.out.insert(out.out.end(), p + from, p + to);
+    size_t replay = from;  // start of what is not yet recorded
+    size_t counted = to;   // start of the current run of counted-only messages (to: none)
+    for (size_t m = from; m < to; m += 1 + be32(p + m + 1)) {
+      if (only_counted(side, p[m])) {
+        if (counted == to) counted = m;
+        continue;
+      }
+      if (counted != to && m - counted >= kMinSkip) skip(s, side, p, replay, counted, m), replay = m;
+      counted = to;
+    }
+    if (counted != to && to - counted >= kMinSkip) skip(s, side, p, replay, counted, to), replay = to;
+    if (replay < to) record(s, kReplay, side, p + replay, to - replay);
+  }
+
+  // Records [replay, counted) as replay and [counted, end) as a byte count.
+  void skip(Session& s, Side side, const uint8_t* p, size_t replay, size_t counted, size_t end) {
+    if (counted > replay) record(s, kReplay, side, p + replay, counted - replay);
+    uint32_t n = (uint32_t)(end - counted);
+    record(s, kSkip, side, reinterpret_cast<const uint8_t*>(&n), sizeof n);
   }
 
   // Whether the handler let the relay repeat its decision on this text; *tag: its mask tag.
