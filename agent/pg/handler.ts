@@ -186,7 +186,7 @@ class PgSession implements RelayListener {
   private readonly down = new Outbox();
   private batching = 0;
   // The native data path, once the session is handed to it (see agent/native/src/relay.h).
-  private link?: { relay: NativeRelay; id: number; serverLive: boolean };
+  private link?: { relay: NativeRelay; id: number };
   /** Handling a record of what the relay already forwarded: writes are counted, not sent. */
   private replaying = false;
   private replayUp = 0;
@@ -554,7 +554,7 @@ class PgSession implements RelayListener {
       this.s.log.warn({ err }, 'cannot hand the session to the native relay; relaying it here');
       return;
     }
-    this.link = { relay: native.relay, id, serverLive: false };
+    this.link = { relay: native.relay, id };
     for (const sock of [this.client, server]) {
       sock.removeAllListeners();
       sock.on('error', () => {});
