@@ -1,8 +1,10 @@
 // The on-disk framing of spool records: [u32 LE payload length][u32 LE crc32 of payload][payload].
 // Written by hand because it is eight bytes of header around bytes that protobufjs already
 // produced; no framing library would save code, and the reader must distrust every field anyway.
+import { hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
+import { loadNative } from '../native/index.js';
 
 export const HEADER_BYTES = 8;
 
@@ -19,6 +21,32 @@ export function putRecord(target: Buffer, offset: number, payload: Uint8Array): 
   target.set(payload, offset + HEADER_BYTES);
   return offset + HEADER_BYTES + payload.length;
 }
+
+/** Bytes of an event's chain hash (SHA-256 of its encoded payload). */
+export const HASH_BYTES = 32;
+
+/**
+ * Frames `payload` into `target` at `offset` and writes its SHA-256 into `hashOut`; returns the
+ * offset after the record. The spool's per-event step: putRecord plus the chain hash.
+ */
+export type SealRecord = (target: Buffer, offset: number, payload: Uint8Array, hashOut: Buffer) => number;
+
+export const sealRecordJs: SealRecord = (target, offset, payload, hashOut) => {
+  const end = putRecord(target, offset, payload);
+  hash('sha256', payload, 'buffer').copy(hashOut);
+  return end;
+};
+
+/**
+ * The native addon's sealRecord (agent/native/src/seal.cc): the same bytes in one call without
+ * allocating, which matters at one call per audited statement. Null without the addon.
+ */
+export const sealRecordNative: SealRecord | null = (() => {
+  const { addon } = loadNative();
+  return addon?.sealAvailable() ? addon.sealRecord : null;
+})();
+
+export const sealRecord: SealRecord = sealRecordNative ?? sealRecordJs;
 
 /** A durable event as the spool's readers hand it out. */
 export interface SpoolRecord {

@@ -2,13 +2,12 @@
 // encoded once, and is fsynced to disk before anyone calls it durable. The shipper reads it back
 // and acks; nothing is ever dropped, not when the spool is over its size limit nor when the disk
 // fails: events wait in memory and the spool tells its owner to stop admitting new work.
-import { hash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { chmod, mkdir, open, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { pino } from 'pino';
 import { encodeEvent, isSelfEncoding, sealedEvent, type EventDraft, type EventEnvelope, type SelfEncodingEvent } from '../../proto/index.js';
-import { HEADER_BYTES, putRecord, RecordReader, type SpoolRecord } from './record-format.js';
+import { HASH_BYTES, HEADER_BYTES, RecordReader, sealRecord, type SpoolRecord } from './record-format.js';
 import { fsyncDir, removeStaleHeadTmp, segmentFileName, SpoolError, writeHead } from './segment-files.js';
 import { DEFAULT_COMMIT_DELAY_MS, MAX_COMMIT_DELAY_MS } from './commit-delay.js';
 import { recoverSpool, ZERO_HASH, type SegmentState, type SpoolLogger } from './spool-recovery.js';
@@ -86,6 +85,7 @@ interface Group {
   segFirstSeq: number;
   firstSeq: number;
   lastSeq: number;
+  /** Set when the group is sealed: until then the spool's chainHash is its last event's hash. */
   lastHash: Buffer;
   chunks: Buffer[];
   bytes: number;
@@ -127,7 +127,11 @@ export class Spool extends EventEmitter<SpoolEvents> {
   private activeFh: FileHandle | null;
   private truncatePending = false;
   private nextSeq: number;
-  private prevHash: Buffer;
+  /**
+   * The chain hash of the last appended event, overwritten in place by each append: the next event
+   * copies it into its encoding before the overwrite, and seal() copies it into the closing group.
+   */
+  private readonly chainHash = Buffer.alloc(HASH_BYTES);
   private durableSeq: number;
   private diskBytes: number;
   private bufferedBytes = 0;
@@ -188,7 +192,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
     this.segments = rec.segments;
     this.activeFh = rec.active;
     this.nextSeq = rec.nextSeq;
-    this.prevHash = rec.prevHash;
+    rec.prevHash.copy(this.chainHash);
     this.durableSeq = rec.nextSeq - 1;
     this.diskBytes = rec.segments.reduce((n, s) => n + s.bytes, 0);
     const last = rec.segments.at(-1);
@@ -209,7 +213,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
   append(draft: EventDraft | SelfEncodingEvent): Appended {
     if (this.closing) throw new SpoolError(`spool ${this.dir} is closed; no more events can be appended`, this.dir);
     const seq = this.nextSeq;
-    const env: EventEnvelope = { agentId: this.agentId, seq, prevHash: this.prevHash, timeMs: Date.now() };
+    const env: EventEnvelope = { agentId: this.agentId, seq, prevHash: this.chainHash, timeMs: Date.now() };
     // A self-encoded payload may be a reused buffer: it is copied and hashed before anything below
     // can append (and so encode) another event.
     const payload = isSelfEncoding(draft) ? draft.encode(env) : encodeEvent(sealedEvent(draft, env));
@@ -218,13 +222,10 @@ export class Spool extends EventEmitter<SpoolEvents> {
     }
     const recordBytes = HEADER_BYTES + payload.length;
     const group = this.groupFor(seq, recordBytes);
-    this.slabPos = putRecord(this.reserve(recordBytes), this.slabPos, payload);
-    const eventHash = hash('sha256', payload, 'buffer');
+    this.slabPos = sealRecord(this.reserve(recordBytes), this.slabPos, payload, this.chainHash);
     group.lastSeq = seq;
-    group.lastHash = eventHash;
     group.bytes += recordBytes;
     this.nextSeq = seq + 1;
-    this.prevHash = eventHash;
     this.bufferedBytes += recordBytes;
     if (group.bytes >= GROUP_BYTES) {
       this.seal();
@@ -293,6 +294,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
 
   private seal(): void {
     this.cutSlab();
+    if (this.openGroup) this.openGroup.lastHash = Buffer.from(this.chainHash);
     this.openGroup = null;
   }
 

@@ -18,6 +18,10 @@ export interface NativeAddon {
     toServer: Buffer | null, toClient: Buffer | null): void;
   relayClose(id: number): void;
   relayForget(): number;
+  /** Spool record framing plus the chain hash in one call (src/seal.h; agent/events/record-format.ts). */
+  sealRecord(target: Buffer, offset: number, payload: Uint8Array, hashOut: Buffer): number;
+  /** False if this node exports no SHA256/crc32 for sealRecord to use. */
+  sealAvailable(): boolean;
 }
 
 let loaded: { addon?: NativeAddon; error?: string } | undefined;

@@ -4,6 +4,7 @@
 #include "shape.h"
 #include "pgmsg.h"
 #include "relay.h"
+#include "seal.h"
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -15,6 +16,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"relayResume", nullptr, relay_resume_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayClose", nullptr, relay_close_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayForget", nullptr, relay_forget_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"sealRecord", nullptr, seal_record_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"sealAvailable", nullptr, seal_available_js, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -1,0 +1,92 @@
+#include "seal.h"
+
+#include <dlfcn.h>
+#include <stdint.h>
+#include <string.h>
+
+// The digest and checksum come from the node process itself, found at run time: node exports its
+// OpenSSL and zlib (or links the system's libcrypto and libz), so the addon needs neither their
+// headers nor a second copy, and uses the same SHA-NI / SIMD code paths the JavaScript path does.
+// If a node build exports neither, sealAvailable() says so and the spool stays on the JS path.
+namespace {
+
+using Sha256Fn = unsigned char* (*)(const unsigned char*, size_t, unsigned char*);
+using Crc32Fn = unsigned long (*)(unsigned long, const unsigned char*, unsigned int);
+
+struct Impl {
+  Sha256Fn sha256 = nullptr;
+  Crc32Fn crc32 = nullptr;
+  Impl() {
+    sha256 = reinterpret_cast<Sha256Fn>(dlsym(RTLD_DEFAULT, "SHA256"));
+    crc32 = reinterpret_cast<Crc32Fn>(dlsym(RTLD_DEFAULT, "crc32"));
+  }
+  bool ok() const { return sha256 != nullptr && crc32 != nullptr; }
+};
+
+const Impl& impl() {
+  static const Impl i;
+  return i;
+}
+
+constexpr size_t kHeader = 8;
+constexpr size_t kHash = 32;
+
+void put_le32(uint8_t* p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16);
+  p[3] = (uint8_t)(v >> 24);
+}
+
+bool bytes_of(napi_env env, napi_value v, uint8_t** data, size_t* len) {
+  bool is_typed = false;
+  if (napi_is_typedarray(env, v, &is_typed) != napi_ok || !is_typed) return false;
+  napi_typedarray_type type;
+  void* p;
+  if (napi_get_typedarray_info(env, v, &type, len, &p, nullptr, nullptr) != napi_ok || type != napi_uint8_array) return false;
+  *data = static_cast<uint8_t*>(p);
+  return true;
+}
+
+}  // namespace
+
+napi_value seal_record_js(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
+  if (!impl().ok()) {
+    napi_throw_error(env, nullptr, "sealRecord: this node exports no SHA256/crc32 (see sealAvailable)");
+    return nullptr;
+  }
+  uint8_t *target, *payload, *hash_out;
+  size_t target_len, payload_len, hash_len;
+  double offset_d;
+  if (argc < 4 || !bytes_of(env, argv[0], &target, &target_len) || napi_get_value_double(env, argv[1], &offset_d) != napi_ok ||
+      !bytes_of(env, argv[2], &payload, &payload_len) || !bytes_of(env, argv[3], &hash_out, &hash_len)) {
+    napi_throw_type_error(env, nullptr, "sealRecord(target: Uint8Array, offset: number, payload: Uint8Array, hashOut: Uint8Array)");
+    return nullptr;
+  }
+  // Every length is checked here, not trusted from the caller: a wrong offset must not write past
+  // the slab, and a payload over 4 GiB would not fit the u32 length field.
+  if (!(offset_d >= 0) || offset_d > (double)target_len || hash_len < kHash || payload_len > UINT32_MAX ||
+      target_len - (size_t)offset_d < kHeader + payload_len) {
+    napi_throw_range_error(env, nullptr, "sealRecord: the record does not fit the target at that offset");
+    return nullptr;
+  }
+  size_t offset = (size_t)offset_d;
+  uint8_t* rec = target + offset;
+  // The payload may be a view into a scratch buffer; it never overlaps the slab.
+  memmove(rec + kHeader, payload, payload_len);
+  put_le32(rec, (uint32_t)payload_len);
+  put_le32(rec + 4, (uint32_t)impl().crc32(0, rec + kHeader, (unsigned int)payload_len));
+  impl().sha256(rec + kHeader, payload_len, hash_out);
+  napi_value result;
+  napi_create_double(env, (double)(offset + kHeader + payload_len), &result);
+  return result;
+}
+
+napi_value seal_available_js(napi_env env, napi_callback_info) {
+  napi_value result;
+  napi_get_boolean(env, impl().ok(), &result);
+  return result;
+}

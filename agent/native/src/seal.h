@@ -1,0 +1,13 @@
+// Spool record sealing in one call: the record framing of agent/events/record-format.ts plus the
+// event's SHA-256 chain hash. The JavaScript path pays three native calls and two allocations per
+// event for the same work (zlib's crc32, the payload copy, crypto's one-shot hash); this is one.
+#pragma once
+#include <node_api.h>
+
+// JS: sealRecord(target: Buffer, offset: number, payload: Uint8Array, hashOut: Buffer) => number.
+// Writes [u32 LE length][u32 LE crc32][payload] at target[offset], sha256(payload) into
+// hashOut[0..32), and returns the offset after the record. Throws a RangeError if it does not fit.
+napi_value seal_record_js(napi_env env, napi_callback_info info);
+
+// JS: sealAvailable() => boolean. False if the process exports no SHA256 or crc32 (see seal.cc).
+napi_value seal_available_js(napi_env env, napi_callback_info info);
