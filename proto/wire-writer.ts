@@ -105,8 +105,27 @@ export class WireWriter {
    * always valid UTF-8 that any protobuf implementation accepts.
    */
   private stringBody(s: string): void {
+    // Most strings here are short ASCII (types, rules, tags, names, statements): copied by a loop,
+    // which costs less than Buffer.write's call into C++. Any other character falls through.
+    const len = s.length;
+    if (len < 0x80) {
+      this.reserve(1 + len);
+      const buf = this.buf;
+      const at = this.pos + 1;
+      let i = 0;
+      for (; i < len; i++) {
+        const c = s.charCodeAt(i);
+        if (c >= 0x80) break;
+        buf[at + i] = c;
+      }
+      if (i === len) {
+        buf[this.pos] = len; // < 128: one varint byte
+        this.pos = at + len;
+        return;
+      }
+    }
     // Short strings: one pass, length guessed at 1 byte and fixed up if the body is longer.
-    if (s.length < 0x80 / 3) {
+    if (len < 0x80 / 3) {
       this.reserve(1 + s.length * 3);
       const n = this.buf.write(s, this.pos + 1);
       this.buf[this.pos] = n; // < 128: one varint byte
