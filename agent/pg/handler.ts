@@ -79,8 +79,21 @@ interface Prepared {
   denied: boolean;
   /** Audit text and masked-column parameters, worked out at the first Execute and kept. */
   writes?: MaskedWrites;
+  /** writes.text through the detectors: the same for every Execute (the session's redactors are fixed). */
+  auditText?: string;
   /** A reviewed prepared statement: how its review ended. */
   review?: ReviewResult;
+}
+
+/**
+ * The audit's view of a decision, one frozen object per Decision (a policy's decisions are fixed
+ * objects; a reload makes new ones), instead of a fresh object for every statement.
+ */
+const decisionInfos = new WeakMap<Decision, Readonly<NonNullable<StatementInfo['decision']>>>();
+function decisionInfo(d: Decision): NonNullable<StatementInfo['decision']> {
+  let info = decisionInfos.get(d);
+  if (!info) decisionInfos.set(d, (info = Object.freeze({ action: d.action, rule: d.rule, reason: d.reason })));
+  return info;
 }
 
 const denySql = (message: string, hint: string): string => {
@@ -1000,7 +1013,7 @@ class PgSession implements RelayListener {
       const masked = p.writes.params;
       const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
       this.queue.push({ kind: 'statement', op, started: this.now(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
-        info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.writes) });
+        info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.auditText ??= this.auditText(p.writes.text)) });
       const tag = this.maskTag(p.decision);
       this.answer.allowName = tag >= 0;
       this.answer.tag = Math.max(0, tag);
@@ -1035,13 +1048,13 @@ class PgSession implements RelayListener {
    * runtime copy loop): the fields `extra` may carry are copied one by one, and only when set, which
    * the event encoding cannot tell from a spread's undefined ones.
    */
-  private statementInfo(op: Operation, d: Decision, extra: StatementExtra, review?: ReviewResult, writes?: MaskedWrites): StatementInfo {
-    const text = (writes ?? this.maskedWrites(op, d)).text;
+  private statementInfo(op: Operation, d: Decision, extra: StatementExtra, review?: ReviewResult,
+    text = this.auditText(this.maskedWrites(op, d).text)): StatementInfo {
     const info: StatementInfo = {
-      protocol: 'postgres', text: text ? this.redact(text) : '', type: op.type, objects: op.objects ?? [],
+      protocol: 'postgres', text, type: op.type, objects: op.objects ?? [],
       decision: review
         ? { action: d.action, rule: d.rule, reason: d.reason, outcome: review.decision, approvalId: review.id }
-        : { action: d.action, rule: d.rule, reason: d.reason },
+        : decisionInfo(d),
       database: this.database, user: this.injected?.user ?? this.user,
     };
     if (extra.params !== undefined) info.params = extra.params;
@@ -1050,6 +1063,11 @@ class PgSession implements RelayListener {
     if (extra.error !== undefined) info.error = extra.error;
     if (extra.errorCode !== undefined) info.errorCode = extra.errorCode;
     return info;
+  }
+
+  /** A statement's text as the audit shows it: masked-column literals already replaced, then the detectors. */
+  private auditText(text: string): string {
+    return text ? this.redact(text) : '';
   }
 
   /** Records a statement that got no server round trip of its own (denied, cancel, function call). */
