@@ -42,8 +42,16 @@ export interface ClassifiedStatement extends Operation {
   nested?: boolean;
 }
 
+/**
+ * The identity of a text's shape while the cache holds it: texts of one shape get the same object.
+ * A shape keeps every identifier and keyword of its texts verbatim (only literals, comments and
+ * spacing differ, see shapeOf), so whatever depends on a text's names alone may be remembered
+ * under it (a WeakMap key: it goes when the cache drops the shape).
+ */
+export type ShapeId = object;
+
 /** Results may be shared between calls (and some are frozen): treat them as read-only. */
-export type Classification = { statements: ClassifiedStatement[] } | { error: string };
+export type Classification = { statements: ClassifiedStatement[]; shape?: ShapeId } | { error: string };
 
 export interface ClassifyStats {
   /** Classifications answered from a cache (shapeHits + exactHits). */
@@ -200,9 +208,8 @@ export function classify(sql: string, opts: ClassifyOptions = {}): Classificatio
       const op = hit.ops[k]!;
       statements[k] = toStatement(op, sql.slice(tokStart[op.firstTok], tokEnd[op.lastTok]));
     }
-    const result = { statements };
-    if (opts.exact === true) exactCache.set(sql, freezeResult(result));
-    return result;
+    if (opts.exact === true) exactCache.set(sql, freezeResult({ statements }));
+    return { statements, shape: hit };
   }
 
   stats.misses++;

@@ -15,6 +15,7 @@
 import { parseSync } from 'libpg-query';
 import { maskCoversColumn } from '../policy/policy.js';
 import type { MaskSpec } from '../policy/types.js';
+import type { ShapeId } from './classify.js';
 
 /** The selectors with table.column cut to the column: for a scan that does not know tables yet. */
 const anyTable = new WeakMap<MaskSpec, MaskSpec>();
@@ -88,6 +89,26 @@ export function mentionsMaskedColumn(sql: string, spec: MaskSpec): boolean {
 }
 
 const QUOTED = /"((?:[^"]|"")+)"/g;
+
+const shapeMentions = new WeakMap<MaskSpec, WeakMap<ShapeId, boolean>>();
+
+/**
+ * mentionsMaskedColumn of a whole query string, remembered per shape (`shape` must be that of
+ * `sql`, from classify). A shape holds its texts' identifiers verbatim; texts of one shape differ
+ * only in literals and comments, where the scan can only find names by accident. So "no" for one
+ * text is "no" for all of its shape (the names outside literals are the same and none is masked),
+ * and a "yes" only sends later texts to the scan again.
+ */
+export function mentionsMaskedColumnCached(sql: string, spec: MaskSpec, shape: ShapeId | undefined): boolean {
+  if (shape === undefined) return mentionsMaskedColumn(sql, spec);
+  let known = shapeMentions.get(spec);
+  if (!known) shapeMentions.set(spec, (known = new WeakMap()));
+  const hit = known.get(shape);
+  if (hit === false) return false;
+  const mentions = mentionsMaskedColumn(sql, spec);
+  if (hit === undefined) known.set(shape, mentions);
+  return mentions;
+}
 
 type Node = Record<string, unknown>;
 

@@ -21,7 +21,7 @@ import { maskByNameOnly, maskCoversColumn } from '../policy/index.js';
 import type { CredentialConfig } from '../config.js';
 import type { AgentCa } from '../tls/ca.js';
 import { Redactor, redactionLabels } from '../redact/redactor.js';
-import { maskedWrites, redactedParam, type MaskedWrites } from './column-literals.js';
+import { maskedWrites, mentionsMaskedColumnCached, redactedParam, type MaskedWrites } from './column-literals.js';
 import { detectorHit, rowCannotHit } from '../redact/detectors.js';
 import type { EndReason, ProtocolHandler, Session, SessionEnd } from '../proxy/handler.js';
 import { Outbox } from '../net/outbox.js';
@@ -81,6 +81,8 @@ interface Prepared {
   writes?: MaskedWrites;
   /** writes.text through the detectors: the same for every Execute (the session's redactors are fixed). */
   auditText?: string;
+  /** The text names no masked column at all (its shape says so): it writes none, no parse needed. */
+  namesNoMasked?: boolean;
   /** A reviewed prepared statement: how its review ended. */
   review?: ReviewResult;
 }
@@ -883,9 +885,10 @@ class PgSession implements RelayListener {
     }
     decision ??= policy.evaluate(this.context({ type: 'EMPTY', text: sql }));
     const denied = decision.action === 'deny' || decision.action === 'review';
+    const namesNoMasked = decision.mask !== undefined && !mentionsMaskedColumnCached(sql, decision.mask, c.shape);
     // Nested statements (a DELETE inside a WITH, EXPLAIN ANALYZE's statement) are judged above but
     // get no CommandComplete of their own: the audit follows the top-level statements.
-    return { ops: c.statements.filter((op) => !op.nested), decision, denied };
+    return { ops: c.statements.filter((op) => !op.nested), decision, denied, namesNoMasked };
   }
 
   private onQuery(f: Frame, raw: Buffer): void {
@@ -914,7 +917,7 @@ class PgSession implements RelayListener {
     this.answer.tag = Math.max(0, this.maskTag(p.decision));
     for (const op of p.ops) {
       this.queue.push({ kind: 'statement', op, started, mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
-        info: this.statementInfo(op, p.decision, { parseError: p.parseError }, review) });
+        info: this.statementInfo(op, p.decision, { parseError: p.parseError }, review, this.auditText(this.maskedWrites(op, p.decision, p.namesNoMasked).text)) });
     }
     this.queue.push({ kind: 'simple-end' });
     this.toServer(raw);
@@ -1009,7 +1012,7 @@ class PgSession implements RelayListener {
     const p = portal ? this.prepared.get(portal.stmt) : undefined;
     if (p && !p.denied) {
       const op = p.ops[0] ?? { type: 'EMPTY' };
-      p.writes ??= this.maskedWrites(op, p.decision);
+      p.writes ??= this.maskedWrites(op, p.decision, p.namesNoMasked);
       const masked = p.writes.params;
       const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
       this.queue.push({ kind: 'statement', op, started: this.now(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
@@ -1027,8 +1030,8 @@ class PgSession implements RelayListener {
   }
 
   /** Literals and parameters a masked statement writes into masked columns (see column-literals.ts). */
-  private maskedWrites(op: Operation, d: Decision): MaskedWrites {
-    return d.mask && op.text ? maskedWrites(op.text, d.mask, op.objects ?? [], this.secretLabel) : { text: op.text ?? '', params: new Map() };
+  private maskedWrites(op: Operation, d: Decision, namesNoMasked = false): MaskedWrites {
+    return d.mask && op.text && !namesNoMasked ? maskedWrites(op.text, d.mask, op.objects ?? [], this.secretLabel) : { text: op.text ?? '', params: new Map() };
   }
 
   /** A bound value for a masked column: hidden whole, under a detector's label if it holds a secret. */

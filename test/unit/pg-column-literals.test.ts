@@ -2,8 +2,8 @@
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { loadClassifier } from '../../agent/pg/classify.js';
-import { maskedWrites, mentionsMaskedColumn, redactColumnLiterals } from '../../agent/pg/column-literals.js';
+import { classify, loadClassifier } from '../../agent/pg/classify.js';
+import { maskedWrites, mentionsMaskedColumn, mentionsMaskedColumnCached, redactColumnLiterals } from '../../agent/pg/column-literals.js';
 import type { MaskSpec } from '../../agent/policy/types.js';
 import { maskCoversColumn } from '../../agent/policy/policy.js';
 
@@ -100,4 +100,37 @@ test('mentionsMaskedColumn stays exact when its bounded cache is cleared and ref
   assert.equal(mentionsMaskedColumn('SELECT N4095', spec), true);
   assert.equal(mentionsMaskedColumn('SELECT "my_TOKEN"', spec), true);
   assert.equal(mentionsMaskedColumn('SELECT "n"', spec), false);
+});
+
+test('mentionsMaskedColumnCached: per shape, never a "no" the scan of the text would not give', () => {
+  const shapeOf = (sql: string) => {
+    const c = classify(sql);
+    assert.ok('statements' in c);
+    return c.shape;
+  };
+  const spec: MaskSpec = { columns: ['*email*'], detectors: [] };
+  // The first text of a shape is parsed; the second one hits the shape cache and carries its id.
+  classify('SELECT name FROM users WHERE id = 1');
+  const plain = shapeOf('SELECT name FROM users WHERE id = 2');
+  assert.ok(plain, 'a shape hit carries the shape id');
+  assert.equal(shapeOf('SELECT name FROM users WHERE id = 3'), plain, 'one id per shape');
+  assert.equal(mentionsMaskedColumnCached('SELECT name FROM users WHERE id = 2', spec, plain), false);
+  // A literal that looks like a masked name does not make the shape mention one, and is not needed to:
+  // only real column references can receive a masked write.
+  assert.equal(mentionsMaskedColumnCached("SELECT name FROM users WHERE id = 'email'", spec, shapeOf("SELECT name FROM users WHERE id = 'x'")), true,
+    'a first text with the name in a literal scans as mentioning it (harmless: the exact check follows)');
+  // A multi-statement string: the answer covers the whole string, so a later statement is never missed.
+  classify("SELECT 1; UPDATE users SET email = 'a' WHERE id = 1");
+  const multi = shapeOf("SELECT 2; UPDATE users SET email = 'b' WHERE id = 2");
+  assert.equal(mentionsMaskedColumnCached("SELECT 2; UPDATE users SET email = 'b' WHERE id = 2", spec, multi), true);
+  assert.equal(mentionsMaskedColumnCached("SELECT 3; UPDATE users SET email = 'c' WHERE id = 3", spec, multi), true);
+  // Without a shape id (exact-cache hits, texts the shape scanner gives up on) it is the plain scan.
+  assert.equal(mentionsMaskedColumnCached('UPDATE users SET email = $1', spec, undefined), true);
+  // Property: for texts of one shape the cached answer is never "no" where the text's scan says yes
+  // outside literals, i.e. where maskedWrites could redact something.
+  fc.assert(fc.property(fc.integer(), fc.constantFrom('email', 'name', 'x@y'), (n, lit) => {
+    const sql = `UPDATE users SET email = '${lit}' WHERE id = ${n}`;
+    const cached = mentionsMaskedColumnCached(sql, spec, shapeOf(sql));
+    return cached || maskedWrites(sql, spec).text === sql;
+  }));
 });
