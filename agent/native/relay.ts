@@ -27,7 +27,7 @@ export interface RelayAnswer {
 export const MASK_HIT_AT = 1;
 export const MASK_HIT_DIGITS = 2;
 
-export const enum RecordKind { Replay = 1, Live = 2, End = 3, Closed = 4, Skip = 5 }
+export const enum RecordKind { Replay = 1, Live = 2, End = 3, Closed = 4, Skip = 5, Audited = 6 }
 
 export interface RelayListener {
   /**

@@ -98,6 +98,9 @@ function decisionInfo(d: Decision): NonNullable<StatementInfo['decision']> {
   return info;
 }
 
+/** Bytes before the query text in a kAudited record (relay.cc AuditedHead). */
+const AUDITED_HEAD = 24;
+
 const denySql = (message: string, hint: string): string => {
   // $runguard$ quoting: nothing inside may close it, so dollar signs are dropped from the texts.
   const lit = (s: string) => s.replace(/\$/g, '').replace(/'/g, "''");
@@ -219,6 +222,8 @@ class PgSession implements RelayListener {
   /** The current result's mask is one the relay cannot apply: its rows come here first. */
   private rowMaskLive = false;
   private diverged = false;
+  /** Statements the relay summarised (kAudited) instead of replaying: reported at the session's end. */
+  private auditedByRelay = 0;
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
     this.client = s.client;
@@ -324,7 +329,10 @@ class PgSession implements RelayListener {
   private close(reason: EndReason, error?: string): void {
     if (this.end) return;
     this.end = { reason, error, bytesUp: this.bytesUp, bytesDown: this.bytesDown };
-    if (this.link) this.end.relay = 'native';
+    if (this.link) {
+      this.end.relay = 'native';
+      this.end.relaySummarized = this.auditedByRelay;
+    }
     this.phase = 'closed';
     // Statements still waiting for an outcome are recorded as such, not forgotten.
     for (const p of this.queue) if (p.kind === 'statement') this.complete(p, { error: `session ended (${reason}) before the server answered` });
@@ -670,6 +678,14 @@ class PgSession implements RelayListener {
         this.sendAnswer(side);
         return;
       }
+      case RecordKind.Audited:
+        this.replayPolicy = this.deps.relay?.policyAt(epoch);
+        try {
+          this.onAudited(bytes);
+        } finally {
+          this.replayPolicy = undefined;
+        }
+        return;
       case RecordKind.Skip: {
         // Messages the handler would only have relayed and counted (see only_counted in relay.cc).
         const n = bytes.readUInt32LE(0);
@@ -686,6 +702,40 @@ class PgSession implements RelayListener {
       default:
         return;
     }
+  }
+
+  /**
+   * A simple query the relay forwarded on a remembered decision, with its whole answer, one plain
+   * result (relay.cc Session::held): audited from its text and command tag, by the same decide()
+   * and statement record as any query, under the policy of the relay's epoch. The rows are not
+   * read again: the relay forwarded only rows this statement's mask could not change.
+   */
+  private onAudited(bytes: Buffer): void {
+    const durationMs = bytes.readDoubleLE(0);
+    const up = bytes.readUInt32LE(8);
+    const down = bytes.readUInt32LE(12);
+    const queryEnd = AUDITED_HEAD + bytes.readUInt32LE(16);
+    const q = msg.decodeQuery(bytes.subarray(AUDITED_HEAD, queryEnd));
+    if (q instanceof PgProtocolError) return this.protocolError('job', q);
+    const c = msg.decodeCommandComplete(bytes.subarray(queryEnd));
+    if (c instanceof PgProtocolError) return this.protocolError('server', c);
+    this.bytesUp += up;
+    this.bytesDown += down;
+    this.auditedByRelay++;
+    const p = this.decide(q.sql);
+    const op = p.ops[0];
+    if ((p.denied || p.ops.length !== 1 || !op) && !this.diverged) {
+      this.diverged = true;
+      this.s.log.error({ statements: p.ops.length, action: p.decision.action },
+        'the native relay forwarded a query the handler would have handled differently');
+    }
+    if (!op) return;
+    const info = this.statementInfo(op, p.decision, { parseError: p.parseError }, undefined,
+      this.auditText(this.maskedWrites(op, p.decision, p.namesNoMasked).text));
+    info.commandTag = c.tag;
+    if (c.rows !== undefined) info.rows = c.rows;
+    info.durationUs = Math.floor(durationMs * 1000);
+    this.emitStatement(info);
   }
 
   private onServerFrame(f: Frame): void {

@@ -49,6 +49,8 @@ export interface SessionEnd {
   bytesDown: number;
   /** Set when the session's messages were relayed by the native data path (agent/native). */
   relay?: 'native';
+  /** Statements the native relay summarised instead of replaying (see relay.cc Session::held). */
+  relaySummarized?: number;
 }
 
 export interface ProtocolHandler {

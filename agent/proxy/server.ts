@@ -159,7 +159,7 @@ export class ProxyServer {
       kind: EventKind.EVENT_KIND_CONNECTION_CLOSE!,
       connectionClose: {
         protocol: handler.name, bytesUp: end.bytesUp, bytesDown: end.bytesDown,
-        durationMs: Date.now() - started, reason: end.reason, error: end.error ?? '', relay: end.relay ?? '',
+        durationMs: Date.now() - started, reason: end.reason, error: end.error ?? '', relay: end.relay ?? '', relaySummarized: end.relaySummarized ?? 0,
       },
     });
     log.debug({ reason: end.reason, up: end.bytesUp, down: end.bytesDown }, 'session closed');

@@ -39,6 +39,7 @@ enum RecordKind : uint8_t {
   kEnd = 3,     // that side's socket ended (bytes: an error text, empty for an orderly end)
   kClosed = 4,  // the session's sockets are closed and it is forgotten (after relayClose)
   kSkip = 5,    // the relay forwarded this many bytes (u32) of messages the handler only counts
+  kAudited = 6,  // a simple query and its whole plain answer, summarised (see Held below)
 };
 enum Side : uint8_t { kClient = 0, kServer = 1 };
 
@@ -184,7 +185,31 @@ struct Session {
   // The current result's RowDescription went to the handler, which did not say it masks nothing:
   // its rows go to the handler too, until the result ends.
   bool masked_result = false;
+  // The last Q relayed on a remembered decision found nothing outstanding on the server side.
+  bool q_alone = false;
+  // Such a Q, relayed but not yet recorded: its replay record waits for the server's answer. When
+  // the answer is one plain result that arrives in one read (RowDescription?, DataRows, one
+  // CommandComplete, ReadyForQuery), the two become one kAudited record: the handler audits the
+  // statement from its text and command tag without re-reading every message, which is most of
+  // its cost per statement. Anything else, or any other record of the session, releases the held
+  // record first, unchanged (record()), and the handler sees what it always saw.
+  struct Held {
+    bool active = false;
+    double ms = 0;
+    uint32_t epoch = 0;
+    std::vector<uint8_t> msg;  // the whole Q message
+  } held;
 };
+
+// kAudited payload, native byte order: f64 duration in ms (ReadyForQuery's read minus the Q's),
+// u32 bytes up, u32 bytes down, u32 length of the Q body, the Q body, the CommandComplete body.
+// The record's ms is the Q's; agent/pg/handler.ts onAudited reads it.
+struct AuditedHead {
+  double duration_ms;
+  uint32_t up, down, query_len;
+  uint32_t reserved;
+};
+static_assert(sizeof(AuditedHead) == 24, "kAudited layout is shared with agent/pg/handler.ts");
 
 struct Command {
   enum Op { kAdopt, kWrite, kResume, kClose, kForget, kDrained, kStop } op;
@@ -271,17 +296,29 @@ class Relay {
   uint32_t epoch_ = 0;
   std::atomic<uint32_t> epoch_requested_{0};
   std::string key_, shape_;  // reused per message: no allocation once grown
+  std::vector<uint8_t> audit_;  // a kAudited payload being built
   bool stopping_ = false;
   size_t closing_ = 0;  // sessions JavaScript closed that still have output to write
 
   // ---- records ----
 
-  void record(const Session& s, RecordKind kind, Side side, const uint8_t* p, size_t n) {
-    RecordHeader h{s.id, kind, side, 0, epoch_, (uint32_t)n, now_ms()};
+  void record(Session& s, RecordKind kind, Side side, const uint8_t* p, size_t n) {
+    if (s.held.active) release(s);
+    append_record(s, kind, side, p, n, epoch_, now_ms());
+  }
+
+  // The held Q goes out as the replay record it would have been, with its own time and epoch.
+  void release(Session& s) {
+    s.held.active = false;
+    append_record(s, kReplay, kClient, s.held.msg.data(), s.held.msg.size(), s.held.epoch, s.held.ms);
+  }
+
+  void append_record(const Session& s, RecordKind kind, Side side, const uint8_t* p, size_t n, uint32_t epoch, double ms) {
+    RecordHeader h{s.id, kind, side, 0, epoch, (uint32_t)n, ms};
     const uint8_t* hp = reinterpret_cast<const uint8_t*>(&h);
     batch_.insert(batch_.end(), hp, hp + sizeof h);
     if (n) batch_.insert(batch_.end(), p, p + n);
-    if (kind == kReplay) {
+    if (kind == kReplay || kind == kAudited) {
       if (replay_since_ == 0) replay_since_ = h.ms;
     } else {
       urgent_ = true;
@@ -364,6 +401,10 @@ class Relay {
     for (auto& c : cmds) {
       if (c.op == Command::kStop) {
         stopping_ = true;
+        // The last delivery takes every forwarded statement along, held ones too.
+        for (auto& [id, s] : sessions_) {
+          if (s->held.active) release(*s);
+        }
         continue;
       }
       if (c.op == Command::kDrained) {
@@ -547,6 +588,8 @@ class Relay {
     const uint8_t* p = in.in.data();
     Peer& out = s.peer[side ^ 1];
     out.out.insert(out.out.end(), p + from, p + to);
+    if (side == kClient && hold(s, p + from, to - from)) return;
+    if (side == kServer && s.held.active && audited(s, p + from, to - from)) return;
     size_t replay = from;  // start of what is not yet recorded
     size_t counted = to;   // start of the current run of counted-only messages (to: none)
     for (size_t m = from; m < to; m += 1 + be32(p + m + 1)) {
@@ -559,6 +602,49 @@ class Relay {
     }
     if (counted != to && to - counted >= kMinSkip) skip(s, side, p, replay, counted, to), replay = to;
     if (replay < to) record(s, kReplay, side, p + replay, to - replay);
+  }
+
+  // Holds a run that is exactly one Q relayed alone (see Session::held).
+  bool hold(Session& s, const uint8_t* m, size_t n) {
+    bool one_q = m[0] == 'Q' && n == (size_t)be32(m + 1) + 1;
+    if (!one_q || !s.q_alone || s.held.active) return false;
+    s.q_alone = false;
+    s.held.active = true;
+    s.held.ms = now_ms();
+    s.held.epoch = epoch_;
+    s.held.msg.assign(m, m + n);
+    return true;
+  }
+
+  // The held Q's answer, if this run is all of it and a plain one: recorded as kAudited.
+  bool audited(Session& s, const uint8_t* m, size_t n) {
+    size_t at = 0, complete = SIZE_MAX;
+    int stage = 0;  // 0: before rows, 1: rows, 2: after CommandComplete, 3: after ReadyForQuery
+    while (at < n) {
+      uint8_t t = m[at];
+      size_t size = (size_t)be32(m + at + 1) + 1;
+      if (t == 'T' && stage == 0) stage = 1;
+      else if (t == 'D' && stage <= 1) stage = 1;
+      else if (t == 'C' && stage <= 1) stage = 2, complete = at;
+      else if (t == 'Z' && stage == 2) stage = 3;
+      else return false;
+      at += size;
+      if (stage == 3 && at != n) return false;
+    }
+    if (stage != 3) return false;
+    const Session::Held& h = s.held;
+    const uint8_t* q = h.msg.data() + 5;
+    size_t qlen = h.msg.size() - 5;
+    const uint8_t* c = m + complete + 5;
+    size_t clen = (size_t)be32(m + complete + 1) - 4;
+    AuditedHead head{now_ms() - h.ms, (uint32_t)h.msg.size(), (uint32_t)n, (uint32_t)qlen, 0};
+    audit_.resize(sizeof head + qlen + clen);
+    memcpy(audit_.data(), &head, sizeof head);
+    memcpy(audit_.data() + sizeof head, q, qlen);
+    memcpy(audit_.data() + sizeof head + qlen, c, clen);
+    s.held.active = false;
+    append_record(s, kAudited, kServer, audit_.data(), audit_.size(), h.epoch, h.ms);
+    return true;
   }
 
   // Records [replay, counted) as replay and [counted, end) as a byte count.
@@ -600,6 +686,7 @@ class Relay {
     switch (type) {
       case 'Q':
         if (!pg_query(body, n, &sql) || !remembered(s, type, sql.p, sql.n, &tag)) return false;
+        s.q_alone = s.units.empty() && s.open == 0;
         sent(s, type, tag);
         return true;
       case 'P':

@@ -9,6 +9,9 @@
 // for (a statement whose shape it has not seen allowed, anything it fails to check, every result of
 // a statement whose rows are masked) goes to JavaScript first ("live" records) and that side of the
 // session waits until the handler answers with what to write and whether to remember the decision.
+// One shortcut: a simple query on a remembered decision whose whole answer is one plain result is
+// handed over as a summary ("audited": its text and command tag), which the handler decides and
+// audits by the same code without re-reading every message of the answer.
 #pragma once
 #include <node_api.h>
 
