@@ -730,8 +730,7 @@ class PgSession implements RelayListener {
         'the native relay forwarded a query the handler would have handled differently');
     }
     if (!op) return;
-    const info = this.statementInfo(op, p.decision, { parseError: p.parseError }, undefined,
-      this.auditText(this.maskedWrites(op, p.decision, p.namesNoMasked).text));
+    const info = this.queryInfo(op, p);
     info.commandTag = c.tag;
     if (c.rows !== undefined) info.rows = c.rows;
     info.durationUs = Math.floor(durationMs * 1000);
@@ -967,7 +966,7 @@ class PgSession implements RelayListener {
     this.answer.tag = Math.max(0, this.maskTag(p.decision));
     for (const op of p.ops) {
       this.queue.push({ kind: 'statement', op, started, mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
-        info: this.statementInfo(op, p.decision, { parseError: p.parseError }, review, this.auditText(this.maskedWrites(op, p.decision, p.namesNoMasked).text)) });
+        info: this.queryInfo(op, p, review) });
     }
     this.queue.push({ kind: 'simple-end' });
     this.toServer(raw);
@@ -1116,6 +1115,12 @@ class PgSession implements RelayListener {
     if (extra.error !== undefined) info.error = extra.error;
     if (extra.errorCode !== undefined) info.errorCode = extra.errorCode;
     return info;
+  }
+
+  /** The audit record of one statement of a simple query (forwarded live, or summarised by the relay). */
+  private queryInfo(op: Operation, p: Prepared, review?: ReviewResult): StatementInfo {
+    const text = this.auditText(this.maskedWrites(op, p.decision, p.namesNoMasked).text);
+    return this.statementInfo(op, p.decision, { parseError: p.parseError }, review, text);
   }
 
   /** A statement's text as the audit shows it: masked-column literals already replaced, then the detectors. */
