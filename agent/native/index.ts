@@ -20,7 +20,7 @@ export interface NativeAddon {
   relayForget(): number;
   /** Spool record framing plus the chain hash in one call (src/seal.h; agent/events/record-format.ts). */
   sealRecord(target: Buffer, offset: number, payload: Uint8Array, hashOut: Buffer): number;
-  /** False if this node exports no SHA256/crc32 for sealRecord to use. */
+  /** False if this node exports no SHA256_Init/Update/Final or crc32 for sealRecord to use. */
   sealAvailable(): boolean;
 }
 

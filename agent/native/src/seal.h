@@ -9,5 +9,5 @@
 // hashOut[0..32), and returns the offset after the record. Throws a RangeError if it does not fit.
 napi_value seal_record_js(napi_env env, napi_callback_info info);
 
-// JS: sealAvailable() => boolean. False if the process exports no SHA256 or crc32 (see seal.cc).
+// JS: sealAvailable() => boolean. False if the process exports no SHA256_Init/Update/Final or crc32 (see seal.cc).
 napi_value seal_available_js(napi_env env, napi_callback_info info);
