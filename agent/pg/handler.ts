@@ -651,12 +651,9 @@ class PgSession implements RelayListener {
           this.replaying = false;
           this.clock = this.replayPolicy = undefined;
         }
-        // Handled differently here than relayed there: a bug, or a policy change racing a decision.
         const same = fromClient ? this.replayUp === bytes.length && this.replayDown === 0 : this.replayDown === bytes.length && this.replayUp === 0;
-        if (!same && !this.ended() && !this.diverged) {
-          this.diverged = true;
-          this.s.log.error({ side: fromClient ? 'job' : 'server', bytes: bytes.length, up: this.replayUp, down: this.replayDown },
-            'the native relay forwarded messages the handler would have handled differently');
+        if (!same && !this.ended()) {
+          this.divergence({ side: fromClient ? 'job' : 'server', bytes: bytes.length, up: this.replayUp, down: this.replayDown }, 'messages');
         }
         return;
       }
@@ -705,36 +702,62 @@ class PgSession implements RelayListener {
   }
 
   /**
-   * A simple query the relay forwarded on a remembered decision, with its whole answer, one plain
-   * result (relay.cc Session::held): audited from its text and command tag, by the same decide()
-   * and statement record as any query, under the policy of the relay's epoch. The rows are not
-   * read again: the relay forwarded only rows this statement's mask could not change.
+   * A request the relay forwarded on remembered decisions, with its whole answer, one plain result
+   * (relay.cc Session::held): a simple query, or one execution of a prepared statement (Bind,
+   * Describe, Execute, Sync). Audited from the request and the command tag by the same decisions
+   * and statement record as the message-by-message path, under the policy of the relay's epoch.
+   * The rows are not read again: the relay forwarded only rows this statement's mask could not
+   * change.
    */
   private onAudited(bytes: Buffer): void {
     const durationMs = bytes.readDoubleLE(0);
     const up = bytes.readUInt32LE(8);
     const down = bytes.readUInt32LE(12);
-    const queryEnd = AUDITED_HEAD + bytes.readUInt32LE(16);
-    const q = msg.decodeQuery(bytes.subarray(AUDITED_HEAD, queryEnd));
-    if (q instanceof PgProtocolError) return this.protocolError('job', q);
-    const c = msg.decodeCommandComplete(bytes.subarray(queryEnd));
+    const requestEnd = AUDITED_HEAD + bytes.readUInt32LE(16);
+    // The relay framed the request; its lengths are checked here all the same.
+    const len = requestEnd - AUDITED_HEAD >= 5 ? bytes.readUInt32BE(AUDITED_HEAD + 1) : 0;
+    if (len < 4 || AUDITED_HEAD + 1 + len > requestEnd || requestEnd > bytes.length) {
+      return this.protocolError('job', new PgProtocolError('malformed', 'the relay summarised a request that is not whole messages'));
+    }
+    const type = bytes[AUDITED_HEAD]!;
+    const body = bytes.subarray(AUDITED_HEAD + 5, AUDITED_HEAD + 1 + len);
+    const c = msg.decodeCommandComplete(bytes.subarray(requestEnd));
     if (c instanceof PgProtocolError) return this.protocolError('server', c);
     this.bytesUp += up;
     this.bytesDown += down;
     this.auditedByRelay++;
-    const p = this.decide(q.sql);
-    const op = p.ops[0];
-    if ((p.denied || p.ops.length !== 1 || !op) && !this.diverged) {
-      this.diverged = true;
-      this.s.log.error({ statements: p.ops.length, action: p.decision.action },
-        'the native relay forwarded a query the handler would have handled differently');
-    }
-    if (!op) return;
-    const info = this.queryInfo(op, p);
+    const info = type === T.Query ? this.summarisedQuery(body) : this.summarisedExecution(body);
+    if (!info) return;
     info.commandTag = c.tag;
     if (c.rows !== undefined) info.rows = c.rows;
     info.durationUs = Math.floor(durationMs * 1000);
     this.emitStatement(info);
+  }
+
+  private summarisedQuery(body: Buffer): StatementInfo | undefined {
+    const q = msg.decodeQuery(body);
+    if (q instanceof PgProtocolError) return void this.protocolError('job', q);
+    const p = this.decide(q.sql);
+    const op = p.ops[0];
+    if (p.denied || p.ops.length !== 1 || !op) this.divergence({ statements: p.ops.length, action: p.decision.action });
+    return op && this.queryInfo(op, p);
+  }
+
+  private summarisedExecution(body: Buffer): StatementInfo | undefined {
+    const b = msg.decodeBind(body);
+    if (b instanceof PgProtocolError) return void this.protocolError('job', b);
+    const portal = { stmt: b.statement, params: b.params };
+    this.portals.set(b.portal, portal);
+    const p = this.prepared.get(b.statement);
+    if (!p || p.denied) return void this.divergence({ statement: b.statement, action: p?.decision.action ?? 'unknown' });
+    return this.executionInfo(p, portal);
+  }
+
+  /** Handled differently here than relayed there: a bug, or a policy change racing a decision. */
+  private divergence(fields: Record<string, unknown>, what = 'a request'): void {
+    if (this.diverged) return;
+    this.diverged = true;
+    this.s.log.error(fields, `the native relay forwarded ${what} the handler would have handled differently`);
   }
 
   private onServerFrame(f: Frame): void {
@@ -1060,12 +1083,8 @@ class PgSession implements RelayListener {
     const portal = this.portals.get(e.portal);
     const p = portal ? this.prepared.get(portal.stmt) : undefined;
     if (p && !p.denied) {
-      const op = p.ops[0] ?? { type: 'EMPTY' };
-      p.writes ??= this.maskedWrites(op, p.decision, p.namesNoMasked);
-      const masked = p.writes.params;
-      const params = portal!.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
-      this.queue.push({ kind: 'statement', op, started: this.now(), mask: p.decision.action === 'mask' ? p.decision.mask : undefined,
-        info: this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.auditText ??= this.auditText(p.writes.text)) });
+      this.queue.push({ kind: 'statement', op: p.ops[0] ?? { type: 'EMPTY' }, started: this.now(),
+        mask: p.decision.action === 'mask' ? p.decision.mask : undefined, info: this.executionInfo(p, portal!) });
       const tag = this.maskTag(p.decision);
       this.answer.allowName = tag >= 0;
       this.answer.tag = Math.max(0, tag);
@@ -1121,6 +1140,15 @@ class PgSession implements RelayListener {
   private queryInfo(op: Operation, p: Prepared, review?: ReviewResult): StatementInfo {
     const text = this.auditText(this.maskedWrites(op, p.decision, p.namesNoMasked).text);
     return this.statementInfo(op, p.decision, { parseError: p.parseError }, review, text);
+  }
+
+  /** The audit record of one execution of a prepared statement, its bound values redacted. */
+  private executionInfo(p: Prepared, portal: { params: (Buffer | null)[] }): StatementInfo {
+    const op = p.ops[0] ?? { type: 'EMPTY' };
+    p.writes ??= this.maskedWrites(op, p.decision, p.namesNoMasked);
+    const masked = p.writes.params;
+    const params = portal.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
+    return this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.auditText ??= this.auditText(p.writes.text));
   }
 
   /** A statement's text as the audit shows it: masked-column literals already replaced, then the detectors. */

@@ -185,28 +185,32 @@ struct Session {
   // The current result's RowDescription went to the handler, which did not say it masks nothing:
   // its rows go to the handler too, until the result ends.
   bool masked_result = false;
-  // The last Q relayed on a remembered decision found nothing outstanding on the server side.
-  bool q_alone = false;
-  // Such a Q, relayed but not yet recorded: its replay record waits for the server's answer. When
-  // the answer is one plain result that arrives in one read (RowDescription?, DataRows, one
-  // CommandComplete, ReadyForQuery), the two become one kAudited record: the handler audits the
-  // statement from its text and command tag without re-reading every message, which is most of
-  // its cost per statement. Anything else, or any other record of the session, releases the held
-  // record first, unchanged (record()), and the handler sees what it always saw.
+  // The last Q or Bind relayed on a remembered decision found nothing outstanding on the server side.
+  bool alone = false;
+  // Such a request, relayed but not yet recorded: a Q alone, or an extended-protocol run of exactly
+  // Bind, Describe of that portal (optional), Execute of it, Sync. Its replay record waits for the
+  // server's answer. When the answer is one plain result that arrives in one read (for a Q:
+  // RowDescription?, DataRows, one CommandComplete, ReadyForQuery; for a run: BindComplete, then
+  // RowDescription or NoData when described, DataRows, one CommandComplete, ReadyForQuery), the
+  // two become one kAudited record: the handler audits the statement from its request and command
+  // tag without re-reading every message, which is most of its cost per statement. Anything else,
+  // or any other record of the session, releases the held record first, unchanged (record()), and
+  // the handler sees what it always saw.
   struct Held {
     bool active = false;
     double ms = 0;
     uint32_t epoch = 0;
-    std::vector<uint8_t> msg;  // the whole Q message
+    std::vector<uint8_t> msg;  // the whole request: the Q, or Bind to Sync
   } held;
 };
 
-// kAudited payload, native byte order: f64 duration in ms (ReadyForQuery's read minus the Q's),
-// u32 bytes up, u32 bytes down, u32 length of the Q body, the Q body, the CommandComplete body.
-// The record's ms is the Q's; agent/pg/handler.ts onAudited reads it.
+// kAudited payload, native byte order: f64 duration in ms (ReadyForQuery's read minus the
+// request's), u32 bytes up, u32 bytes down, u32 length of the request, the request (whole
+// messages: the Q, or Bind to Sync), the CommandComplete body. The record's ms is the request's;
+// agent/pg/handler.ts onAudited reads it.
 struct AuditedHead {
   double duration_ms;
-  uint32_t up, down, query_len;
+  uint32_t up, down, request_len;
   uint32_t reserved;
 };
 static_assert(sizeof(AuditedHead) == 24, "kAudited layout is shared with agent/pg/handler.ts");
@@ -604,11 +608,10 @@ class Relay {
     if (replay < to) record(s, kReplay, side, p + replay, to - replay);
   }
 
-  // Holds a run that is exactly one Q relayed alone (see Session::held).
+  // Holds a run that is exactly one request relayed alone (see Session::held).
   bool hold(Session& s, const uint8_t* m, size_t n) {
-    bool one_q = m[0] == 'Q' && n == (size_t)be32(m + 1) + 1;
-    if (!one_q || !s.q_alone || s.held.active) return false;
-    s.q_alone = false;
+    if (!s.alone || s.held.active || !(m[0] == 'Q' ? n == (size_t)be32(m + 1) + 1 : one_execution(m, n))) return false;
+    s.alone = false;
     s.held.active = true;
     s.held.ms = now_ms();
     s.held.epoch = epoch_;
@@ -616,16 +619,44 @@ class Relay {
     return true;
   }
 
-  // The held Q's answer, if this run is all of it and a plain one: recorded as kAudited.
+  // Whether m[0, n), whole messages the relay framed, is Bind, Describe of that portal (optional),
+  // Execute of it for all rows, Sync: one statement's execution, answered by one result.
+  static bool one_execution(const uint8_t* m, size_t n) {
+    PgSlice bound, executed, statement;
+    size_t at = 0;
+    auto next = [&](uint8_t type) {
+      if (at >= n || m[at] != type) return (const uint8_t*)nullptr;
+      const uint8_t* msg = m + at;
+      at += (size_t)be32(msg + 1) + 1;
+      return msg;
+    };
+    auto body_len = [](const uint8_t* msg) { return (size_t)be32(msg + 1) - 4; };
+    const uint8_t* b = next('B');
+    if (!b || !pg_bind(b + 5, body_len(b), &bound, &statement)) return false;
+    if (const uint8_t* d = next('D')) {
+      // 'P', the portal's name, its NUL.
+      if (body_len(d) != bound.n + 2 || d[5] != 'P' || memcmp(d + 6, bound.p, bound.n) != 0 || d[6 + bound.n] != 0) return false;
+    }
+    const uint8_t* e = next('E');
+    if (!e || !pg_execute(e + 5, body_len(e), &executed)) return false;
+    // The portal bound is the one executed, and for every row: a row limit ends in PortalSuspended.
+    if (executed.n != bound.n || memcmp(executed.p, bound.p, bound.n) != 0 || be32(e + 5 + body_len(e) - 4) != 0) return false;
+    return next('S') != nullptr && at == n;
+  }
+
+  // The held request's answer, if this run is all of it and a plain one: recorded as kAudited.
   bool audited(Session& s, const uint8_t* m, size_t n) {
     size_t at = 0, complete = SIZE_MAX;
-    int stage = 0;  // 0: before rows, 1: rows, 2: after CommandComplete, 3: after ReadyForQuery
+    // 0: before the result (after BindComplete for a run), 1: rows, 2: after CommandComplete,
+    // 3: after ReadyForQuery; -1: a run's answer before its BindComplete.
+    int stage = s.held.msg[0] == 'B' ? -1 : 0;
     while (at < n) {
       uint8_t t = m[at];
       size_t size = (size_t)be32(m + at + 1) + 1;
-      if (t == 'T' && stage == 0) stage = 1;
-      else if (t == 'D' && stage <= 1) stage = 1;
-      else if (t == 'C' && stage <= 1) stage = 2, complete = at;
+      if (t == '2' && stage == -1) stage = 0;
+      else if ((t == 'T' || (t == 'n' && s.held.msg[0] == 'B')) && stage == 0) stage = 1;
+      else if (t == 'D' && (stage == 0 || stage == 1)) stage = 1;
+      else if (t == 'C' && (stage == 0 || stage == 1)) stage = 2, complete = at;
       else if (t == 'Z' && stage == 2) stage = 3;
       else return false;
       at += size;
@@ -633,15 +664,14 @@ class Relay {
     }
     if (stage != 3) return false;
     const Session::Held& h = s.held;
-    const uint8_t* q = h.msg.data() + 5;
-    size_t qlen = h.msg.size() - 5;
     const uint8_t* c = m + complete + 5;
     size_t clen = (size_t)be32(m + complete + 1) - 4;
-    AuditedHead head{now_ms() - h.ms, (uint32_t)h.msg.size(), (uint32_t)n, (uint32_t)qlen, 0};
-    audit_.resize(sizeof head + qlen + clen);
+    size_t rlen = h.msg.size();
+    AuditedHead head{now_ms() - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, 0};
+    audit_.resize(sizeof head + rlen + clen);
     memcpy(audit_.data(), &head, sizeof head);
-    memcpy(audit_.data() + sizeof head, q, qlen);
-    memcpy(audit_.data() + sizeof head + qlen, c, clen);
+    memcpy(audit_.data() + sizeof head, h.msg.data(), rlen);
+    memcpy(audit_.data() + sizeof head + rlen, c, clen);
     s.held.active = false;
     append_record(s, kAudited, kServer, audit_.data(), audit_.size(), h.epoch, h.ms);
     return true;
@@ -686,7 +716,7 @@ class Relay {
     switch (type) {
       case 'Q':
         if (!pg_query(body, n, &sql) || !remembered(s, type, sql.p, sql.n, &tag)) return false;
-        s.q_alone = s.units.empty() && s.open == 0;
+        s.alone = s.units.empty() && s.open == 0;
         sent(s, type, tag);
         return true;
       case 'P':
@@ -705,6 +735,7 @@ class Relay {
           return false;
         }
         s.portals[s.live_portal] = it->second;
+        s.alone = s.units.empty() && s.open == 0;
         return true;
       }
       case 'E': {
