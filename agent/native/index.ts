@@ -22,6 +22,8 @@ export interface NativeAddon {
   sealRecord(target: Buffer, offset: number, payload: Uint8Array, hashOut: Buffer): number;
   /** False if this node exports no SHA256_Init/Update/Final or crc32 for sealRecord to use. */
   sealAvailable(): boolean;
+  /** One spool commit as one pool job: pwritev all of `buffers` at `position`, then fdatasync (src/durable.h). */
+  writeDurable(fd: number, buffers: Buffer[], position: number, done: (err: NodeJS.ErrnoException | null) => void): void;
 }
 
 let loaded: { addon?: NativeAddon; error?: string } | undefined;

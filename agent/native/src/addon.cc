@@ -5,6 +5,7 @@
 #include "pgmsg.h"
 #include "relay.h"
 #include "seal.h"
+#include "durable.h"
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -18,6 +19,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"relayForget", nullptr, relay_forget_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"sealRecord", nullptr, seal_record_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"sealAvailable", nullptr, seal_available_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"writeDurable", nullptr, write_durable_js, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;
