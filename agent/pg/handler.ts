@@ -98,8 +98,16 @@ function decisionInfo(d: Decision): NonNullable<StatementInfo['decision']> {
   return info;
 }
 
-/** Bytes before the query text in a kAudited record (relay.cc AuditedHead). */
+/** Bytes before the request in a kAudited record (relay.cc AuditedHead). */
 const AUDITED_HEAD = 24;
+
+/** The body of the message at `at` in `buf`, or undefined if its length runs past the buffer. */
+function messageBody(buf: Buffer, at: number): Buffer | undefined {
+  if (buf.length - at < 5) return undefined;
+  const len = buf.readUInt32BE(at + 1);
+  if (len < 4 || len > buf.length - at - 1) return undefined;
+  return buf.subarray(at + 5, at + 1 + len);
+}
 
 const denySql = (message: string, hint: string): string => {
   // $runguard$ quoting: nothing inside may close it, so dollar signs are dropped from the texts.
@@ -714,19 +722,14 @@ class PgSession implements RelayListener {
     const up = bytes.readUInt32LE(8);
     const down = bytes.readUInt32LE(12);
     const requestEnd = AUDITED_HEAD + bytes.readUInt32LE(16);
-    // The relay framed the request; its lengths are checked here all the same.
-    const len = requestEnd - AUDITED_HEAD >= 5 ? bytes.readUInt32BE(AUDITED_HEAD + 1) : 0;
-    if (len < 4 || AUDITED_HEAD + 1 + len > requestEnd || requestEnd > bytes.length) {
-      return this.protocolError('job', new PgProtocolError('malformed', 'the relay summarised a request that is not whole messages'));
-    }
-    const type = bytes[AUDITED_HEAD]!;
-    const body = bytes.subarray(AUDITED_HEAD + 5, AUDITED_HEAD + 1 + len);
+    if (requestEnd > bytes.length) return this.notWhole();
+    const request = bytes.subarray(AUDITED_HEAD, requestEnd);
     const c = msg.decodeCommandComplete(bytes.subarray(requestEnd));
     if (c instanceof PgProtocolError) return this.protocolError('server', c);
     this.bytesUp += up;
     this.bytesDown += down;
     this.auditedByRelay++;
-    const info = type === T.Query ? this.summarisedQuery(body) : this.summarisedExecution(body);
+    const info = request[0] === T.Query ? this.summarisedQuery(request) : this.summarisedExecution(request);
     if (!info) return;
     info.commandTag = c.tag;
     if (c.rows !== undefined) info.rows = c.rows;
@@ -734,7 +737,9 @@ class PgSession implements RelayListener {
     this.emitStatement(info);
   }
 
-  private summarisedQuery(body: Buffer): StatementInfo | undefined {
+  private summarisedQuery(request: Buffer): StatementInfo | undefined {
+    const body = messageBody(request, 0);
+    if (!body) return this.notWhole();
     const q = msg.decodeQuery(body);
     if (q instanceof PgProtocolError) return void this.protocolError('job', q);
     const p = this.decide(q.sql);
@@ -743,7 +748,16 @@ class PgSession implements RelayListener {
     return op && this.queryInfo(op, p);
   }
 
-  private summarisedExecution(body: Buffer): StatementInfo | undefined {
+  /** Parse (optional) and Bind as onParse and onBind would take them; the rest is Describe, Execute, Sync. */
+  private summarisedExecution(request: Buffer): StatementInfo | undefined {
+    let body = messageBody(request, 0);
+    if (body && request[0] === T.Parse) {
+      const m = msg.decodeParse(body);
+      if (m instanceof PgProtocolError) return void this.protocolError('job', m);
+      this.prepared.set(m.name, this.decide(m.sql, true));
+      body = messageBody(request, 1 + request.readUInt32BE(1));
+    }
+    if (!body) return this.notWhole();
     const b = msg.decodeBind(body);
     if (b instanceof PgProtocolError) return void this.protocolError('job', b);
     const portal = { stmt: b.statement, params: b.params };
@@ -751,6 +765,11 @@ class PgSession implements RelayListener {
     const p = this.prepared.get(b.statement);
     if (!p || p.denied) return void this.divergence({ statement: b.statement, action: p?.decision.action ?? 'unknown' });
     return this.executionInfo(p, portal);
+  }
+
+  private notWhole(): undefined {
+    this.protocolError('job', new PgProtocolError('malformed', 'the relay summarised a request that is not whole messages'));
+    return undefined;
   }
 
   /** Handled differently here than relayed there: a bug, or a policy change racing a decision. */

@@ -114,36 +114,40 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     assert.ok(!agent.log.includes('would have handled differently'));
   });
 
-  test('executions of a prepared statement are summarised by the relay and audited with their bound values redacted', async () => {
-    const SECRET = 'tok-' + 'UHJlcGFyZWQtc2VjcmV0LXZhbHVl';
-    const script = path.join(work, 'prepared.sql');
-    writeFileSync(script, '\\set n random(1, 2000)\nSELECT count(*) FROM contacts WHERE id <= :n AND note <> :tok;\n');
-    // pgbench -M prepared: Parse once, then Bind (the two values), Describe, Execute, Sync per run.
-    const r = await agent.run(['pgbench', '-n', '-M', 'prepared', '-c', '1', '-t', '20', '-D', `tok=${SECRET}`, '-f', script, url],
-      { DEPLOY_TOKEN: SECRET });
-    assert.equal(r.status, 0, r.stderr);
-    const events = await agent.events();
-    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT').map((e) => e.statement)
-      .filter((s) => s.text === 'SELECT count(*) FROM contacts WHERE id <= $1 AND note <> $2');
-    assert.equal(st.length, 20);
-    for (const s of st) {
-      assert.equal(s.prepared, true);
-      assert.deepEqual([s.type, s.objects, s.decision.action, s.decision.rule], ['SELECT', ['contacts'], 'mask', 'mask-contacts']);
-      assert.equal(s.params.length, 2);
-      assert.ok(Number(s.params[0]) >= 1 && Number(s.params[0]) <= 2000, `first value bound: ${s.params[0]}`);
-      assert.equal(s.params[1], '[REDACTED:env:DEPLOY_TOKEN]');
-      assert.deepEqual([s.commandTag, Number(s.rows)], ['SELECT 1', 1]);
-      assert.ok(Number(s.durationUs) > 0, 'the duration is measured');
-    }
-    // The first run goes to the handler (the Bind's statement is decided then); most of the rest
-    // are summarised, a reply split over two reads goes the replay way.
-    const close = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.connectionClose;
-    assert.equal(close.relay, 'native');
-    assert.ok(Number(close.relaySummarized) >= 15 && Number(close.relaySummarized) <= 20, `summarised: ${close.relaySummarized}`);
-    assert.ok(!JSON.stringify(events).includes(SECRET), 'secret in the spool');
-    assert.ok(!agent.log.includes(SECRET), 'secret in the agent log');
-    assert.ok(!agent.log.includes('would have handled differently'));
-  });
+  for (const mode of ['prepared', 'extended']) {
+    test(`executions of statements with bound values (pgbench -M ${mode}) are summarised by the relay, the values redacted`, async () => {
+      const SECRET = 'tok-' + 'UHJlcGFyZWQtc2VjcmV0LXZhbHVl';
+      const script = path.join(work, 'prepared.sql');
+      writeFileSync(script, '\\set n random(1, 2000)\nSELECT count(*) FROM contacts WHERE id <= :n AND note <> :tok;\n');
+      // -M prepared: Parse once, then Bind (the two values), Describe, Execute, Sync per run;
+      // -M extended: Parse of the unnamed statement, then the same, every run.
+      const r = await agent.run(['pgbench', '-n', '-M', mode, '-c', '1', '-t', '20', '-D', `tok=${SECRET}`, '-f', script, url],
+        { DEPLOY_TOKEN: SECRET });
+      assert.equal(r.status, 0, r.stderr);
+      const events = await agent.events();
+      const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
+      const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+      assert.deepEqual(new Set(st.map((s) => s.text)), new Set(['SELECT count(*) FROM contacts WHERE id <= $1 AND note <> $2']));
+      assert.equal(st.length, 20);
+      for (const s of st) {
+        assert.equal(s.prepared, true);
+        assert.deepEqual([s.type, s.objects, s.decision.action, s.decision.rule], ['SELECT', ['contacts'], 'mask', 'mask-contacts']);
+        assert.equal(s.params.length, 2);
+        assert.ok(Number(s.params[0]) >= 1 && Number(s.params[0]) <= 2000, `first value bound: ${s.params[0]}`);
+        assert.equal(s.params[1], '[REDACTED:env:DEPLOY_TOKEN]');
+        assert.deepEqual([s.commandTag, Number(s.rows)], ['SELECT 1', 1]);
+        assert.ok(Number(s.durationUs) > 0, 'the duration is measured');
+      }
+      // The first run goes to the handler (the statement is decided then); most of the rest are
+      // summarised, a reply split over two reads goes the replay way.
+      const close = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.connectionClose;
+      assert.equal(close.relay, 'native');
+      assert.ok(Number(close.relaySummarized) >= 15 && Number(close.relaySummarized) <= 20, `summarised: ${close.relaySummarized}`);
+      assert.ok(!JSON.stringify(events).includes(SECRET), 'secret in the spool');
+      assert.ok(!agent.log.includes(SECRET), 'secret in the agent log');
+      assert.ok(!agent.log.includes('would have handled differently'));
+    });
+  }
 
   test('a policy reload takes effect in a session on the relay: a statement of a shape allowed before is denied after', async () => {
     const script = [

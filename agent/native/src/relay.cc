@@ -185,28 +185,29 @@ struct Session {
   // The current result's RowDescription went to the handler, which did not say it masks nothing:
   // its rows go to the handler too, until the result ends.
   bool masked_result = false;
-  // The last Q or Bind relayed on a remembered decision found nothing outstanding on the server side.
+  // The last Q, Parse or Bind relayed on a remembered decision found nothing outstanding on the
+  // server side.
   bool alone = false;
   // Such a request, relayed but not yet recorded: a Q alone, or an extended-protocol run of exactly
-  // Bind, Describe of that portal (optional), Execute of it, Sync. Its replay record waits for the
-  // server's answer. When the answer is one plain result that arrives in one read (for a Q:
-  // RowDescription?, DataRows, one CommandComplete, ReadyForQuery; for a run: BindComplete, then
-  // RowDescription or NoData when described, DataRows, one CommandComplete, ReadyForQuery), the
-  // two become one kAudited record: the handler audits the statement from its request and command
-  // tag without re-reading every message, which is most of its cost per statement. Anything else,
-  // or any other record of the session, releases the held record first, unchanged (record()), and
-  // the handler sees what it always saw.
+  // Parse (optional), Bind, Describe of the portal (optional), Execute of it, Sync. Its replay
+  // record waits for the server's answer. When the answer is one plain result that arrives in one
+  // read (for a Q: RowDescription?, DataRows, one CommandComplete, ReadyForQuery; for a run:
+  // ParseComplete if it parsed, BindComplete, RowDescription or NoData if it described, DataRows,
+  // one CommandComplete, ReadyForQuery), the two become one kAudited record: the handler audits
+  // the statement from its request and command tag without re-reading every message, which is most
+  // of its cost per statement. Anything else, or any other record of the session, releases the
+  // held record first, unchanged (record()), and the handler sees what it always saw.
   struct Held {
     bool active = false;
     double ms = 0;
     uint32_t epoch = 0;
-    std::vector<uint8_t> msg;  // the whole request: the Q, or Bind to Sync
+    std::vector<uint8_t> msg;  // the whole request: the Q, or Parse/Bind to Sync
   } held;
 };
 
 // kAudited payload, native byte order: f64 duration in ms (ReadyForQuery's read minus the
 // request's), u32 bytes up, u32 bytes down, u32 length of the request, the request (whole
-// messages: the Q, or Bind to Sync), the CommandComplete body. The record's ms is the request's;
+// messages: the Q, or Parse/Bind to Sync), the CommandComplete body. The record's ms is the request's;
 // agent/pg/handler.ts onAudited reads it.
 struct AuditedHead {
   double duration_ms;
@@ -619,10 +620,12 @@ class Relay {
     return true;
   }
 
-  // Whether m[0, n), whole messages the relay framed, is Bind, Describe of that portal (optional),
-  // Execute of it for all rows, Sync: one statement's execution, answered by one result.
+  // Whether m[0, n), whole messages the relay framed, is Parse (optional), Bind (of that statement),
+  // Describe of that portal (optional), Execute of it for all rows, Sync: one statement's
+  // execution, answered by one result. Drivers that bind values send it with the Parse of an
+  // unnamed statement every time; prepared statements without.
   static bool one_execution(const uint8_t* m, size_t n) {
-    PgSlice bound, executed, statement;
+    PgSlice parsed{nullptr, 0}, sql, bound, executed, statement;
     size_t at = 0;
     auto next = [&](uint8_t type) {
       if (at >= n || m[at] != type) return (const uint8_t*)nullptr;
@@ -631,8 +634,11 @@ class Relay {
       return msg;
     };
     auto body_len = [](const uint8_t* msg) { return (size_t)be32(msg + 1) - 4; };
+    auto same = [](const PgSlice& a, const PgSlice& b) { return a.n == b.n && memcmp(a.p, b.p, a.n) == 0; };
+    const uint8_t* p = next('P');
+    if (p && !pg_parse(p + 5, body_len(p), &parsed, &sql)) return false;
     const uint8_t* b = next('B');
-    if (!b || !pg_bind(b + 5, body_len(b), &bound, &statement)) return false;
+    if (!b || !pg_bind(b + 5, body_len(b), &bound, &statement) || (p && !same(parsed, statement))) return false;
     if (const uint8_t* d = next('D')) {
       // 'P', the portal's name, its NUL.
       if (body_len(d) != bound.n + 2 || d[5] != 'P' || memcmp(d + 6, bound.p, bound.n) != 0 || d[6 + bound.n] != 0) return false;
@@ -640,7 +646,7 @@ class Relay {
     const uint8_t* e = next('E');
     if (!e || !pg_execute(e + 5, body_len(e), &executed)) return false;
     // The portal bound is the one executed, and for every row: a row limit ends in PortalSuspended.
-    if (executed.n != bound.n || memcmp(executed.p, bound.p, bound.n) != 0 || be32(e + 5 + body_len(e) - 4) != 0) return false;
+    if (!same(executed, bound) || be32(e + 5 + body_len(e) - 4) != 0) return false;
     return next('S') != nullptr && at == n;
   }
 
@@ -648,13 +654,15 @@ class Relay {
   bool audited(Session& s, const uint8_t* m, size_t n) {
     size_t at = 0, complete = SIZE_MAX;
     // 0: before the result (after BindComplete for a run), 1: rows, 2: after CommandComplete,
-    // 3: after ReadyForQuery; -1: a run's answer before its BindComplete.
-    int stage = s.held.msg[0] == 'B' ? -1 : 0;
+    // 3: after ReadyForQuery; -1: a run's answer before its BindComplete, -2: before ParseComplete.
+    uint8_t first = s.held.msg[0];
+    int stage = first == 'P' ? -2 : first == 'B' ? -1 : 0;
     while (at < n) {
       uint8_t t = m[at];
       size_t size = (size_t)be32(m + at + 1) + 1;
-      if (t == '2' && stage == -1) stage = 0;
-      else if ((t == 'T' || (t == 'n' && s.held.msg[0] == 'B')) && stage == 0) stage = 1;
+      if (t == '1' && stage == -2) stage = -1;
+      else if (t == '2' && stage == -1) stage = 0;
+      else if ((t == 'T' || (t == 'n' && first != 'Q')) && stage == 0) stage = 1;
       else if (t == 'D' && (stage == 0 || stage == 1)) stage = 1;
       else if (t == 'C' && (stage == 0 || stage == 1)) stage = 2, complete = at;
       else if (t == 'Z' && stage == 2) stage = 3;
@@ -724,6 +732,7 @@ class Relay {
         s.live_name = str(name);
         if (!remembered(s, type, sql.p, sql.n, &tag)) return false;
         s.statements[s.live_name] = tag;
+        s.alone = s.units.empty() && s.open == 0;
         return true;
       case 'B': {
         if (!pg_bind(body, n, &portal, &name)) return false;
