@@ -61,6 +61,17 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     pg?.stop();
   });
 
+  /** The last session ran on the native relay, which summarised min..max statements; no secret leaked, no divergence. */
+  function assertSummarised(events: Awaited<ReturnType<AgentFixture['events']>>, min: number, max: number, secret: string): void {
+    const close = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.connectionClose;
+    assert.equal(close.relay, 'native');
+    const n = Number(close.relaySummarized);
+    assert.ok(n >= min && n <= max, `summarised: ${close.relaySummarized}`);
+    assert.ok(!JSON.stringify(events).includes(secret), 'secret in the spool');
+    assert.ok(!agent.log.includes(secret), 'secret in the agent log');
+    assert.ok(!agent.log.includes('would have handled differently'));
+  }
+
   test('rows are masked by column and by detector exactly as the handler would, row by row', async () => {
     // Statements of one shape: the relay remembers the mask decision after the first. The result
     // without a masked column it relays itself, except rows in which an email may be, which go to
@@ -106,12 +117,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     }
     // After the first of each shape (decided live) the relay answers alone; a reply split over two
     // reads would go the replay way, so allow for a few.
-    const close = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.connectionClose;
-    assert.equal(close.relay, 'native');
-    assert.ok(Number(close.relaySummarized) >= 5 && Number(close.relaySummarized) <= 8, `summarised: ${close.relaySummarized}`);
-    assert.ok(!JSON.stringify(events).includes(SECRET), 'secret in the spool');
-    assert.ok(!agent.log.includes(SECRET), 'secret in the agent log');
-    assert.ok(!agent.log.includes('would have handled differently'));
+    assertSummarised(events, 5, 8, SECRET);
   });
 
   for (const mode of ['prepared', 'extended']) {
@@ -140,12 +146,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
       }
       // The first run goes to the handler (the statement is decided then); most of the rest are
       // summarised, a reply split over two reads goes the replay way.
-      const close = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.connectionClose;
-      assert.equal(close.relay, 'native');
-      assert.ok(Number(close.relaySummarized) >= 15 && Number(close.relaySummarized) <= 20, `summarised: ${close.relaySummarized}`);
-      assert.ok(!JSON.stringify(events).includes(SECRET), 'secret in the spool');
-      assert.ok(!agent.log.includes(SECRET), 'secret in the agent log');
-      assert.ok(!agent.log.includes('would have handled differently'));
+      assertSummarised(events, 15, 20, SECRET);
     });
   }
 
