@@ -750,14 +750,16 @@ class PgSession implements RelayListener {
 
   /** Parse (optional) and Bind as onParse and onBind would take them; the rest is Describe, Execute, Sync. */
   private summarisedExecution(request: Buffer): StatementInfo | undefined {
-    let body = messageBody(request, 0);
-    if (body && request[0] === T.Parse) {
+    let at = 0;
+    let body = messageBody(request, at);
+    if (body && request[at] === T.Parse) {
       const m = msg.decodeParse(body);
       if (m instanceof PgProtocolError) return void this.protocolError('job', m);
       this.prepared.set(m.name, this.decide(m.sql, true));
-      body = messageBody(request, 1 + request.readUInt32BE(1));
+      at += 1 + request.readUInt32BE(at + 1);
+      body = messageBody(request, at);
     }
-    if (!body) return this.notWhole();
+    if (!body || request[at] !== T.Bind) return this.notWhole();
     const b = msg.decodeBind(body);
     if (b instanceof PgProtocolError) return void this.protocolError('job', b);
     const portal = { stmt: b.statement, params: b.params };
