@@ -19,7 +19,8 @@
 // absolutes depend on the host (and a 2-cpu VM shares its cpus between pgbench, PostgreSQL and the
 // proxy, so a proxy's cpu cost shows up directly as lost throughput). The STATEMENT events in the
 // agent's spool are counted around every run: the runguard runs must show at least transactions x
-// statements per transaction, the others none. The cpu columns say where the time went, and "other
+// statements per transaction, the others none; for runguard the report also gives the share the native
+// relay summarised (its sessions' CONNECTION_CLOSE relay_summarized). The cpu columns say where the time went, and "other
 // cpu" (busy time no process of the bench accounts for) flags a run that shared the host with
 // someone else's load: the report then warns that its ratios are not to be trusted.
 // Exit status: 0, or 3 when the runguard path could not be measured or a check failed.
@@ -116,6 +117,8 @@ interface RunResult {
   failed: number;
   /** STATEMENT events the agent recorded during the measured run (runguard), or that leaked (others). */
   statements: number;
+  /** Of those, statements the native relay summarised (CONNECTION_CLOSE relay_summarized). */
+  summarised: number;
   /** cpu seconds of the proxy process (agent or pgbouncer) per wall second. */
   proxyCpu: number;
   /** The proxy's cpu time over the run divided by the transactions (connection setup included). */
@@ -335,35 +338,39 @@ async function startAgent(pg: PgServer, work: string, cpuProf: string | undefine
 
 /**
  * Counts STATEMENT events in the agent's spool past a cursor, read in-process (as agent.events()
- * does, but only the new records and only their kind).
+ * does, but only the new records and only their kind), and the statements the native relay
+ * summarised, from the sessions' CONNECTION_CLOSE events.
  */
+interface Counted { records: number; statements: number; summarised: number }
+
 class StatementCounter {
   private next = 1;
   constructor(private readonly spoolDir: string) {}
 
-  private async drain(): Promise<{ records: number; statements: number }> {
-    let records = 0;
-    let statements = 0;
+  private async drain(): Promise<Counted> {
+    const c: Counted = { records: 0, statements: 0, summarised: 0 };
     for await (const rec of readSpoolDir(this.spoolDir, this.next)) {
       this.next = rec.seq + 1;
-      records++;
-      if ((decodeEvent(rec.bytes) as unknown as { kind: number }).kind === EventKind.EVENT_KIND_STATEMENT) statements++;
+      c.records++;
+      const ev = decodeEvent(rec.bytes) as unknown as { kind: number; connectionClose?: { relaySummarized?: unknown } };
+      if (ev.kind === EventKind.EVENT_KIND_STATEMENT) c.statements++;
+      else if (ev.kind === EventKind.EVENT_KIND_CONNECTION_CLOSE) c.summarised += Number(ev.connectionClose?.relaySummarized ?? 0);
     }
-    return { records, statements };
+    return c;
   }
 
-  /** Records and statements since the last call, once the agent has written everything it will. */
-  async settle(): Promise<{ records: number; statements: number }> {
-    let statements = 0;
-    let records = 0;
+  /** Records, statements and summaries since the last call, once the agent has written everything it will. */
+  async settle(): Promise<Counted> {
+    const c: Counted = { records: 0, statements: 0, summarised: 0 };
     for (let quiet = 0, i = 0; quiet < 2 && i < 50; i++) {
       await sleep(150);
       const d = await this.drain();
-      statements += d.statements;
-      records += d.records;
+      c.statements += d.statements;
+      c.records += d.records;
+      c.summarised += d.summarised;
       quiet = d.records === 0 ? quiet + 1 : 0;
     }
-    return { records, statements };
+    return c;
   }
 }
 
@@ -441,7 +448,7 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
   const fsyncCounts = fsyncs ? await fsyncs.stop() : new Map<number, number>();
   const lat = readLatencies(logDir);
   rmSync(logDir, { recursive: true, force: true });
-  const counted = counter ? await counter.settle() : { records: 0, statements: 0 };
+  const counted = counter ? await counter.settle() : { records: 0, statements: 0, summarised: 0 };
   let spool: SpoolCost | undefined;
   if (agentPid && threads0 && threads1) {
     spool = { records: counted.records, fsyncs: fsyncCounts.size ? 0 : NaN, mainCpu: 0, poolCpu: 0, otherThreadsCpu: 0 };
@@ -455,7 +462,7 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
     }
   }
   return {
-    ...res, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements,
+    ...res, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements, summarised: counted.summarised,
     proxyCpu: cpu.proxy, proxyUsPerTxn: (cpu.proxy * cpu.wall * 1e6) / res.txns, hostBusy: cpu.host, otherCpu: cpu.other, spool,
   };
 }
@@ -638,11 +645,12 @@ async function main(): Promise<number> {
         continue;
       }
       rows.push([w.label, n, f0(r.tps), f3(r.avgMs), f3(r.p50Ms), f3(r.p99Ms), String(r.txns), String(r.failed),
-        n === 'runguard' ? `${r.statements} (${f2(r.statements / r.txns)}/txn)` : String(r.statements),
+        n === 'runguard' ? `${r.statements} (${f2(r.statements / r.txns)}/txn, ${pct(r.summarised / Math.max(1, r.statements))} summarised)` : String(r.statements),
         n === 'direct' ? '-' : pct(r.proxyCpu), n === 'direct' ? '-' : f0(r.proxyUsPerTxn), pct(r.hostBusy), pct(r.otherCpu)]);
     }
   }
   out.push(table(rows, 'll'));
+  out.push('  STATEMENT events: for runguard also the share the native relay summarised (request + command tag, not every message)');
   out.push('  proxy cpu: cpu time of the agent / pgbouncer process per wall second (100% = one cpu); proxy us/txn: that cpu time');
   out.push('  per transaction (a single-threaded proxy at 100% caps tps at 1e6 / us/txn); host cpu: all cpus busy;');
   out.push('  other cpu: busy time of all cpus not spent by pgbench, PostgreSQL, the proxy or the bench (load from outside)');
