@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { AgentFixture } from '../helpers/agent.js';
+import { AgentFixture, ROOT } from '../helpers/agent.js';
+import * as msg from '../../agent/pg/messages.js';
 import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 
@@ -149,6 +150,44 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
       assertSummarised(events, 15, 20, SECRET);
     });
   }
+
+  test('executions the relay must not summarise (pipelined, failing, row-limited) are audited from their messages', async () => {
+    const ROWS = 'SELECT id FROM contacts WHERE id <= $1 ORDER BY id';
+    const DIVIDE = 'SELECT 10 / $1::int AS q';
+    const run = (sql: string, value: string, maxRows = 0) =>
+      Buffer.concat([msg.parse('', sql), msg.bind({ params: [value] }), msg.describe('P'), msg.execute('', maxRows), msg.sync()]);
+    const steps = [
+      msg.startupMessage({ user: 'postgres', database: 'postgres' }),
+      run(ROWS, '5'), // decided by the handler, then remembered
+      run(ROWS, '3'), // may be summarised
+      Buffer.concat([run(ROWS, '2'), run(ROWS, '4')]), // two at once: never summarised
+      run(DIVIDE, '2'),
+      run(DIVIDE, '0'), // an error answer: never summarised
+      run(ROWS, '3', 1), // PortalSuspended: never summarised
+      run(ROWS, '1'), // may be summarised
+      msg.terminate(),
+    ];
+    const r = await agent.run(['python3', path.join(ROOT, 'test/fixtures/raw-client.py'), '127.0.0.2', String(pg.port), ...steps.map((b) => b.toString('hex'))]);
+    const replies = (JSON.parse(r.stdout.trim()) as { received: string[] }).received.map((h) => Buffer.from(h, 'hex').toString('latin1'));
+    assert.match(replies[3]!, /SELECT 2\0[^]*SELECT 4\0/, 'both pipelined executions answered');
+    assert.match(replies[5]!, /22012/, 'division by zero reaches the job');
+    assert.match(replies[6]!, /s\0\0\0\x04/, 'the row limit suspends the portal');
+    const events = await agent.events();
+    const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
+    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+    assert.deepEqual(st.map((s) => [s.text, s.params, s.commandTag ?? null, s.rows === undefined ? null : Number(s.rows), s.errorCode ?? null]), [
+      [ROWS, ['5'], 'SELECT 5', 5, null],
+      [ROWS, ['3'], 'SELECT 3', 3, null],
+      [ROWS, ['2'], 'SELECT 2', 2, null],
+      [ROWS, ['4'], 'SELECT 4', 4, null],
+      [DIVIDE, ['2'], 'SELECT 1', 1, null],
+      [DIVIDE, ['0'], null, null, '22012'],
+      [ROWS, ['3'], 'SUSPENDED', null, null],
+      [ROWS, ['1'], 'SELECT 1', 1, null],
+    ]);
+    // At most the two plain lone executions are summarised (one of them may come back in two reads).
+    assertSummarised(events, 1, 2, 'no secret in this test');
+  });
 
   test('a policy reload takes effect in a session on the relay: a statement of a shape allowed before is denied after', async () => {
     const script = [
