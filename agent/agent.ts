@@ -259,7 +259,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
 /** The native data path, when configured and loadable; otherwise sessions stay on JavaScript, said once. */
 function startRelay(cfg: AgentConfig, log: Logger, emit: (d: EventDraft) => unknown): NativeRelay | undefined {
   if (cfg.dataPath !== 'native') return undefined;
-  const relay = nativeRelay();
+  const relay = nativeRelay({ replayDelayMs: cfg.relayAuditDelayMs });
   if (!relay) {
     const message = `${loadNative().error ?? 'the native data path is unavailable'}; PostgreSQL sessions are relayed in JavaScript`;
     log.warn(message);

@@ -28,7 +28,7 @@
 //   npx tsc -p . && node dist/bench/pgbench.js
 //   node dist/bench/pgbench.js [--time 15] [--warmup 2] [--clients 8] [--threads 2] [--scale 10]
 //                              [--workloads select-simple,select-prepared,tpcb] [--cpu-prof DIR]
-//                              [--spool-commit-delay-ms N] [--rounds N] [--relay-path]
+//                              [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--rounds N] [--relay-path]
 //
 // --relay-path adds a fourth path, `relay`: a second agent whose only difference is that it runs the
 // port through the generic TCP handler (connection events only, no PostgreSQL parsing, no statement
@@ -40,7 +40,8 @@
 // most changes being measured, so with N > 1 every ratio is taken within a round, between runs
 // minutes apart at most, and the report gives the median ratio with the range over the rounds; the
 // per-path table shows each path's median run.
-// --spool-commit-delay-ms N sets the agent's spoolCommitDelayMs (default: the agent's default). For
+// --spool-commit-delay-ms N and --relay-audit-delay-ms N set the agent's spoolCommitDelayMs and
+// relayAuditDelayMs (default: the agent's defaults). For
 // the runguard path the report adds the spool's cost: fdatasyncs over the run (counted with perf, if
 // installed), events per fdatasync, and the agent's cpu split between its main thread and the libuv
 // pool threads that write and sync the spool.
@@ -64,6 +65,7 @@ import { AgentFixture, ROOT, RUNGUARD } from '../test/helpers/agent.js';
 import { startPostgres, type PgServer } from '../test/helpers/postgres.js';
 import { readSpoolDir } from '../agent/events/read-spool-dir.js';
 import { DEFAULT_COMMIT_DELAY_MS } from '../agent/events/commit-delay.js';
+import { DEFAULT_RELAY_AUDIT_DELAY_MS } from '../agent/config.js';
 import { decodeEvent, EventKind } from '../proto/index.js';
 import { cleanupAll, cpuSeconds, onCleanup, percentile, run, sh, table, track } from './harness.js';
 import { startPgbouncer } from './pgbouncer.js';
@@ -106,6 +108,7 @@ interface Options {
   relayPath: boolean;
   cpuProf?: string;
   commitDelayMs?: number;
+  relayAuditDelayMs?: number;
 }
 
 interface RunResult {
@@ -157,7 +160,7 @@ let interrupted = false;
 function parseArgs(argv: string[]): Options {
   const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS, rounds: 1, relayPath: false };
   const usage = 'usage: pgbench.js [--time S] [--warmup S] [--clients N] [--threads N] [--scale N] ' +
-    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--rounds N] [--relay-path]`;
+    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--rounds N] [--relay-path]`;
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i]?.replace(/^--/, '');
     if (key === 'relay-path') {
@@ -174,10 +177,11 @@ function parseArgs(argv: string[]): Options {
       });
     } else if (key === 'cpu-prof') {
       opts.cpuProf = path.resolve(value);
-    } else if (key === 'spool-commit-delay-ms') {
+    } else if (key === 'spool-commit-delay-ms' || key === 'relay-audit-delay-ms') {
       const n = Number(value);
       if (!(n >= 0)) throw new Error(`--${key} ${value}: not a valid delay; ${usage}`);
-      opts.commitDelayMs = n;
+      if (key === 'spool-commit-delay-ms') opts.commitDelayMs = n;
+      else opts.relayAuditDelayMs = n;
     } else if (key === 'time' || key === 'warmup' || key === 'clients' || key === 'threads' || key === 'scale' || key === 'rounds') {
       const n = Number(value);
       if (!Number.isInteger(n) || n < (key === 'warmup' ? 0 : 1)) throw new Error(`--${key} ${value}: not a valid count; ${usage}`);
@@ -312,10 +316,12 @@ function countFsyncs(pid: number): { stop: () => Promise<Map<number, number>> } 
 // ---------------------------------------------------------------------------------------------
 // (b) runguard: the real agent with the postgres handler on PORT and the shipped policy.
 
-async function startAgent(pg: PgServer, work: string, cpuProf: string | undefined, commitDelayMs: number | undefined,
-  protocol: 'postgres' | 'tcp' = 'postgres'): Promise<AgentFixture> {
+async function startAgent(pg: PgServer, work: string, opts: Options, protocol: 'postgres' | 'tcp' = 'postgres'): Promise<AgentFixture> {
   const config = path.join(work, `agent-${protocol}.yaml`);
-  writeFileSync(config, `protocols:\n  ${pg.port}: ${protocol}\n${commitDelayMs === undefined ? '' : `spoolCommitDelayMs: ${commitDelayMs}\n`}`);
+  writeFileSync(config, `protocols:\n  ${pg.port}: ${protocol}\n` +
+    (opts.commitDelayMs === undefined ? '' : `spoolCommitDelayMs: ${opts.commitDelayMs}\n`) +
+    (opts.relayAuditDelayMs === undefined ? '' : `relayAuditDelayMs: ${opts.relayAuditDelayMs}\n`));
+  const cpuProf = protocol === 'postgres' ? opts.cpuProf : undefined;
   const agent = new AgentFixture({
     intercept: [`${HOST}/32`],
     extraArgs: ['--config', config, '--policy', POLICY, '--agent-id', 'bench', '--log-level', 'info'],
@@ -542,7 +548,7 @@ async function main(): Promise<number> {
   const paths: PathName[] = opts.relayPath ? [...PATHS, 'relay'] : PATHS;
   if (opts.relayPath) {
     try {
-      const r = await startAgent(pg, work, undefined, opts.commitDelayMs, 'tcp');
+      const r = await startAgent(pg, work, opts, 'tcp');
       targets.relay.launch = (argv) => [RUNGUARD, 'run', '--state-dir', r.stateDir, '--', ...argv];
       targets.relay.proxyPid = r.proc?.pid;
       targets.relay.note = 'bin/runguard run: BPF redirect -> a second agent, generic TCP handler on the port (connection events only)';
@@ -554,11 +560,11 @@ async function main(): Promise<number> {
   let counter: StatementCounter | undefined;
   try {
     try {
-      agent = await startAgent(pg, work, opts.cpuProf, opts.commitDelayMs);
+      agent = await startAgent(pg, work, opts);
     } catch (err) {
       // A BPF program load can fail transiently (EAGAIN) while another agent loads on the host.
       say(`the agent did not start, trying once more: ${(err as Error).message.split('\n').slice(-2).join(' ')}`);
-      agent = await startAgent(pg, work, opts.cpuProf, opts.commitDelayMs);
+      agent = await startAgent(pg, work, opts);
     }
     const a = agent;
     counter = new StatementCounter(path.join(a.stateDir, 'spool'));
@@ -566,7 +572,8 @@ async function main(): Promise<number> {
     targets.runguard.proxyPid = a.proc?.pid;
     targets.runguard.note = `bin/runguard run: BPF redirect -> agent, postgres handler, policy ${path.relative(ROOT, POLICY)}, ` +
       `one fsynced STATEMENT event per statement (state dir on ${sh('findmnt', ['-n', '-o', 'FSTYPE', '-T', a.stateDir]).out || 'an unknown filesystem'}, ` +
-      `spool commit delay ${opts.commitDelayMs ?? `${DEFAULT_COMMIT_DELAY_MS} (default)`} ms)` +
+      `spool commit delay ${opts.commitDelayMs ?? `${DEFAULT_COMMIT_DELAY_MS} (default)`} ms, ` +
+      `relay audit delay ${opts.relayAuditDelayMs ?? `${DEFAULT_RELAY_AUDIT_DELAY_MS} (default)`} ms)` +
       `${opts.cpuProf ? '; agent under the cpu profiler (slower)' : ''}`;
   } catch (err) {
     targets.runguard.unavailable = (err as Error).message;

@@ -40,8 +40,8 @@ export interface RelayListener {
 const HEADER = 24; // src/relay.cc RecordHeader
 
 export interface RelayOptions {
-  /** How long forwarded messages may wait before the handler hears of them (audit, not latency). */
-  replayDelayMs?: number;
+  /** How long forwarded messages may wait before the handler hears of them (audit, not latency; config relayAuditDelayMs). */
+  replayDelayMs: number;
 }
 
 export class NativeRelay {
@@ -53,8 +53,8 @@ export class NativeRelay {
   /** Errors thrown by a listener: logged by the owner, never allowed to stop other sessions' records. */
   onListenerError: (err: unknown) => void = () => {};
 
-  constructor(private readonly addon: NativeAddon, opts: RelayOptions = {}) {
-    addon.relayStart((batch) => this.dispatch(batch), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs ?? 2);
+  constructor(private readonly addon: NativeAddon, opts: RelayOptions) {
+    addon.relayStart((batch) => this.dispatch(batch), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs);
   }
 
   /** Hands a session's two sockets (by descriptor) to the relay; the caller then closes its own. */
@@ -118,7 +118,7 @@ export class NativeRelay {
 let relay: NativeRelay | undefined;
 
 /** The process's relay, or undefined when the addon is not available (see loadNative). */
-export function nativeRelay(opts?: RelayOptions): NativeRelay | undefined {
+export function nativeRelay(opts: RelayOptions): NativeRelay | undefined {
   if (relay) return relay;
   const { addon } = loadNative();
   if (!addon) return undefined;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfigFile, parseInterceptRule, DEFAULT_INTERCEPT } from '../../agent/config.js';
+import { loadConfigFile, parseInterceptRule, DEFAULT_INTERCEPT, DEFAULT_RELAY_AUDIT_DELAY_MS } from '../../agent/config.js';
 import { DEFAULT_COMMIT_DELAY_MS } from '../../agent/events/commit-delay.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'rg-config-'));
@@ -60,10 +60,12 @@ test('config file: unknown keys, wrong types and YAML syntax errors name their l
   assert.throws(() => loadConfigFile(range), /proxyPort must be 1..65535/);
 });
 
-test('config file: spoolCommitDelayMs defaults to the spool\'s default and is range-checked', () => {
-  assert.equal(loadConfigFile(file('agentId: a\n')).spoolCommitDelayMs, DEFAULT_COMMIT_DELAY_MS);
-  assert.equal(loadConfigFile(file('spoolCommitDelayMs: 0\n')).spoolCommitDelayMs, 0);
-  assert.equal(loadConfigFile(file('spoolCommitDelayMs: 2.5\n')).spoolCommitDelayMs, 2.5);
-  assert.throws(() => loadConfigFile(file('spoolCommitDelayMs: -1\n')), /spoolCommitDelayMs must be from 0 to 1000/);
-  assert.throws(() => loadConfigFile(file('spoolCommitDelayMs: 5000\n')), /spoolCommitDelayMs must be from 0 to 1000/);
-});
+for (const [key, byDefault] of [['spoolCommitDelayMs', DEFAULT_COMMIT_DELAY_MS], ['relayAuditDelayMs', DEFAULT_RELAY_AUDIT_DELAY_MS]] as const) {
+  test(`config file: ${key} has its default and is range-checked`, () => {
+    assert.equal(loadConfigFile(file('agentId: a\n'))[key], byDefault);
+    assert.equal(loadConfigFile(file(`${key}: 0\n`))[key], 0);
+    assert.equal(loadConfigFile(file(`${key}: 2.5\n`))[key], 2.5);
+    assert.throws(() => loadConfigFile(file(`${key}: -1\n`)), new RegExp(`${key} must be from 0 to 1000`));
+    assert.throws(() => loadConfigFile(file(`${key}: 5000\n`)), new RegExp(`${key} must be from 0 to 1000`));
+  });
+}
