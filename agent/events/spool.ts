@@ -766,7 +766,6 @@ function deferred(): Deferred {
   return { promise, resolve, reject };
 }
 
-/** Writes all of `bufs` at `position`, continuing after short writes so a real errno surfaces. */
 /**
  * A commit (every byte at `position`, then fdatasync) as one pool job in the native addon
  * (agent/native/src/durable.cc) instead of two fs.promises calls, each of which wakes a pool thread
@@ -778,6 +777,7 @@ const writeDurable = ((): ((fh: FileHandle, bufs: Buffer[], position: number) =>
   return (fh, bufs, position) => new Promise((resolve, reject) => native(fh.fd, bufs, position, (err) => (err ? reject(err) : resolve())));
 })();
 
+/** Writes all of `bufs` at `position`, continuing after short writes so a real errno surfaces. */
 async function writeFully(fh: FileHandle, bufs: Buffer[], position: number, total: number): Promise<void> {
   let pending = bufs;
   let pos = position;
