@@ -19,10 +19,11 @@
 // absolutes depend on the host (and a 2-cpu VM shares its cpus between pgbench, PostgreSQL and the
 // proxy, so a proxy's cpu cost shows up directly as lost throughput). The STATEMENT events in the
 // agent's spool are counted around every run: the runguard runs must show at least transactions x
-// statements per transaction, the others none; for runguard the report also gives the share the native
-// relay summarised (its sessions' CONNECTION_CLOSE relay_summarized). The cpu columns say where the time went, and "other
-// cpu" (busy time no process of the bench accounts for) flags a run that shared the host with
-// someone else's load: the report then warns that its ratios are not to be trusted.
+// statements per transaction, the others none; for runguard the report also gives the share the
+// native relay summarised (its sessions' CONNECTION_CLOSE relay_summarized). The cpu columns say
+// where the time went, and "other cpu" (busy time no process of the bench accounts for) flags a run
+// that shared the host with someone else's load: the report then warns that its ratios are not to
+// be trusted.
 // Exit status: 0, or 3 when the runguard path could not be measured or a check failed.
 //
 //   npx tsc -p . && node dist/bench/pgbench.js
@@ -41,10 +42,10 @@
 // minutes apart at most, and the report gives the median ratio with the range over the rounds; the
 // per-path table shows each path's median run.
 // --spool-commit-delay-ms N and --relay-audit-delay-ms N set the agent's spoolCommitDelayMs and
-// relayAuditDelayMs (default: the agent's defaults). For
-// the runguard path the report adds the spool's cost: fdatasyncs over the run (counted with perf, if
-// installed), events per fdatasync, and the agent's cpu split between its main thread and the libuv
-// pool threads that write and sync the spool.
+// relayAuditDelayMs (default: the agent's defaults). For the runguard path the report adds the
+// spool's cost: fdatasyncs over the run (counted with perf, if installed), events per fdatasync, and
+// the agent's cpu split between its main thread and the libuv pool threads that write and sync the
+// spool.
 // --cpu-prof DIR profiles the agent's main thread from the moment it runs (V8 sampling profiler via
 // bench/agent-cpu-prof.ts; not `node --cpu-prof`, which makes its BPF program load fail with EAGAIN),
 // writes DIR/agent-PID.cpuprofile and prints the top self-time functions at the end.
