@@ -116,8 +116,11 @@ export interface MaskedWrites {
   /** The statement text with every literal assigned to a masked column redacted. */
   text: string;
   /** Bound parameters ($n, 1-based) assigned to a masked column, with the column. */
-  params: Map<number, string>;
+  params: ReadonlyMap<number, string>;
 }
+
+/** Shared by every statement that assigns no parameter to a masked column: most, on the hot path. */
+export const NO_MASKED_PARAMS: ReadonlyMap<number, string> = new Map();
 
 const marker = (column: string) => `[REDACTED:column:${column.replace(/[^A-Za-z0-9_.$-]/g, '_')}]`;
 
@@ -127,7 +130,7 @@ const marker = (column: string) => `[REDACTED:column:${column.replace(/[^A-Za-z0
  * parameters are so assigned (their values are redacted the same way).
  */
 export function maskedWrites(sql: string, spec: MaskSpec, tables: readonly string[] = [], secretLabel?: SecretLabel): MaskedWrites {
-  const none = { text: sql, params: new Map<number, string>() };
+  const none = { text: sql, params: NO_MASKED_PARAMS };
   if (!mentionsMaskedColumn(sql, spec)) return none;
   let tree: { stmts?: { stmt: Node }[] };
   try {
@@ -146,7 +149,7 @@ export function maskedWrites(sql: string, spec: MaskSpec, tables: readonly strin
     for (const n of found.params) params.set(n, column);
   };
   for (const { stmt } of tree.stmts ?? []) visit(stmt, assign);
-  return { text: hits.length ? rewrite(sql, hits, secretLabel) : sql, params };
+  return { text: hits.length ? rewrite(sql, hits, secretLabel) : sql, params: params.size ? params : NO_MASKED_PARAMS };
 }
 
 /** The detectors' label(s) for a secret inside a literal ('env:DEPLOY_TOKEN'), or undefined. */

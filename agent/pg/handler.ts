@@ -21,7 +21,7 @@ import { maskByNameOnly, maskCoversColumn } from '../policy/index.js';
 import type { CredentialConfig } from '../config.js';
 import type { AgentCa } from '../tls/ca.js';
 import { Redactor, redactionLabels } from '../redact/redactor.js';
-import { maskedWrites, mentionsMaskedColumnCached, redactedParam, type MaskedWrites } from './column-literals.js';
+import { maskedWrites, mentionsMaskedColumnCached, NO_MASKED_PARAMS, redactedParam, type MaskedWrites } from './column-literals.js';
 import { detectorHit, rowCannotHit } from '../redact/detectors.js';
 import type { EndReason, ProtocolHandler, Session, SessionEnd } from '../proxy/handler.js';
 import { Outbox } from '../net/outbox.js';
@@ -1120,7 +1120,7 @@ class PgSession implements RelayListener {
 
   /** Literals and parameters a masked statement writes into masked columns (see column-literals.ts). */
   private maskedWrites(op: Operation, d: Decision, namesNoMasked = false): MaskedWrites {
-    return d.mask && op.text && !namesNoMasked ? maskedWrites(op.text, d.mask, op.objects ?? [], this.secretLabel) : { text: op.text ?? '', params: new Map() };
+    return d.mask && op.text && !namesNoMasked ? maskedWrites(op.text, d.mask, op.objects ?? [], this.secretLabel) : { text: op.text ?? '', params: NO_MASKED_PARAMS };
   }
 
   /** A bound value for a masked column: hidden whole, under a detector's label if it holds a secret. */
