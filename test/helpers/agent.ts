@@ -116,6 +116,24 @@ export class AgentFixture {
   }
 
   /**
+   * The spooled events once every connection that opened has closed (bounded): a session's
+   * statements are audited asynchronously (the native relay hands them over in batches, the spool
+   * commits after a short delay), and its CONNECTION_CLOSE comes after all of them. For reading what
+   * a job did right after it returned.
+   */
+  async settledEvents(timeoutMs = 5000): Promise<Record<string, any>[]> {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const events = await this.events();
+      const open = new Set(events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN').map((e) => e.sessionId));
+      for (const e of events) if (e.kind === 'EVENT_KIND_CONNECTION_CLOSE') open.delete(e.sessionId);
+      if (open.size === 0) return events;
+      if (Date.now() > until) throw new Error(`sessions still open after ${timeoutMs} ms: ${[...open].join(', ')}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /**
    * The first spooled event that `match` accepts, waiting for it (bounded): exec and exit events
    * reach the spool through the ring buffer, drained on a timer, so one may land just after the
    * job that caused it has returned.

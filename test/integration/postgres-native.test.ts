@@ -88,7 +88,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
       assert.equal(note, Number(id) % 3 === 0 ? '[MASKED]' : `plain ${id}`, `note of ${id}`);
       assert.equal(last, i < 3000 ? id : '[MASKED]', `last column of ${id}`);
     });
-    const events = await agent.events();
+    const events = await agent.settledEvents();
     assert.equal(events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)?.connectionClose.relay, 'native');
     const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT').slice(-2).map((e) => e.statement);
     assert.deepEqual(st.map((s) => Number(s.maskedValues ?? 0)), [1000, 4000], 'masked values counted per statement');
@@ -102,7 +102,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     const r = await agent.run(args, { DEPLOY_TOKEN: SECRET });
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(r.stdout.trim().split('\n'), ['9', '19', '29', '39', '49', '59', '69', '79', '0', '0']);
-    const events = await agent.events();
+    const events = await agent.settledEvents();
     const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT').slice(-10).map((e) => e.statement);
     assert.deepEqual(st.map((s) => s.text), [
       ...[1, 2, 3, 4, 5, 6, 7, 8].map((i) => `SELECT count(*) FROM contacts WHERE id < ${i * 10}`),
@@ -131,7 +131,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
       const r = await agent.run(['pgbench', '-n', '-M', mode, '-c', '1', '-t', '20', '-D', `tok=${SECRET}`, '-f', script, url],
         { DEPLOY_TOKEN: SECRET });
       assert.equal(r.status, 0, r.stderr);
-      const events = await agent.events();
+      const events = await agent.settledEvents();
       const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
       const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
       assert.deepEqual(new Set(st.map((s) => s.text)), new Set(['SELECT count(*) FROM contacts WHERE id <= $1 AND note <> $2']));
@@ -172,7 +172,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     assert.match(replies[3]!, /SELECT 2\0[^]*SELECT 4\0/, 'both pipelined executions answered');
     assert.match(replies[5]!, /22012/, 'division by zero reaches the job');
     assert.match(replies[6]!, /s\0\0\0\x04/, 'the row limit suspends the portal');
-    const events = await agent.events();
+    const events = await agent.settledEvents();
     const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
     const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
     assert.deepEqual(st.map((s) => [s.text, s.params, s.commandTag ?? null, s.rows === undefined ? null : Number(s.rows), s.errorCode ?? null]), [
@@ -198,12 +198,12 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     const r = await agent.run(['sh', '-c', 'printf %s "$RG_INPUT" | psql -X -At "$1"', 'psql', url], { RG_INPUT: script });
     assert.equal(r.stdout.trim(), '9', 'the first statement ran');
     assert.match(r.stderr, /denied by policy rule "no-reading-contacts"/, 'the second, of the same shape, was denied');
-    const st = (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_STATEMENT').map((e) => e.statement).slice(-2);
+    const st = (await agent.settledEvents()).filter((e) => e.kind === 'EVENT_KIND_STATEMENT').map((e) => e.statement).slice(-2);
     assert.deepEqual(st.map((s) => [s.text, s.decision.action, s.decision.rule]), [
       ['SELECT count(*) FROM contacts WHERE id < 10', 'mask', 'mask-contacts'],
       ['SELECT count(*) FROM contacts WHERE id < 20', 'deny', 'no-reading-contacts'],
     ]);
-    const closes = (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE');
+    const closes = (await agent.settledEvents()).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE');
     assert.equal(closes.at(-1)?.connectionClose.relay, 'native');
     assert.ok(!agent.log.includes('would have handled differently'));
   });

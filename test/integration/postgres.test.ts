@@ -38,7 +38,7 @@ for (const variant of VARIANTS) describe(`PostgreSQL through the agent: ${varian
   const jobEnv = { ...JOB_ENV, PGSSLMODE: variant.sslmode };
   const psql = (args: string[], env: Record<string, string> = {}, input?: string): Promise<ProcResult> =>
     agent.run(['sh', '-c', input === undefined ? 'exec psql "$@"' : 'printf %s "$RG_INPUT" | psql "$@"', 'psql', '-X', '-v', 'ON_ERROR_STOP=1', ...args], { ...jobEnv, RG_INPUT: input ?? '', ...env });
-  const statements = async () => (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_STATEMENT').map((e) => ({ ...e.statement, seq: Number(e.seq), sessionId: e.sessionId, job: e.job }));
+  const statements = async () => (await agent.settledEvents()).filter((e) => e.kind === 'EVENT_KIND_STATEMENT').map((e) => ({ ...e.statement, seq: Number(e.seq), sessionId: e.sessionId, job: e.job }));
 
   before(async () => {
     const why = bpfUnavailableReason();
@@ -83,7 +83,7 @@ for (const variant of VARIANTS) describe(`PostgreSQL through the agent: ${varian
     assert.equal(ins.job.repository, 'acme/payments');
     assert.equal(st.find((s) => s.type === 'UPDATE')?.rows, '1');
     assert.equal(st.find((s) => s.type === 'CREATE TABLE')?.decision.action, 'mask');
-    const session = (await agent.events()).find((e) => e.kind === 'EVENT_KIND_DB_SESSION_START');
+    const session = (await agent.settledEvents()).find((e) => e.kind === 'EVENT_KIND_DB_SESSION_START');
     assert.equal(session?.dbSession.database, 'postgres');
   });
 
@@ -142,7 +142,7 @@ for (const variant of VARIANTS) describe(`PostgreSQL through the agent: ${varian
     assert.equal(r.stdout.trim(), '1|ann|[MASKED]|[MASKED]\n2|bob|[MASKED]|[MASKED]');
     const sel = (await statements()).filter((s) => s.type === 'SELECT').at(-1)!;
     assert.equal(sel.maskedValues, 4);
-    assert.doesNotMatch(JSON.stringify((await agent.events())), /ann@example\.com'?[^,]*SELECT id/);
+    assert.doesNotMatch(JSON.stringify((await agent.settledEvents())), /ann@example\.com'?[^,]*SELECT id/);
   });
 
   test('values written into masked columns are redacted in the trail, as literals and as bound parameters', async () => {
@@ -162,7 +162,7 @@ for (const variant of VARIANTS) describe(`PostgreSQL through the agent: ${varian
     assert.equal(ins?.text, "INSERT INTO creds (id, api_token) VALUES (1, '[REDACTED:column:api_token]')");
     const prepared = st.find((s) => s.prepared && s.text?.includes('INSERT INTO creds'));
     assert.deepEqual(prepared?.params, ['[REDACTED:column:api_token]']);
-    const spool = JSON.stringify(await agent.events());
+    const spool = JSON.stringify(await agent.settledEvents());
     assert.ok(!spool.includes('plain-tok-91x'), 'the literal token is in the trail');
     assert.ok(!spool.includes(stored[1]!), 'the bound token is in the trail');
   });
@@ -172,7 +172,7 @@ for (const variant of VARIANTS) describe(`PostgreSQL through the agent: ${varian
     assert.equal(r.status, 0, r.stderr);
     const st = (await statements()).filter((s) => s.text?.includes('REDACTED:env:DEPLOY_TOKEN'));
     assert.ok(st.length > 0, 'the statement text should show where the secret was');
-    const spool = JSON.stringify((await agent.events()));
+    const spool = JSON.stringify((await agent.settledEvents()));
     assert.ok(!spool.includes(SECRET), 'secret in the spool');
     assert.ok(!agent.log.includes(SECRET), 'secret in the agent log');
   });
@@ -183,7 +183,7 @@ for (const variant of VARIANTS) describe(`PostgreSQL through the agent: ${varian
     const ca = path.join(agent.stateDir, 'tls', 'ca.crt');
     const v = await psql([`${url}?sslmode=verify-full&sslrootcert=${ca}`, '-At', '-c', 'SELECT 2']);
     assert.equal(v.status, 0, v.stderr);
-    const sessions = (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_DB_SESSION_START' && e.dbSession.clientTls);
+    const sessions = (await agent.settledEvents()).filter((e) => e.kind === 'EVENT_KIND_DB_SESSION_START' && e.dbSession.clientTls);
     assert.ok(sessions.length >= 2);
   });
 
@@ -242,16 +242,16 @@ for (const variant of VARIANTS) describe(`PostgreSQL through the agent: ${varian
     const r = await psql([`postgresql://whoever@127.0.0.2:${pg.port}/postgres`, '-At', '-c', 'SELECT current_user']);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim(), 'scram_user');
-    const s = (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_DB_SESSION_START').at(-1)!;
+    const s = (await agent.settledEvents()).filter((e) => e.kind === 'EVENT_KIND_DB_SESSION_START').at(-1)!;
     assert.equal(s.dbSession.user, 'scram_user');
     assert.equal(s.dbSession.clientUser, 'whoever');
     assert.match(s.dbSession.auth, /^injected:scram-sha-256$/);
-    assert.ok(!JSON.stringify((await agent.events())).includes(pg.passwords.scram_user));
+    assert.ok(!JSON.stringify((await agent.settledEvents())).includes(pg.passwords.scram_user));
     assert.ok(!agent.log.includes(pg.passwords.scram_user));
   });
 
   test(variant.native ? 'plaintext sessions were relayed by the native data path' : 'sessions with TLS to the server stay on the JavaScript handler', async () => {
-    const closes = (await agent.events()).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE' && e.connectionClose.protocol === 'postgres');
+    const closes = (await agent.settledEvents()).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE' && e.connectionClose.protocol === 'postgres');
     const native = closes.filter((e) => e.connectionClose.relay === 'native');
     if (!variant.native) return assert.equal(native.length, 0);
     // All but the sessions that never authenticate (cancel requests) or use TLS with the job.
