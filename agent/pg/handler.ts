@@ -711,8 +711,8 @@ class PgSession implements RelayListener {
 
   /**
    * A request the relay forwarded on remembered decisions, with its whole answer, one plain result
-   * (relay.cc Session::held): a simple query, or one execution of a prepared statement (Bind,
-   * Describe, Execute, Sync). Audited from the request and the command tag by the same decisions
+   * (relay.cc Session::held): a simple query, or one execution of a statement (Parse, Bind,
+   * Describe, Execute, Sync; Parse and Describe optional). Audited from the request and the command tag by the same decisions
    * and statement record as the message-by-message path, under the policy of the relay's epoch.
    * The rows are not read again: the relay forwarded only rows this statement's mask could not
    * change.
@@ -765,8 +765,14 @@ class PgSession implements RelayListener {
     const portal = { stmt: b.statement, params: b.params };
     this.portals.set(b.portal, portal);
     const p = this.prepared.get(b.statement);
-    if (!p || p.denied) return void this.divergence({ statement: b.statement, action: p?.decision.action ?? 'unknown' });
-    return this.executionInfo(p, portal);
+    if (!p || p.denied) this.divergence({ statement: b.statement, action: p?.decision.action ?? 'unknown' });
+    // It ran all the same: recorded under the decision the handler finds now, or as unknown.
+    return this.executionInfo(p ?? this.unknownStatement(b.statement), portal);
+  }
+
+  /** What a statement the handler never saw parsed is audited as (a divergence: it should not happen). */
+  private unknownStatement(name: string): Prepared {
+    return { ops: [{ type: 'UNKNOWN', text: '' }], decision: { action: 'allow', rule: 'default', reason: `prepared statement "${name}" unknown to the handler` }, denied: false };
   }
 
   private notWhole(): undefined {
