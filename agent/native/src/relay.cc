@@ -559,6 +559,9 @@ class Relay {
     }
   }
 
+  // No answer is owed on the server side: a request sent now is answered first (see Session::held).
+  static bool nothing_outstanding(const Session& s) { return s.units.empty() && s.open == 0; }
+
   // A message that starts or extends a unit went to the server with mask tag `tag`.
   static uint32_t merge(uint32_t a, uint32_t b) { return a == 0 ? b : b == 0 || a == b ? a : kOpaque; }
   void sent(Session& s, uint8_t type, uint32_t tag) {
@@ -724,7 +727,7 @@ class Relay {
     switch (type) {
       case 'Q':
         if (!pg_query(body, n, &sql) || !remembered(s, type, sql.p, sql.n, &tag)) return false;
-        s.alone = s.units.empty() && s.open == 0;
+        s.alone = nothing_outstanding(s);
         sent(s, type, tag);
         return true;
       case 'P':
@@ -732,7 +735,7 @@ class Relay {
         s.live_name = str(name);
         if (!remembered(s, type, sql.p, sql.n, &tag)) return false;
         s.statements[s.live_name] = tag;
-        s.alone = s.units.empty() && s.open == 0;
+        s.alone = nothing_outstanding(s);
         return true;
       case 'B': {
         if (!pg_bind(body, n, &portal, &name)) return false;
@@ -744,7 +747,7 @@ class Relay {
           return false;
         }
         s.portals[s.live_portal] = it->second;
-        s.alone = s.units.empty() && s.open == 0;
+        s.alone = nothing_outstanding(s);
         return true;
       }
       case 'E': {
