@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSpoolDir } from '../../agent/events/read-spool-dir.js';
 import { eventToJson } from '../../proto/index.js';
+import { waitFor } from './wait.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const RUNGUARD = path.join(ROOT, 'bin/runguard');
@@ -122,16 +123,15 @@ export class AgentFixture {
    * a job did right after it returned.
    */
   async settledEvents(timeoutMs = 5000): Promise<Record<string, any>[]> {
-    const until = Date.now() + timeoutMs;
-    for (;;) {
+    let open = new Set<string>();
+    return waitFor(() => `every session to close (still open: ${[...open].join(', ')})`, async () => {
       const events = await this.events();
-      const open = new Set(events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN').map((e) => e.sessionId));
+      open = new Set(events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN').map((e) => e.sessionId));
       for (const e of events) if (e.kind === 'EVENT_KIND_CONNECTION_CLOSE') open.delete(e.sessionId);
-      if (open.size === 0) return events;
-      if (Date.now() > until) throw new Error(`sessions still open after ${timeoutMs} ms: ${[...open].join(', ')}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+      return open.size === 0 ? events : undefined;
+    }, timeoutMs, 20);
   }
+
 
   /**
    * The first spooled event that `match` accepts, waiting for it (bounded): exec and exit events
@@ -139,14 +139,9 @@ export class AgentFixture {
    * job that caused it has returned.
    */
   async waitForEvent(what: string, match: (e: Record<string, any>) => boolean, timeoutMs = 5000): Promise<Record<string, any>> {
-    const until = Date.now() + timeoutMs;
-    for (;;) {
-      const hit = (await this.events()).find(match);
-      if (hit) return hit;
-      if (Date.now() > until) throw new Error(`no ${what} in the spool within ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    return waitFor(`${what} in the spool`, async () => (await this.events()).find(match), timeoutMs);
   }
+
 
   /** The same through the CLI, `runguard events --json`: what an operator runs. */
   eventsViaCli(): Record<string, any>[] {

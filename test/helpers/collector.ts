@@ -9,6 +9,7 @@ import { readSpoolDir } from '../../agent/events/read-spool-dir.js';
 import type { VerifyReport } from '../../collector/verify.js';
 import { eventToJson } from '../../proto/index.js';
 import { ROOT, RUNGUARD, runProcess } from './agent.js';
+import { sleep } from './wait.js';
 
 export interface Pki {
   caDir: string;
@@ -40,18 +41,7 @@ export function freePort(): Promise<number> {
   });
 }
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Polls `probe` every `everyMs` until it returns a truthy value; throws `what` after `timeoutMs`. */
-export async function waitFor<T>(what: string | (() => string), probe: () => T | Promise<T>, timeoutMs: number, everyMs = 50): Promise<NonNullable<T>> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
-    await sleep(everyMs);
-  }
-}
+export { sleep, waitFor } from './wait.js';
 
 /**
  * Sends `signal` to the process (by its pid) and waits up to `graceMs` for it to exit. If it is
