@@ -23,6 +23,40 @@ export interface SessionFields {
 /** Event fields a session's handler fills in. */
 export type SessionDetail = Omit<EventDraft, keyof SessionFields>;
 
+/**
+ * The fields of a Statement that its decision fixes (everything but the text and the outcome),
+ * encoded once. A handler that audits many statements under one decision (the PostgreSQL handler's
+ * summarised queries) writes only the text and outcome of each around these bytes.
+ */
+export type StatementBase = Omit<StatementInfo, 'text' | 'params' | StatementOutcomeField>;
+type StatementOutcomeField = 'rows' | 'commandTag' | 'durationUs' | 'errorCode' | 'error' | 'maskedValues';
+export type StatementOutcome = Pick<StatementInfo, StatementOutcomeField>;
+
+export class StatementTemplate {
+  /** Field 1; then the text (2); then `middle`, fields 3, 4 and 6 (no params, 5); outcome; `tail`, 13-16. */
+  readonly head: Uint8Array;
+  readonly middle: Uint8Array;
+  readonly tail: Uint8Array;
+
+  /** Throws UnsupportedValue for a base the wire writer does not take (see SessionEventEncoder). */
+  constructor(readonly base: Readonly<StatementBase>) {
+    const w = new WireWriter(256);
+    writeHead(w, base);
+    this.head = Buffer.from(w.view());
+    writeMiddle(w.reset(), base);
+    this.middle = Buffer.from(w.view());
+    writeTail(w.reset(), base);
+    this.tail = Buffer.from(w.view());
+  }
+}
+
+/** A STATEMENT event made of a template, its own text and its outcome. */
+export interface TemplatedStatementDetail {
+  kind: number;
+  requestId: string;
+  templated: { template: StatementTemplate; text: string; outcome: StatementOutcome };
+}
+
 // runguard.v1.AuditEvent, Timestamp and Statement field numbers (proto/runguard/v1/events.proto).
 const F = { agentId: 1, seq: 2, prevHash: 3, time: 4, kind: 5, requestId: 7, statement: 28 } as const;
 const MAX_ENUM = 0x7fffffff;
@@ -42,12 +76,12 @@ export class SessionEventEncoder {
     this.identityFields = Buffer.from(encodeEvent({ process: fixed.process, job: fixed.job, destination: fixed.destination, source: fixed.source }));
   }
 
-  event(detail: SessionDetail): SelfEncodingEvent {
+  event(detail: SessionDetail | TemplatedStatementDetail): SelfEncodingEvent {
     return { kind: detail.kind, encode: (env) => this.encode(env, detail) };
   }
 
   /** The event's bytes; a view into a buffer that the next call overwrites. */
-  encode(env: EventEnvelope, detail: SessionDetail): Uint8Array {
+  encode(env: EventEnvelope, detail: SessionDetail | TemplatedStatementDetail): Uint8Array {
     const w = scratch.reset();
     try {
       w.stringField(F.agentId, env.agentId);
@@ -61,7 +95,16 @@ export class SessionEventEncoder {
       w.raw(this.sessionIdField);
       w.stringField(F.requestId, detail.requestId);
       w.raw(this.identityFields);
-      if (isStatementOnly(detail)) {
+      if ('templated' in detail) {
+        const { template, text, outcome } = detail.templated;
+        w.fork(F.statement);
+        w.raw(template.head);
+        w.stringField(2, text);
+        w.raw(template.middle);
+        writeOutcome(w, outcome);
+        w.raw(template.tail);
+        w.ldelim();
+      } else if (isStatementOnly(detail)) {
         w.fork(F.statement);
         writeStatement(w, detail.statement!);
         w.ldelim();
@@ -75,9 +118,15 @@ export class SessionEventEncoder {
       if (!(err instanceof UnsupportedValue)) throw err;
       // A value the writer does not take (a 64-bit count past 2^53, a non-string...): protobufjs
       // converts or rejects it, whichever it always did.
-      return encodeEvent(sealedEvent({ ...detail, ...this.fixed }, env));
+      return encodeEvent(sealedEvent({ ...draftOf(detail), ...this.fixed }, env));
     }
   }
+}
+
+function draftOf(d: SessionDetail | TemplatedStatementDetail): SessionDetail {
+  if (!('templated' in d)) return d;
+  const { template, text, outcome } = d.templated;
+  return { kind: d.kind, requestId: d.requestId, statement: { ...template.base, text, ...outcome } };
 }
 
 function isStatementOnly(d: SessionDetail): boolean {
@@ -88,10 +137,22 @@ function isStatementOnly(d: SessionDetail): boolean {
   return true;
 }
 
+// A Statement in field order, in the pieces a StatementTemplate keeps: head (1), text (2), middle
+// (3 to 6), outcome (7 to 12), tail (13 to 16).
 function writeStatement(w: WireWriter, s: StatementInfo): void {
   if (typeof s !== 'object') throw new UnsupportedValue('statement is not an object');
-  w.stringField(1, s.protocol);
+  writeHead(w, s);
   w.stringField(2, s.text);
+  writeMiddle(w, s);
+  writeOutcome(w, s);
+  writeTail(w, s);
+}
+
+function writeHead(w: WireWriter, s: StatementBase): void {
+  w.stringField(1, s.protocol);
+}
+
+function writeMiddle(w: WireWriter, s: StatementBase & Pick<StatementInfo, 'params'>): void {
   w.stringField(3, s.type);
   w.repeatedStringField(4, s.objects);
   w.repeatedStringField(5, s.params);
@@ -106,12 +167,18 @@ function writeStatement(w: WireWriter, s: StatementInfo): void {
     w.stringField(5, d.approvalId);
     w.ldelim();
   }
+}
+
+function writeOutcome(w: WireWriter, s: StatementOutcome): void {
   w.uintField(7, s.rows);
   w.stringField(8, s.commandTag);
   w.uintField(9, s.durationUs);
   w.stringField(10, s.errorCode);
   w.stringField(11, s.error);
   w.uintField(12, s.maskedValues, MAX_UINT32);
+}
+
+function writeTail(w: WireWriter, s: StatementBase): void {
   w.stringField(13, s.database);
   w.stringField(14, s.user);
   w.stringField(15, s.parseError);

@@ -6,15 +6,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export interface NativeAddon {
-  /** The statement shape key of SQL bytes (see src/shape.h), or null where the scanner gives up. */
-  shape(sql: Buffer): Buffer | null;
+  /** The statement shape key of SQL bytes (see src/shape.h), or null where the scanner gives up; `span` gets its statement text's [start, end). */
+  shape(sql: Buffer, span?: Uint32Array): Buffer | null;
   /** Test hook: what the native message checks make of one message body (see src/pgmsg.h). */
   checkMessage(direction: 'frontend' | 'backend', type: number, body: Buffer): Record<string, unknown> | null;
   // The relay (src/relay.h; agent/native/relay.ts wraps these).
   relayStart(onBatch: (batch: Buffer) => void, maxMessageLength: number, replayDelayMs: number): void;
   relayAdopt(id: number, clientFd: number, serverFd: number): void;
   relayWrite(id: number, serverLive: boolean, toServer: Buffer | null, toClient: Buffer | null): void;
-  relayResume(id: number, side: number, cache: number, allowName: boolean, serverLive: boolean, tag: number, plainResult: number,
+  relayResume(id: number, side: number, cache: number, allowName: boolean, serverLive: boolean, tag: number, plainResult: number, template: number,
     toServer: Buffer | null, toClient: Buffer | null): void;
   relayClose(id: number): void;
   relayForget(): number;

@@ -21,6 +21,8 @@ export interface RelayAnswer {
   serverLive: boolean;
   tag: number;
   plainResult: number;
+  /** For a Q remembered by `cache`: the handler's audit template for its statement, 0 for none (src/relay.cc AuditedHead). */
+  template: number;
 }
 
 /** Mask tag bits for the detectors the relay can rule out in a row (src/relay.cc row_cannot_hit). */
@@ -76,7 +78,7 @@ export class NativeRelay {
    * the tag under which it masks nothing (0: none). See src/relay.cc.
    */
   resume(id: number, side: RelaySide, answer: RelayAnswer, toServer: Buffer | null, toClient: Buffer | null): void {
-    this.addon.relayResume(id, side, answer.cache, answer.allowName, answer.serverLive, answer.tag, answer.plainResult, toServer, toClient);
+    this.addon.relayResume(id, side, answer.cache, answer.allowName, answer.serverLive, answer.tag, answer.plainResult, answer.template, toServer, toClient);
   }
 
   close(id: number): void {

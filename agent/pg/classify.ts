@@ -138,6 +138,12 @@ interface CachedOp {
   /** Token indexes (in the shape scanner's token list) of the statement's first and last token. */
   firstTok: number;
   lastTok: number;
+  /**
+   * The statement runs from the text's first token to its last token that is not a ';'. It holds
+   * for every text of the shape (same tokens, only literals differ), and it is the span the native
+   * scanner reports (src/shape.cc PgSpan): see statementSpansText.
+   */
+  whole: boolean;
 }
 
 interface ShapeEntry {
@@ -222,7 +228,8 @@ export function classify(sql: string, opts: ClassifyOptions = {}): Classificatio
     shapeCache.set(scan.shape, fresh.entry);
   }
   if (opts.exact === true) exactCache.set(sql, fresh.result);
-  return fresh.result;
+  // The shape goes with the first text of it too, not only with the texts that hit it later.
+  return fresh.entry !== undefined && !('error' in fresh.result) ? { statements: fresh.result.statements, shape: fresh.entry } : fresh.result;
 }
 
 /** Parses and classifies, touching no cache: for tests and diagnostics. */
@@ -259,12 +266,26 @@ function sliceBytes(sql: string, start: number, end: number): string {
   return Buffer.from(sql, 'utf8').toString('utf8', start, end).trim();
 }
 
+/**
+ * Whether the texts of this shape hold exactly one statement (nested ones aside) that spans the
+ * text from its first token to its last one that is not a ';': then that span of any text of the
+ * shape is the statement's text, with no parse.
+ */
+export function statementSpansText(shape: ShapeId): boolean {
+  const ops = (shape as ShapeEntry).ops;
+  if (!Array.isArray(ops) || ops[0]?.whole !== true) return false;
+  for (let k = 1; k < ops.length; k++) if (!ops[k]!.nested) return false;
+  return true;
+}
+
 /** Maps parser byte offsets to the scanner's token indexes; undefined if they do not line up. */
 function toShapeEntry(sql: string, count: number, ops: RawOp[]): ShapeEntry | undefined {
   const ascii = Buffer.byteLength(sql, 'utf8') === sql.length;
   const bytes = ascii ? undefined : Buffer.from(sql, 'utf8');
   const toChar = (b: number): number => (bytes === undefined ? b : bytes.toString('utf8', 0, b).length);
   const out: CachedOp[] = [];
+  let lastCode = count - 1;
+  while (lastCode >= 0 && tokEnd[lastCode]! - tokStart[lastCode]! === 1 && sql.charCodeAt(tokStart[lastCode]!) === 0x3b) lastCode--;
   for (const op of ops) {
     const s = toChar(op.startByte);
     const e = toChar(op.endByte);
@@ -276,7 +297,7 @@ function toShapeEntry(sql: string, count: number, ops: RawOp[]): ShapeEntry | un
       if (tokStart[i]! >= e) break;
     }
     if (first < 0 || last < first) return undefined;
-    out.push({ type: op.type, objects: op.objects, hasWhere: op.hasWhere, nested: op.nested, firstTok: first, lastTok: last });
+    out.push({ type: op.type, objects: op.objects, hasWhere: op.hasWhere, nested: op.nested, firstTok: first, lastTok: last, whole: first === 0 && last === lastCode });
   }
   return { tokens: count, ops: out };
 }

@@ -16,6 +16,8 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { EventKind, type StatementInfo } from '../../proto/index.js';
+import { StatementTemplate } from '../../proto/session-events.js';
+import { UnsupportedValue } from '../../proto/wire-writer.js';
 import type { Decision, MaskSpec, Operation, OperationContext, Policy } from '../policy/index.js';
 import { maskByNameOnly, maskCoversColumn } from '../policy/index.js';
 import type { CredentialConfig } from '../config.js';
@@ -29,7 +31,7 @@ import { ReadBuffer } from '../net/read-buffer.js';
 import { FrameReader, PgProtocolError, type Frame } from './frames.js';
 import * as msg from './messages.js';
 import { md5Password, ScramClient, chooseSaslMechanism } from './scram.js';
-import { classify } from './classify.js';
+import { classify, statementSpansText } from './classify.js';
 import type { ApprovalClient } from '../approvals/client.js';
 import { approvalsUnavailable, holdForApproval, reviewDenialText, type ReviewResult } from '../approvals/review.js';
 import { MASK_HIT_AT, MASK_HIT_DIGITS, RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayAnswer, type RelayListener } from '../native/relay.js';
@@ -83,6 +85,8 @@ interface Prepared {
   auditText?: string;
   /** The text names no masked column at all (its shape says so): it writes none, no parse needed. */
   namesNoMasked?: boolean;
+  /** One statement, spanning the text (classify.ts statementSpansText): an audit template may stand for it. */
+  spansText?: boolean;
   /** A reviewed prepared statement: how its review ended. */
   review?: ReviewResult;
 }
@@ -99,7 +103,9 @@ function decisionInfo(d: Decision): NonNullable<StatementInfo['decision']> {
 }
 
 /** Bytes before the request in a kAudited record (relay.cc AuditedHead). */
-const AUDITED_HEAD = 24;
+const AUDITED_HEAD = 32;
+/** Audit templates a session keeps (the relay forgets its decisions at 4096 too: kMaxRemembered). */
+const MAX_TEMPLATES = 4096;
 
 /** The body of the message at `at` in `buf`, or undefined if its length runs past the buffer. */
 function messageBody(buf: Buffer, at: number): Buffer | undefined {
@@ -222,7 +228,13 @@ class PgSession implements RelayListener {
   /** When the message being handled was read, on performance.now()'s clock (records carry it). */
   private clock?: number;
   /** The answer to the live record being handled (see NativeRelay.resume). */
-  private readonly answer: RelayAnswer = { cache: RelayCache.None, allowName: false, serverLive: false, tag: 0, plainResult: 0 };
+  private readonly answer: RelayAnswer = { cache: RelayCache.None, allowName: false, serverLive: false, tag: 0, plainResult: 0, template: 0 };
+  /**
+   * Audit templates of the simple queries the relay may repeat (RelayAnswer.template), by id: what
+   * the decision fixes in the statement's event, under the policy it was decided by.
+   */
+  private readonly templates = new Map<number, { policy: Policy; statement: StatementTemplate }>();
+  private lastTemplate = 0;
   /** While set, writes wait for the answer to the live record (they go with it, atomically). */
   private deferred = false;
   /** The relay's ids for the mask specs of this session's decisions (see maskTag). */
@@ -618,6 +630,7 @@ class PgSession implements RelayListener {
     a.allowName = false;
     a.tag = 0;
     a.plainResult = 0;
+    a.template = 0;
     this.deferred = true;
   }
 
@@ -729,11 +742,23 @@ class PgSession implements RelayListener {
     this.bytesUp += up;
     this.bytesDown += down;
     this.auditedByRelay++;
+    const durationUs = Math.floor(durationMs * 1000);
+    const template = this.templates.get(bytes.readUInt32LE(20));
+    if (template && template.policy === this.policy() && request[0] === T.Query) {
+      // The statement's text is the span the relay's scanner found (query string at offset 5, NUL last).
+      const start = 5 + bytes.readUInt32LE(24);
+      const end = 5 + bytes.readUInt32LE(28);
+      if (start > end || end >= request.length) return this.notWhole();
+      const outcome = c.rows === undefined ? { commandTag: c.tag, durationUs } : { rows: c.rows, commandTag: c.tag, durationUs };
+      const text = this.auditText(request.toString("utf8", start, end));
+      this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), templated: { template: template.statement, text, outcome } });
+      return;
+    }
     const info = request[0] === T.Query ? this.summarisedQuery(request) : this.summarisedExecution(request);
     if (!info) return;
     info.commandTag = c.tag;
     if (c.rows !== undefined) info.rows = c.rows;
-    info.durationUs = Math.floor(durationMs * 1000);
+    info.durationUs = durationUs;
     this.emitStatement(info);
   }
 
@@ -987,7 +1012,7 @@ class PgSession implements RelayListener {
     const namesNoMasked = decision.mask !== undefined && !mentionsMaskedColumnCached(sql, decision.mask, c.shape);
     // Nested statements (a DELETE inside a WITH, EXPLAIN ANALYZE's statement) are judged above but
     // get no CommandComplete of their own: the audit follows the top-level statements.
-    return { ops: c.statements.filter((op) => !op.nested), decision, denied, namesNoMasked };
+    return { ops: c.statements.filter((op) => !op.nested), decision, denied, namesNoMasked, spansText: c.shape !== undefined && statementSpansText(c.shape) };
   }
 
   private onQuery(f: Frame, raw: Buffer): void {
@@ -1000,7 +1025,33 @@ class PgSession implements RelayListener {
     }
     if (p.denied) return this.denyQuery(p, blocker());
     this.answer.cache = relayCacheFor(p, this.policy());
+    if (this.answer.cache !== RelayCache.None) this.answer.template = this.queryTemplate(p);
     this.forwardQuery(raw, p);
+  }
+
+  /**
+   * An audit template for the statement of a simple query the relay may repeat, or 0. Only where
+   * everything but the text and outcome is the same for every query the relay repeats on this
+   * decision: one statement spanning the text, parsed, and a text that no masked-column literal
+   * changes (queryInfo would audit op.text itself). The text still goes through the detectors.
+   */
+  private queryTemplate(p: Prepared): number {
+    const op = p.ops[0];
+    if (!op || p.ops.length !== 1 || !p.spansText || p.parseError !== undefined || (p.decision.mask && !p.namesNoMasked)) return 0;
+    let statement: StatementTemplate;
+    try {
+      statement = new StatementTemplate({ protocol: 'postgres', type: op.type, objects: op.objects ?? [], decision: decisionInfo(p.decision),
+        database: this.database, user: this.injected?.user ?? this.user });
+    } catch (err) {
+      if (err instanceof UnsupportedValue) return 0;
+      throw err;
+    }
+    // Ids are never reused: the relay may still name one whose template was dropped (then the
+    // statement is audited the long way). Past 2^32 - 1 decisions a session simply gets no more.
+    if (this.lastTemplate >= 0xffffffff) return 0;
+    if (this.templates.size >= MAX_TEMPLATES) this.templates.clear();
+    this.templates.set(++this.lastTemplate, { policy: this.policy(), statement });
+    return this.lastTemplate;
   }
 
   private denyQuery(p: Prepared, blocker: Operation | undefined, review?: ReviewResult): void {

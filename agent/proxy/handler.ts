@@ -4,6 +4,7 @@
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { EventDraft, JobInfo, ProcessInfo } from '../../proto/index.js';
+import type { TemplatedStatementDetail } from '../../proto/session-events.js';
 import type { Origin } from '../bpf/layout.js';
 import type { Redactor } from '../redact/redactor.js';
 import type { ReadBuffer } from '../net/read-buffer.js';
@@ -14,7 +15,7 @@ export interface Endpoint {
 }
 
 /** Event fields a handler fills in; the session adds its id, process, job and endpoints. */
-export type SessionEventDraft = Omit<EventDraft, 'sessionId' | 'process' | 'job' | 'destination' | 'source'>;
+export type SessionEventDraft = Omit<EventDraft, 'sessionId' | 'process' | 'job' | 'destination' | 'source'> | TemplatedStatementDetail;
 
 export interface Session {
   readonly id: string;

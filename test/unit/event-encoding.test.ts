@@ -7,7 +7,7 @@ import fc from 'fast-check';
 import {
   AuditEventType, EventKind, encodeEvent, eventToJson, sealedEvent, type EventEnvelope, type StatementInfo,
 } from '../../proto/index.js';
-import { SessionEventEncoder, type SessionDetail, type SessionFields } from '../../proto/session-events.js';
+import { SessionEventEncoder, StatementTemplate, type SessionDetail, type SessionFields } from '../../proto/session-events.js';
 import { Spool } from '../../agent/events/spool.js';
 
 // The reference: what the spool encoded for every event before the session encoder existed.
@@ -68,6 +68,23 @@ test('statement events encode byte for byte as protobufjs encodes them', () => {
     const detail: SessionDetail = { kind: STATEMENT, requestId, statement };
     assert.deepEqual(fast(fixed, detail, env), reference(fixed, detail, env));
   }), { numRuns: 2000 });
+});
+
+test('a statement from a template, its text and its outcome encodes as the whole statement does', () => {
+  fc.assert(fc.property(fixedArb, envArb, fc.nat().map(String), statementArb(wellFormed), (fixed, env, requestId, s) => {
+    const { text, params: _params, rows, commandTag, durationUs, errorCode, error, maskedValues, ...base } = s;
+    const outcome = { rows, commandTag, durationUs, errorCode, error, maskedValues };
+    const encoder = new SessionEventEncoder(fixed);
+    const templated = Buffer.from(encoder.event({ kind: STATEMENT, requestId, templated: { template: new StatementTemplate(base), text: text ?? '', outcome } }).encode(env));
+    assert.deepEqual(templated, reference(fixed, { kind: STATEMENT, requestId, statement: { ...base, text, ...outcome } }, env));
+  }), { numRuns: 1000 });
+  // An outcome the writer does not take falls back to protobufjs with the whole statement.
+  const fixed: SessionFields = { sessionId: 's', process: { pid: 1 }, job: {}, destination: { address: '127.0.0.2', port: 5432 }, source: { address: '127.0.0.1', port: 40000 } };
+  const env: EventEnvelope = { agentId: 'a', seq: 9, prevHash: Buffer.alloc(32, 7), timeMs: 1_700_000_000_123 };
+  const base = { protocol: 'postgres', type: 'SELECT', objects: ['t'], decision: { action: 'allow', rule: 'r' }, database: 'd', user: 'u' };
+  const t = new StatementTemplate(base);
+  const got = Buffer.from(new SessionEventEncoder(fixed).event({ kind: STATEMENT, requestId: '1', templated: { template: t, text: 'SELECT 1', outcome: { rows: 2 ** 60 } } }).encode(env));
+  assert.deepEqual(got, reference(fixed, { kind: STATEMENT, requestId: '1', statement: { ...base, text: 'SELECT 1', rows: 2 ** 60 } }, env));
 });
 
 test('a string with lone surrogates is stored as well-formed UTF-8 that decodes to its well-formed form', () => {

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { shapeOf } from '../../agent/pg/classify.js';
+import { classify, loadClassifier, shapeOf, statementSpansText } from '../../agent/pg/classify.js';
 import { loadNative, type NativeAddon } from '../../agent/native/index.js';
 
 // As RUNGUARD_REQUIRE_NATIVE=1: a missing or broken build fails the test rather than skipping it.
@@ -166,4 +166,47 @@ test('native shape: random bytes never crash, and a shape means valid UTF-8 and 
     ),
     { numRuns: 2000 },
   );
+});
+
+// The relay hands the handler a simple query's statement text as a byte span of the query
+// (AuditedHead.text_start/end); the handler uses it instead of classifying again only where
+// statementSpansText says the span is the statement. Both must agree with classify's own text.
+const PIECES = {
+  lead: ['', ' ', '\n\t', '/* lead; */ ', '-- lead\n', ';', '; '],
+  stmt: [
+    'SELECT a FROM t WHERE id = 42', "SELECT 'x;y' AS s, \"é;\" FROM t", 'UPDATE t SET v = v + 1 WHERE id = 7',
+    'INSERT INTO t (a, b) VALUES (1, \'two\')', 'WITH d AS (DELETE FROM t WHERE id = 3 RETURNING *) SELECT count(*) FROM d',
+    'SELECT 1; SELECT 2', 'SELECT 🙂 FROM t', 'select  a ,b   from t  where c  =  $1', 'SELECT 1.5::numeric',
+  ],
+  inner: ['', ' /* mid */ ', ' -- mid\n'],
+  trail: ['', ';', ' ;', ';;', '; -- done', ' /* end */', '\n', '; ;\n'],
+};
+
+test('native shape: the span it reports is the statement text wherever classify says a statement spans its text', async () => {
+  await loadClassifier();
+  const span = new Uint32Array(2);
+  let spanning = 0;
+  fc.assert(
+    fc.property(fc.constantFrom(...PIECES.lead), fc.constantFrom(...PIECES.stmt), fc.constantFrom(...PIECES.inner), fc.constantFrom(...PIECES.trail),
+      (lead, stmt, inner, trail) => {
+        // `inner` goes after the first word, where a comment is not part of a literal.
+        const sql = lead + stmt.replace(' ', inner || ' ') + trail;
+        const c = classify(sql);
+        if ('error' in c || c.shape === undefined || !statementSpansText(c.shape)) return;
+        spanning++;
+        const bytes = Buffer.from(sql, 'utf8');
+        assert.ok(addon.shape(bytes, span) !== null, sql);
+        assert.equal(bytes.toString('utf8', span[0], span[1]), c.statements[0]!.text, JSON.stringify(sql));
+      }),
+    { numRuns: 1000 },
+  );
+  assert.ok(spanning > 100, `only ${spanning} texts spanned by their statement`);
+  // And where it does not hold, the handler must not be told it does.
+  for (const sql of ['SELECT 1; SELECT 2', 'SELECT 1;SELECT 2;']) {
+    const c = classify(sql);
+    assert.ok(!('error' in c) && c.shape !== undefined && !statementSpansText(c.shape), sql);
+  }
+  const c = classify('SELECT 1 -- c');
+  assert.ok(!('error' in c) && c.shape !== undefined && statementSpansText(c.shape));
+  assert.equal(c.statements[0]!.text, 'SELECT 1');
 });

@@ -163,9 +163,13 @@ struct Session {
   bool server_live = false;  // every server message goes to the handler first (masked results)
   bool closing = false;
   double close_deadline = 0;
-  // Decisions the handler let the relay repeat, with their mask tags: 'Q'/'P' + 'S' + shape, or
-  // + 'X' + exact text.
-  std::unordered_map<std::string, uint32_t> allowed;
+  // Decisions the handler let the relay repeat, with their mask tags and audit templates: 'Q'/'P' +
+  // 'S' + shape, or + 'X' + exact text.
+  struct Remembered {
+    uint32_t tag;
+    uint32_t tmpl;  // the handler's audit template for a Q's statement (0: none; see AuditedHead)
+  };
+  std::unordered_map<std::string, Remembered> allowed;
   // Prepared statements and portals whose statement the relay may execute, with its mask tag.
   std::unordered_map<std::string, uint32_t> statements;
   std::unordered_map<std::string, uint32_t> portals;
@@ -188,6 +192,9 @@ struct Session {
   // The last Q, Parse or Bind relayed on a remembered decision found nothing outstanding on the
   // server side.
   bool alone = false;
+  // The last Q relayed on a remembered decision: that decision's template, its statement's text.
+  uint32_t q_tmpl = 0;
+  PgSpan q_text;
   // Such a request, relayed but not yet recorded: a Q alone, or an extended-protocol run of exactly
   // Parse (optional), Bind, Describe of the portal (optional), Execute of it, Sync. Its replay
   // record waits for the server's answer. When the answer is one plain result that arrives in one
@@ -201,20 +208,26 @@ struct Session {
     bool active = false;
     double ms = 0;
     uint32_t epoch = 0;
+    uint32_t tmpl = 0;
+    PgSpan text;
     std::vector<uint8_t> msg;  // the whole request: the Q, or Parse/Bind to Sync
   } held;
 };
 
 // kAudited payload, native byte order: f64 duration in ms (ReadyForQuery's read minus the
-// request's), u32 bytes up, u32 bytes down, u32 length of the request, the request (whole
-// messages: the Q, or Parse/Bind to Sync), the CommandComplete body. The record's ms is the request's;
-// agent/pg/handler.ts onAudited reads it.
+// request's), u32 bytes up, u32 bytes down, u32 length of the request, u32 template, u32 start and
+// end of the statement's text, the request (whole messages: the Q, or Parse/Bind to Sync), the
+// CommandComplete body. The record's ms is the request's; agent/pg/handler.ts onAudited reads it.
+// For a Q whose remembered decision came with an audit template (relayResume's `template`), the
+// template's id and the byte range of the statement's text within the query string (pg_shape's
+// span); 0, 0, 0 otherwise. With them the handler audits the statement without classifying it
+// again: the template holds everything its decision fixed.
 struct AuditedHead {
   double duration_ms;
   uint32_t up, down, request_len;
-  uint32_t reserved;
+  uint32_t tmpl, text_start, text_end;
 };
-static_assert(sizeof(AuditedHead) == 24, "kAudited layout is shared with agent/pg/handler.ts");
+static_assert(sizeof(AuditedHead) == 32, "kAudited layout is shared with agent/pg/handler.ts");
 
 struct Command {
   enum Op { kAdopt, kWrite, kResume, kClose, kForget, kDrained, kStop } op;
@@ -225,6 +238,7 @@ struct Command {
   int server_live = -1;  // -1: unchanged
   uint32_t tag = 0;      // resume: the mask tag of the decided statement
   uint32_t plain = 0;    // resume (server): the live RowDescription masks nothing under this spec
+  uint32_t tmpl = 0;     // resume (client): the audit template of a Q's statement, 0 for none
   std::vector<uint8_t> up, down;
 };
 
@@ -438,7 +452,7 @@ class Relay {
         case Command::kResume:
           // What the handler decided takes effect before its writes go out: the server's answer
           // to them is read against it.
-          resume(s, (Side)c.a, c.b, c.allow, c.tag, c.plain);
+          resume(s, (Side)c.a, c.b, c.allow, c.tag, c.plain, c.tmpl);
           queue(s, kServer, c.up);
           queue(s, kClient, c.down);
           continue_side(s, (Side)c.a);
@@ -619,6 +633,8 @@ class Relay {
     s.held.active = true;
     s.held.ms = now_ms();
     s.held.epoch = epoch_;
+    s.held.tmpl = m[0] == 'Q' ? s.q_tmpl : 0;
+    s.held.text = s.q_text;
     s.held.msg.assign(m, m + n);
     return true;
   }
@@ -678,7 +694,7 @@ class Relay {
     const uint8_t* c = m + complete + 5;
     size_t clen = (size_t)be32(m + complete + 1) - 4;
     size_t rlen = h.msg.size();
-    AuditedHead head{now_ms() - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, 0};
+    AuditedHead head{now_ms() - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, h.tmpl, h.text.start, h.text.end};
     audit_.resize(sizeof head + rlen + clen);
     memcpy(audit_.data(), &head, sizeof head);
     memcpy(audit_.data() + sizeof head, h.msg.data(), rlen);
@@ -695,17 +711,25 @@ class Relay {
     record(s, kSkip, side, reinterpret_cast<const uint8_t*>(&n), sizeof n);
   }
 
-  // Whether the handler let the relay repeat its decision on this text; *tag: its mask tag.
+  // Whether the handler let the relay repeat its decision on this text; *tag: its mask tag. For a
+  // Q, also its template and statement text (s.q_tmpl, s.q_text), which need the shape's span.
   bool remembered(Session& s, uint8_t type, const uint8_t* sql, size_t n, uint32_t* tag) {
     s.live_has_shape = false;
     s.live_exact_key.clear();
+    s.q_tmpl = 0;
     if (n > kMaxRememberedText) return false;
     key_.assign(1, (char)type);
-    if (pg_shape(sql, n, &shape_)) {
+    bool shaped = pg_shape(sql, n, &shape_, &s.q_text);
+    auto hit = [&](const Session::Remembered& r) {
+      *tag = r.tag;
+      if (type == 'Q' && shaped) s.q_tmpl = r.tmpl;
+      return true;
+    };
+    if (shaped) {
       key_ += 'S';
       key_ += shape_;
       auto it = s.allowed.find(key_);
-      if (it != s.allowed.end()) return *tag = it->second, true;
+      if (it != s.allowed.end()) return hit(it->second);
       s.live_has_shape = true;
       s.live_shape_key = key_;
     }
@@ -713,7 +737,7 @@ class Relay {
     key_ += 'X';
     key_.append(reinterpret_cast<const char*>(sql), n);
     auto it = s.allowed.find(key_);
-    if (it != s.allowed.end()) return *tag = it->second, true;
+    if (it != s.allowed.end()) return hit(it->second);
     s.live_exact_key = key_;
     return false;
   }
@@ -795,12 +819,12 @@ class Relay {
     return type == 'T' || flags == 0 || row_cannot_hit(flags, body, n);
   }
 
-  void resume(Session& s, Side side, int cache, bool allow, uint32_t tag, uint32_t plain) {
+  void resume(Session& s, Side side, int cache, bool allow, uint32_t tag, uint32_t plain, uint32_t tmpl) {
     Peer& p = s.peer[side];
     if (!p.waiting || p.broken) return;
     p.waiting = false;
     if (side == kClient) {
-      remember(s, cache, allow, tag);
+      remember(s, cache, allow, tag, tmpl);
       // The handler wrote what it made of the message (the message, a replacement, nothing yet).
       sent(s, s.live_type, tag);
     } else if (plain != 0 && !s.live_result.empty()) {
@@ -816,14 +840,15 @@ class Relay {
     if (!s.peer[side].waiting) handle(s, side);
   }
 
-  void remember(Session& s, int cache, bool allow, uint32_t tag) {
+  void remember(Session& s, int cache, bool allow, uint32_t tag, uint32_t tmpl) {
     if (s.allowed.size() >= kMaxRemembered) s.allowed.clear();
     if (s.statements.size() >= kMaxRemembered) s.statements.clear();
     if (s.portals.size() >= kMaxRemembered) s.portals.clear();
     uint8_t t = s.live_type;
     if ((t == 'Q' || t == 'P') && cache != kCacheNone) {
-      if (cache == kCacheShape && s.live_has_shape) s.allowed[s.live_shape_key] = tag;
-      else if (!s.live_exact_key.empty()) s.allowed[s.live_exact_key] = tag;
+      Session::Remembered r{tag, t == 'Q' ? tmpl : 0};
+      if (cache == kCacheShape && s.live_has_shape) s.allowed[s.live_shape_key] = r;
+      else if (!s.live_exact_key.empty()) s.allowed[s.live_exact_key] = r;
     }
     // Whether the statement a later Bind/Execute refers to may be relayed without asking.
     if (t == 'P') allow ? (void)(s.statements[s.live_name] = tag) : (void)s.statements.erase(s.live_name);
@@ -1021,16 +1046,17 @@ napi_value relay_write_js(napi_env env, napi_callback_info info) {
 }
 
 napi_value relay_resume_js(napi_env env, napi_callback_info info) {
-  napi_value argv[9];
-  uint32_t id, side, cache, tag, plain;
+  napi_value argv[10];
+  uint32_t id, side, cache, tag, plain, tmpl;
   bool allow, live;
   Command cmd(Command::kResume);
   if (!g_relay || !args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &side) || side > 1 ||
       !get_u32(env, argv[2], &cache) || cache > 2 || napi_get_value_bool(env, argv[3], &allow) != napi_ok ||
       napi_get_value_bool(env, argv[4], &live) != napi_ok || !get_u32(env, argv[5], &tag) || !get_u32(env, argv[6], &plain) ||
-      !get_bytes(env, argv[7], &cmd.up) || !get_bytes(env, argv[8], &cmd.down))
-    return throw_error(env, "relayResume(id, side, cache, allowName, serverLive, tag, plainResult, toServer, toClient)");
+      !get_u32(env, argv[7], &tmpl) || !get_bytes(env, argv[8], &cmd.up) || !get_bytes(env, argv[9], &cmd.down))
+    return throw_error(env, "relayResume(id, side, cache, allowName, serverLive, tag, plainResult, template, toServer, toClient)");
   cmd.id = id, cmd.a = (int)side, cmd.b = (int)cache, cmd.allow = allow, cmd.server_live = live, cmd.tag = tag, cmd.plain = plain;
+  cmd.tmpl = tmpl;
   g_relay->push(std::move(cmd));
   return nullptr;
 }

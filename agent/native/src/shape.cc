@@ -94,8 +94,10 @@ size_t skip_quoted(const uint8_t* s, size_t n, size_t open, int quote, bool no_b
 
 }  // namespace
 
-bool pg_shape(const uint8_t* sql, size_t n, std::string* out) {
+bool pg_shape(const uint8_t* sql, size_t n, std::string* out, PgSpan* text) {
   out->clear();
+  PgSpan span;
+  bool any = false;
   if (!valid_utf8(sql, n)) return false;
   out->reserve(n);
 
@@ -194,29 +196,48 @@ bool pg_shape(const uint8_t* sql, size_t n, std::string* out) {
     else
       out->append(reinterpret_cast<const char*>(sql + start), i - start);
     last_was_string = is_string;
+    if (!any) span.start = (uint32_t)start, any = true;
+    if (!(i - start == 1 && c == ';')) span.end = (uint32_t)i;
   }
+  if (text) *text = span;
   return true;
 }
 
 napi_value shape_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value arg;
-  if (napi_get_cb_info(env, info, &argc, &arg, nullptr, nullptr) != napi_ok) return nullptr;
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
   bool is_buffer = false;
-  if (argc < 1 || napi_is_buffer(env, arg, &is_buffer) != napi_ok || !is_buffer) {
+  if (argc < 1 || napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer) {
     napi_throw_type_error(env, nullptr, "shape: expected a Buffer");
     return nullptr;
   }
   void* data;
   size_t len;
-  if (napi_get_buffer_info(env, arg, &data, &len) != napi_ok) return nullptr;
+  if (napi_get_buffer_info(env, argv[0], &data, &len) != napi_ok) return nullptr;
+  // Optional: a Uint32Array of 2 that gets the text span.
+  uint32_t* span_out = nullptr;
+  if (argc >= 2) {
+    bool is_typed = false;
+    napi_typedarray_type type;
+    size_t n = 0;
+    void* p = nullptr;
+    if (napi_is_typedarray(env, argv[1], &is_typed) != napi_ok || !is_typed ||
+        napi_get_typedarray_info(env, argv[1], &type, &n, &p, nullptr, nullptr) != napi_ok || type != napi_uint32_array || n < 2) {
+      napi_throw_type_error(env, nullptr, "shape: the span must be a Uint32Array of 2");
+      return nullptr;
+    }
+    span_out = static_cast<uint32_t*>(p);
+  }
 
   std::string shape;
+  PgSpan span;
   napi_value result;
-  if (!pg_shape(static_cast<const uint8_t*>(data), len, &shape)) {
+  if (!pg_shape(static_cast<const uint8_t*>(data), len, &shape, &span)) {
     napi_get_null(env, &result);
     return result;
   }
+  if (span_out) span_out[0] = span.start, span_out[1] = span.end;
   if (napi_create_buffer_copy(env, shape.size(), shape.data(), nullptr, &result) != napi_ok) return nullptr;
   return result;
 }
