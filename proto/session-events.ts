@@ -24,37 +24,42 @@ export interface SessionFields {
 export type SessionDetail = Omit<EventDraft, keyof SessionFields>;
 
 /**
- * The fields of a Statement that its decision fixes (everything but the text and the outcome),
- * encoded once. A handler that audits many statements under one decision (the PostgreSQL handler's
- * summarised queries) writes only the text and outcome of each around these bytes.
+ * The fields of a Statement that its decision fixes (everything but the text, the bound values and
+ * the outcome), encoded once. A handler that audits many statements under one decision (the
+ * PostgreSQL handler's summarised queries and executions) writes only those of each around these
+ * bytes.
  */
 export type StatementBase = Omit<StatementInfo, 'text' | 'params' | StatementOutcomeField>;
 type StatementOutcomeField = 'rows' | 'commandTag' | 'durationUs' | 'errorCode' | 'error' | 'maskedValues';
 export type StatementOutcome = Pick<StatementInfo, StatementOutcomeField>;
 
 export class StatementTemplate {
-  /** Field 1; then the text (2); then `middle`, fields 3, 4 and 6 (no params, 5); outcome; `tail`, 13-16. */
+  // In field order, with what each statement adds between them: head (1), text (2), subject (3, 4),
+  // params (5), decision (6), outcome (7 to 12), tail (13 to 16).
   readonly head: Uint8Array;
-  readonly middle: Uint8Array;
+  readonly subject: Uint8Array;
+  readonly decision: Uint8Array;
   readonly tail: Uint8Array;
 
   /** Throws UnsupportedValue for a base the wire writer does not take (see SessionEventEncoder). */
   constructor(readonly base: Readonly<StatementBase>) {
     const w = new WireWriter(256);
-    writeHead(w, base);
-    this.head = Buffer.from(w.view());
-    writeMiddle(w.reset(), base);
-    this.middle = Buffer.from(w.view());
-    writeTail(w.reset(), base);
-    this.tail = Buffer.from(w.view());
+    const piece = (write: (w: WireWriter, s: StatementBase) => void) => {
+      write(w.reset(), base);
+      return Buffer.from(w.view());
+    };
+    this.head = piece(writeHead);
+    this.subject = piece(writeSubject);
+    this.decision = piece(writeDecision);
+    this.tail = piece(writeTail);
   }
 }
 
-/** A STATEMENT event made of a template, its own text and its outcome. */
+/** A STATEMENT event made of a template, its own text (and bound values) and its outcome. */
 export interface TemplatedStatementDetail {
   kind: number;
   requestId: string;
-  templated: { template: StatementTemplate; text: string; outcome: StatementOutcome };
+  templated: { template: StatementTemplate; text: string; params?: string[]; outcome: StatementOutcome };
 }
 
 // runguard.v1.AuditEvent, Timestamp and Statement field numbers (proto/runguard/v1/events.proto).
@@ -96,11 +101,13 @@ export class SessionEventEncoder {
       w.stringField(F.requestId, detail.requestId);
       w.raw(this.identityFields);
       if ('templated' in detail) {
-        const { template, text, outcome } = detail.templated;
+        const { template, text, params, outcome } = detail.templated;
         w.fork(F.statement);
         w.raw(template.head);
         w.stringField(2, text);
-        w.raw(template.middle);
+        w.raw(template.subject);
+        w.repeatedStringField(5, params);
+        w.raw(template.decision);
         writeOutcome(w, outcome);
         w.raw(template.tail);
         w.ldelim();
@@ -125,8 +132,10 @@ export class SessionEventEncoder {
 
 function draftOf(d: SessionDetail | TemplatedStatementDetail): SessionDetail {
   if (!('templated' in d)) return d;
-  const { template, text, outcome } = d.templated;
-  return { kind: d.kind, requestId: d.requestId, statement: { ...template.base, text, ...outcome } };
+  const { template, text, params, outcome } = d.templated;
+  const statement: StatementInfo = { ...template.base, text, ...outcome };
+  if (params !== undefined) statement.params = params;
+  return { kind: d.kind, requestId: d.requestId, statement };
 }
 
 function isStatementOnly(d: SessionDetail): boolean {
@@ -137,13 +146,14 @@ function isStatementOnly(d: SessionDetail): boolean {
   return true;
 }
 
-// A Statement in field order, in the pieces a StatementTemplate keeps: head (1), text (2), middle
-// (3 to 6), outcome (7 to 12), tail (13 to 16).
+// A Statement in field order, in the pieces a StatementTemplate keeps.
 function writeStatement(w: WireWriter, s: StatementInfo): void {
   if (typeof s !== 'object') throw new UnsupportedValue('statement is not an object');
   writeHead(w, s);
   w.stringField(2, s.text);
-  writeMiddle(w, s);
+  writeSubject(w, s);
+  w.repeatedStringField(5, s.params);
+  writeDecision(w, s);
   writeOutcome(w, s);
   writeTail(w, s);
 }
@@ -152,10 +162,12 @@ function writeHead(w: WireWriter, s: StatementBase): void {
   w.stringField(1, s.protocol);
 }
 
-function writeMiddle(w: WireWriter, s: StatementBase & Pick<StatementInfo, 'params'>): void {
+function writeSubject(w: WireWriter, s: StatementBase): void {
   w.stringField(3, s.type);
   w.repeatedStringField(4, s.objects);
-  w.repeatedStringField(5, s.params);
+}
+
+function writeDecision(w: WireWriter, s: StatementBase): void {
   const d = s.decision;
   if (d != null) {
     if (typeof d !== 'object') throw new UnsupportedValue('decision is not an object');

@@ -16,7 +16,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { EventKind, type StatementInfo } from '../../proto/index.js';
-import { StatementTemplate } from '../../proto/session-events.js';
+import { StatementTemplate, type StatementBase, type StatementOutcome } from '../../proto/session-events.js';
 import { UnsupportedValue } from '../../proto/wire-writer.js';
 import type { Decision, MaskSpec, Operation, OperationContext, Policy } from '../policy/index.js';
 import { maskByNameOnly, maskCoversColumn } from '../policy/index.js';
@@ -89,6 +89,15 @@ interface Prepared {
   spansText?: boolean;
   /** A reviewed prepared statement: how its review ended. */
   review?: ReviewResult;
+  /** Its executions' audit template (executionTemplate); null where the wire writer takes none. */
+  template?: StatementTemplate | null;
+}
+
+const EMPTY_OP: Operation = Object.freeze({ type: 'EMPTY' });
+
+/** The statement a prepared statement's Execute runs (an empty one for an empty text). */
+function executedOp(p: Prepared): Operation {
+  return p.ops[0] ?? EMPTY_OP;
 }
 
 /**
@@ -234,6 +243,8 @@ class PgSession implements RelayListener {
    * the decision fixes in the statement's event, under the policy it was decided by.
    */
   private readonly templates = new Map<number, { policy: Policy; statement: StatementTemplate }>();
+  /** Execution templates by operation and decision (see executionTemplate). */
+  private readonly opTemplates = new WeakMap<Operation, { decision: Decision; template: StatementTemplate | undefined }>();
   private lastTemplate = 0;
   /** While set, writes wait for the answer to the live record (they go with it, atomically). */
   private deferred = false;
@@ -743,23 +754,50 @@ class PgSession implements RelayListener {
     this.bytesDown += down;
     this.auditedByRelay++;
     const durationUs = Math.floor(durationMs * 1000);
+    const outcome: StatementOutcome = c.rows === undefined ? { commandTag: c.tag, durationUs } : { rows: c.rows, commandTag: c.tag, durationUs };
+    if (request[0] !== T.Query) {
+      const e = this.summarisedExecution(request);
+      if (!e) return;
+      const t = this.executionTemplate(e.p);
+      if (t) return this.emitTemplated(t, e.p.auditText!, e.params, outcome);
+      const info = this.statementInfo(executedOp(e.p), e.p.decision, { params: e.params, prepared: true, parseError: e.p.parseError }, e.p.review, e.p.auditText);
+      return this.emitStatement(Object.assign(info, outcome));
+    }
     const template = this.templates.get(bytes.readUInt32LE(20));
-    if (template && template.policy === this.policy() && request[0] === T.Query) {
+    if (template && template.policy === this.policy()) {
       // The statement's text is the span the relay's scanner found (query string at offset 5, NUL last).
       const start = 5 + bytes.readUInt32LE(24);
       const end = 5 + bytes.readUInt32LE(28);
       if (start > end || end >= request.length) return this.notWhole();
-      const outcome = c.rows === undefined ? { commandTag: c.tag, durationUs } : { rows: c.rows, commandTag: c.tag, durationUs };
-      const text = this.auditText(request.toString("utf8", start, end));
-      this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), templated: { template: template.statement, text, outcome } });
-      return;
+      return this.emitTemplated(template.statement, this.auditText(request.toString('utf8', start, end)), undefined, outcome);
     }
-    const info = request[0] === T.Query ? this.summarisedQuery(request) : this.summarisedExecution(request);
-    if (!info) return;
-    info.commandTag = c.tag;
-    if (c.rows !== undefined) info.rows = c.rows;
-    info.durationUs = durationUs;
-    this.emitStatement(info);
+    const info = this.summarisedQuery(request);
+    if (info) this.emitStatement(Object.assign(info, outcome));
+  }
+
+  private emitTemplated(template: StatementTemplate, text: string, params: string[] | undefined, outcome: StatementOutcome): void {
+    const templated = params === undefined ? { template, text, outcome } : { template, text, params, outcome };
+    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), templated });
+  }
+
+  /**
+   * The template of a prepared statement's executions: made once per statement, and shared between
+   * statements of one exactly classified text and decision (drivers that Parse the unnamed
+   * statement before every execution get the same operation object back from classify).
+   */
+  private executionTemplate(p: Prepared): StatementTemplate | undefined {
+    if (p.template !== undefined) return p.template ?? undefined;
+    const op = executedOp(p);
+    let cached = p.review ? undefined : this.opTemplates.get(op);
+    if (!cached || cached.decision !== p.decision) {
+      const base = this.statementBase(op, p.decision, p.review);
+      base.prepared = true;
+      if (p.parseError !== undefined) base.parseError = p.parseError;
+      cached = { decision: p.decision, template: this.template(base) };
+      if (!p.review) this.opTemplates.set(op, cached);
+    }
+    p.template = cached.template ?? null;
+    return cached.template;
   }
 
   private summarisedQuery(request: Buffer): StatementInfo | undefined {
@@ -773,8 +811,11 @@ class PgSession implements RelayListener {
     return op && this.queryInfo(op, p);
   }
 
-  /** Parse (optional) and Bind as onParse and onBind would take them; the rest is Describe, Execute, Sync. */
-  private summarisedExecution(request: Buffer): StatementInfo | undefined {
+  /**
+   * Parse (optional) and Bind as onParse and onBind would take them; the rest is Describe, Execute,
+   * Sync. The statement executed and its bound values as the audit shows them.
+   */
+  private summarisedExecution(request: Buffer): { p: Prepared; params: string[] } | undefined {
     let at = 0;
     let body = messageBody(request, at);
     if (body && request[at] === T.Parse) {
@@ -792,7 +833,8 @@ class PgSession implements RelayListener {
     const p = this.prepared.get(b.statement);
     if (!p || p.denied) this.divergence({ statement: b.statement, action: p?.decision.action ?? 'unknown' });
     // It ran all the same: recorded under the decision the handler finds now, or as unknown.
-    return this.executionInfo(p ?? this.unknownStatement(b.statement), portal);
+    const executed = p ?? this.unknownStatement(b.statement);
+    return { p: executed, params: this.executionParams(executed, portal) };
   }
 
   /** What a statement the handler never saw parsed is audited as (a divergence: it should not happen). */
@@ -1038,14 +1080,8 @@ class PgSession implements RelayListener {
   private queryTemplate(p: Prepared): number {
     const op = p.ops[0];
     if (!op || p.ops.length !== 1 || !p.spansText || p.parseError !== undefined || (p.decision.mask && !p.namesNoMasked)) return 0;
-    let statement: StatementTemplate;
-    try {
-      statement = new StatementTemplate({ protocol: 'postgres', type: op.type, objects: op.objects ?? [], decision: decisionInfo(p.decision),
-        database: this.database, user: this.injected?.user ?? this.user });
-    } catch (err) {
-      if (err instanceof UnsupportedValue) return 0;
-      throw err;
-    }
+    const statement = this.template(this.statementBase(op, p.decision));
+    if (!statement) return 0;
     // Ids are never reused: the relay may still name one whose template was dropped (then the
     // statement is audited the long way). Past 2^32 - 1 decisions a session simply gets no more.
     if (this.lastTemplate >= 0xffffffff) return 0;
@@ -1199,19 +1235,35 @@ class PgSession implements RelayListener {
    */
   private statementInfo(op: Operation, d: Decision, extra: StatementExtra, review?: ReviewResult,
     text = this.auditText(this.maskedWrites(op, d).text)): StatementInfo {
-    const info: StatementInfo = {
-      protocol: 'postgres', text, type: op.type, objects: op.objects ?? [],
-      decision: review
-        ? { action: d.action, rule: d.rule, reason: d.reason, outcome: review.decision, approvalId: review.id }
-        : decisionInfo(d),
-      database: this.database, user: this.injected?.user ?? this.user,
-    };
+    const info: StatementInfo = this.statementBase(op, d, review);
+    info.text = text;
     if (extra.params !== undefined) info.params = extra.params;
     if (extra.prepared !== undefined) info.prepared = extra.prepared;
     if (extra.parseError !== undefined) info.parseError = extra.parseError;
     if (extra.error !== undefined) info.error = extra.error;
     if (extra.errorCode !== undefined) info.errorCode = extra.errorCode;
     return info;
+  }
+
+  /** What the statement's decision fixes in its audit record (all of it but text, values, outcome). */
+  private statementBase(op: Operation, d: Decision, review?: ReviewResult): StatementBase {
+    return {
+      protocol: 'postgres', type: op.type, objects: op.objects ?? [],
+      decision: review
+        ? { action: d.action, rule: d.rule, reason: d.reason, outcome: review.decision, approvalId: review.id }
+        : decisionInfo(d),
+      database: this.database, user: this.injected?.user ?? this.user,
+    };
+  }
+
+  /** A template of statementBase, or undefined for a base the wire writer does not take. */
+  private template(base: StatementBase): StatementTemplate | undefined {
+    try {
+      return new StatementTemplate(base);
+    } catch (err) {
+      if (err instanceof UnsupportedValue) return undefined;
+      throw err;
+    }
   }
 
   /** The audit record of one statement of a simple query (forwarded live, or summarised by the relay). */
@@ -1222,11 +1274,16 @@ class PgSession implements RelayListener {
 
   /** The audit record of one execution of a prepared statement, its bound values redacted. */
   private executionInfo(p: Prepared, portal: { params: (Buffer | null)[] }): StatementInfo {
-    const op = p.ops[0] ?? { type: 'EMPTY' };
-    p.writes ??= this.maskedWrites(op, p.decision, p.namesNoMasked);
+    const params = this.executionParams(p, portal);
+    return this.statementInfo(executedOp(p), p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.auditText);
+  }
+
+  /** The bound values as the audit shows them; also works out p.writes and p.auditText. */
+  private executionParams(p: Prepared, portal: { params: (Buffer | null)[] }): string[] {
+    p.writes ??= this.maskedWrites(executedOp(p), p.decision, p.namesNoMasked);
+    p.auditText ??= this.auditText(p.writes.text);
     const masked = p.writes.params;
-    const params = portal.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
-    return this.statementInfo(op, p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.auditText ??= this.auditText(p.writes.text));
+    return portal.params.map((v, i) => (v === null ? 'NULL' : masked.has(i + 1) ? this.maskedParam(v, masked.get(i + 1)!) : this.redact(v.toString('utf8'))));
   }
 
   /** A statement's text as the audit shows it: masked-column literals already replaced, then the detectors. */

@@ -70,13 +70,13 @@ test('statement events encode byte for byte as protobufjs encodes them', () => {
   }), { numRuns: 2000 });
 });
 
-test('a statement from a template, its text and its outcome encodes as the whole statement does', () => {
+test('a statement from a template, its text, values and outcome encodes as the whole statement does', () => {
   fc.assert(fc.property(fixedArb, envArb, fc.nat().map(String), statementArb(wellFormed), (fixed, env, requestId, s) => {
-    const { text, params: _params, rows, commandTag, durationUs, errorCode, error, maskedValues, ...base } = s;
+    const { text, params, rows, commandTag, durationUs, errorCode, error, maskedValues, ...base } = s;
     const outcome = { rows, commandTag, durationUs, errorCode, error, maskedValues };
     const encoder = new SessionEventEncoder(fixed);
-    const templated = Buffer.from(encoder.event({ kind: STATEMENT, requestId, templated: { template: new StatementTemplate(base), text: text ?? '', outcome } }).encode(env));
-    assert.deepEqual(templated, reference(fixed, { kind: STATEMENT, requestId, statement: { ...base, text, ...outcome } }, env));
+    const templated = Buffer.from(encoder.event({ kind: STATEMENT, requestId, templated: { template: new StatementTemplate(base), text: text ?? '', params, outcome } }).encode(env));
+    assert.deepEqual(templated, reference(fixed, { kind: STATEMENT, requestId, statement: { ...base, text, params, ...outcome } }, env));
   }), { numRuns: 1000 });
   // An outcome the writer does not take falls back to protobufjs with the whole statement.
   const fixed: SessionFields = { sessionId: 's', process: { pid: 1 }, job: {}, destination: { address: '127.0.0.2', port: 5432 }, source: { address: '127.0.0.1', port: 40000 } };
