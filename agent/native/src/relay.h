@@ -9,9 +9,11 @@
 // for (a statement whose shape it has not seen allowed, anything it fails to check, every result of
 // a statement whose rows are masked) goes to JavaScript first ("live" records) and that side of the
 // session waits until the handler answers with what to write and whether to remember the decision.
-// One shortcut: a simple query on a remembered decision whose whole answer is one plain result is
-// handed over as a summary ("audited": its text and command tag), which the handler decides and
-// audits by the same code without re-reading every message of the answer.
+// One shortcut: a request on remembered decisions whose whole answer is one plain result is handed
+// over as a summary ("audited": the request and the command tag), which the handler audits without
+// re-reading every message of the answer. For a simple query the summary also names the audit
+// template the handler attached to the remembered decision and the statement text's byte span, so
+// that the handler need not classify the text again either.
 #pragma once
 #include <node_api.h>
 
@@ -21,7 +23,8 @@ napi_value relay_start_js(napi_env env, napi_callback_info info);
 napi_value relay_adopt_js(napi_env env, napi_callback_info info);
 // JS: relayWrite(id, serverLive, toServer | null, toClient | null)
 napi_value relay_write_js(napi_env env, napi_callback_info info);
-// JS: relayResume(id, side, cache, allowName, serverLive): a live record of `side` is answered.
+// JS: relayResume(id, side, cache, allowName, serverLive, tag, plainResult, template, toServer, toClient):
+// a live record of `side` is answered.
 napi_value relay_resume_js(napi_env env, napi_callback_info info);
 // JS: relayClose(id): writes what is queued (for up to a second), then closes both sockets.
 napi_value relay_close_js(napi_env env, napi_callback_info info);
