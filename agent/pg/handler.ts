@@ -760,8 +760,7 @@ class PgSession implements RelayListener {
       if (!e) return;
       const t = this.executionTemplate(e.p);
       if (t) return this.emitTemplated(t, e.p.auditText!, e.params, outcome);
-      const info = this.statementInfo(executedOp(e.p), e.p.decision, { params: e.params, prepared: true, parseError: e.p.parseError }, e.p.review, e.p.auditText);
-      return this.emitStatement(Object.assign(info, outcome));
+      return this.emitStatement(Object.assign(this.executionInfo(e.p, e.params), outcome));
     }
     const template = this.templates.get(bytes.readUInt32LE(20));
     if (template && template.policy === this.policy()) {
@@ -1198,7 +1197,7 @@ class PgSession implements RelayListener {
     const p = portal ? this.prepared.get(portal.stmt) : undefined;
     if (p && !p.denied) {
       this.queue.push({ kind: 'statement', op: p.ops[0] ?? { type: 'EMPTY' }, started: this.now(),
-        mask: p.decision.action === 'mask' ? p.decision.mask : undefined, info: this.executionInfo(p, portal!) });
+        mask: p.decision.action === 'mask' ? p.decision.mask : undefined, info: this.executionInfo(p, this.executionParams(p, portal!)) });
       const tag = this.maskTag(p.decision);
       this.answer.allowName = tag >= 0;
       this.answer.tag = Math.max(0, tag);
@@ -1272,9 +1271,8 @@ class PgSession implements RelayListener {
     return this.statementInfo(op, p.decision, { parseError: p.parseError }, review, text);
   }
 
-  /** The audit record of one execution of a prepared statement, its bound values redacted. */
-  private executionInfo(p: Prepared, portal: { params: (Buffer | null)[] }): StatementInfo {
-    const params = this.executionParams(p, portal);
+  /** The audit record of one execution of a prepared statement; `params` from executionParams, which also sets p.auditText. */
+  private executionInfo(p: Prepared, params: string[]): StatementInfo {
     return this.statementInfo(executedOp(p), p.decision, { params, prepared: true, parseError: p.parseError }, p.review, p.auditText);
   }
 
