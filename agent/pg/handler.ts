@@ -1153,7 +1153,7 @@ class PgSession implements RelayListener {
     const p = this.decide(m.sql, true);
     this.prepared.set(m.name, p);
     if (p.decision.action === 'review' && this.deps.approvals) {
-      return this.holdForReview(p, p.ops[0] ?? { type: 'EMPTY' }, (r) => {
+      return this.holdForReview(p, executedOp(p), (r) => {
         p.review = r;
         if (r.decision !== 'approved') return this.denyParse(m.name, p, r);
         p.denied = false;
@@ -1196,7 +1196,7 @@ class PgSession implements RelayListener {
     const portal = this.portals.get(e.portal);
     const p = portal ? this.prepared.get(portal.stmt) : undefined;
     if (p && !p.denied) {
-      this.queue.push({ kind: 'statement', op: p.ops[0] ?? { type: 'EMPTY' }, started: this.now(),
+      this.queue.push({ kind: 'statement', op: executedOp(p), started: this.now(),
         mask: p.decision.action === 'mask' ? p.decision.mask : undefined, info: this.executionInfo(p, this.executionParams(p, portal!)) });
       const tag = this.maskTag(p.decision);
       this.answer.allowName = tag >= 0;
