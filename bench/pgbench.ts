@@ -127,6 +127,10 @@ interface RunResult {
   proxyCpu: number;
   /** The proxy's cpu time over the run divided by the transactions (connection setup included). */
   proxyUsPerTxn: number;
+  /** PostgreSQL's cpu time (postmaster and backends) per transaction, in microseconds. */
+  pgUsPerTxn: number;
+  /** The bench's own cpu time with its children (pgbench, and `runguard run` for runguard) per transaction. */
+  clientUsPerTxn: number;
   /** Whole-host cpu busy fraction over the run (all cpus). */
   hostBusy: number;
   /** Busy fraction of all cpus not explained by the bench's own processes: outside load. */
@@ -140,9 +144,11 @@ interface SpoolCost {
   records: number;
   /** fdatasync calls by the agent during the run (perf tracepoint count); NaN without perf. */
   fsyncs: number;
-  /** Agent cpu seconds over the run: main thread, libuv pool (the threads that fdatasync), the rest. */
+  /** Agent cpu seconds over the run: main thread, libuv pool (the threads that fdatasync), the native
+   * relay's thread ("runguard-relay"), the rest. */
   mainCpu: number;
   poolCpu: number;
+  relayCpu: number;
   otherThreadsCpu: number;
 }
 
@@ -225,15 +231,17 @@ class CpuMeter {
     this.pg0 = postgresCpuSeconds(postmasterPid);
   }
   /** Fractions: proxy of one cpu; host and other of all cpus. */
-  read(): { wall: number; proxy: number; host: number; other: number } {
+  read(): { wall: number; proxy: number; pgSecs: number; clientSecs: number; host: number; other: number } {
     const wall = Number(process.hrtime.bigint() - this.t0) / 1e9;
     const now = hostBusySeconds();
     const host = now.busy - this.host0.busy;
     const tasks = now.tasks - this.host0.tasks;
     const proxy = cpuSeconds(this.proxyPid) - this.proxy0;
-    const ours = (postgresCpuSeconds(this.postmasterPid) - this.pg0) + (cpuSeconds('self', true) - this.self0) + (Number.isFinite(proxy) ? proxy : 0);
+    const pgSecs = postgresCpuSeconds(this.postmasterPid) - this.pg0;
+    const clientSecs = cpuSeconds('self', true) - this.self0;
+    const ours = pgSecs + clientSecs + (Number.isFinite(proxy) ? proxy : 0);
     const cpus = os.cpus().length;
-    return { wall, proxy: proxy / wall, host: host / (wall * cpus), other: Math.max(0, tasks - ours) / (wall * cpus) };
+    return { wall, proxy: proxy / wall, pgSecs, clientSecs, host: host / (wall * cpus), other: Math.max(0, tasks - ours) / (wall * cpus) };
   }
 }
 
@@ -265,9 +273,9 @@ async function idleLoad(ms: number): Promise<number> {
   return (hostBusySeconds().busy - before) / ((ms / 1000) * os.cpus().length);
 }
 
-/** cpu seconds of each thread of `pid`, by tid. */
-function threadCpu(pid: number): Map<number, number> {
-  const out = new Map<number, number>();
+/** cpu seconds and name of each thread of `pid`, by tid. */
+function threadCpu(pid: number): Map<number, { secs: number; name: string }> {
+  const out = new Map<number, { secs: number; name: string }>();
   let tids: string[] = [];
   try {
     tids = readdirSync(`/proc/${pid}/task`);
@@ -278,7 +286,7 @@ function threadCpu(pid: number): Map<number, number> {
     try {
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
-      out.set(Number(tid), (f[11]! + f[12]!) / 100);
+      out.set(Number(tid), { secs: (f[11]! + f[12]!) / 100, name: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) });
     } catch {
       // the thread exited between readdir and read
     }
@@ -458,19 +466,21 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
   const counted = counter ? await counter.settle() : { records: 0, statements: 0, summarised: 0 };
   let spool: SpoolCost | undefined;
   if (agentPid && threads0 && threads1) {
-    spool = { records: counted.records, fsyncs: fsyncCounts.size ? 0 : NaN, mainCpu: 0, poolCpu: 0, otherThreadsCpu: 0 };
-    for (const [tid, secs] of threads1) {
-      const used = secs - (threads0.get(tid) ?? 0);
+    spool = { records: counted.records, fsyncs: fsyncCounts.size ? 0 : NaN, mainCpu: 0, poolCpu: 0, relayCpu: 0, otherThreadsCpu: 0 };
+    for (const [tid, { secs, name }] of threads1) {
+      const used = secs - (threads0.get(tid)?.secs ?? 0);
       const syncs = fsyncCounts.get(tid) ?? 0;
       spool.fsyncs += syncs;
       if (tid === agentPid) spool.mainCpu += used;
       else if (syncs > 0) spool.poolCpu += used;
+      else if (name === 'runguard-relay') spool.relayCpu += used;
       else spool.otherThreadsCpu += used;
     }
   }
   return {
     ...res, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements, summarised: counted.summarised,
-    proxyCpu: cpu.proxy, proxyUsPerTxn: (cpu.proxy * cpu.wall * 1e6) / res.txns, hostBusy: cpu.host, otherCpu: cpu.other, spool,
+    proxyCpu: cpu.proxy, proxyUsPerTxn: (cpu.proxy * cpu.wall * 1e6) / res.txns,
+    pgUsPerTxn: (cpu.pgSecs * 1e6) / res.txns, clientUsPerTxn: (cpu.clientSecs * 1e6) / res.txns, hostBusy: cpu.host, otherCpu: cpu.other, spool,
   };
 }
 
@@ -644,23 +654,24 @@ async function main(): Promise<number> {
   out.push('server: test/helpers/postgres.ts settings (fsync=off, shared_buffers=64MB, max_connections=100), ssl=off; clients sslmode=disable');
   for (const n of paths) out.push(`  ${n.padEnd(9)} ${targets[n].unavailable ? `UNAVAILABLE: ${targets[n].unavailable}` : targets[n].note}`);
   out.push('');
-  const rows: string[][] = [['workload', 'path', 'tps', 'avg ms', 'p50 ms', 'p99 ms', 'txns', 'failed', 'STATEMENT events', 'proxy cpu', 'proxy us/txn', 'host cpu', 'other cpu']];
+  const rows: string[][] = [['workload', 'path', 'tps', 'avg ms', 'p50 ms', 'p99 ms', 'txns', 'failed', 'STATEMENT events', 'proxy cpu', 'proxy us/txn', 'pg us/txn', 'pgbench us/txn', 'host cpu', 'other cpu']];
   for (const w of opts.workloads) {
     for (const n of paths) {
       const r = results.get(key(w, n));
       if (!r) {
-        rows.push([w.label, n, 'n/a', '', '', '', '', '', '', '', '', '', '']);
+        rows.push([w.label, n, 'n/a', '', '', '', '', '', '', '', '', '', '', '', '']);
         continue;
       }
       rows.push([w.label, n, f0(r.tps), f3(r.avgMs), f3(r.p50Ms), f3(r.p99Ms), String(r.txns), String(r.failed),
         n === 'runguard' ? `${r.statements} (${f2(r.statements / r.txns)}/txn, ${pct(r.summarised / Math.max(1, r.statements))} summarised)` : String(r.statements),
-        n === 'direct' ? '-' : pct(r.proxyCpu), n === 'direct' ? '-' : f0(r.proxyUsPerTxn), pct(r.hostBusy), pct(r.otherCpu)]);
+        n === 'direct' ? '-' : pct(r.proxyCpu), n === 'direct' ? '-' : f0(r.proxyUsPerTxn), f0(r.pgUsPerTxn), f0(r.clientUsPerTxn), pct(r.hostBusy), pct(r.otherCpu)]);
     }
   }
   out.push(table(rows, 'll'));
   out.push('  STATEMENT events: for runguard also the share the native relay summarised (request + command tag, not every message)');
   out.push('  proxy cpu: cpu time of the agent / pgbouncer process per wall second (100% = one cpu); proxy us/txn: that cpu time');
-  out.push('  per transaction (a single-threaded proxy at 100% caps tps at 1e6 / us/txn); host cpu: all cpus busy;');
+  out.push('  per transaction (a single-threaded proxy at 100% caps tps at 1e6 / us/txn); pg / pgbench us/txn: the same for');
+  out.push('  PostgreSQL and for the bench\'s children (pgbench); host cpu: all cpus busy;');
   out.push('  other cpu: busy time of all cpus not spent by pgbench, PostgreSQL, the proxy or the bench (load from outside)');
   out.push(`  host load before the bench started: ${pct(loadBefore)} of all cpus busy`);
   const noisy = [...results.values()].some((r) => r.otherCpu > 0.1) || loadBefore > 0.1;
@@ -683,20 +694,20 @@ async function main(): Promise<number> {
       ...(opts.relayPath ? [fx(tpsRatio('relay', 'pgbouncer', rl, b)), fx(tpsRatio('runguard', 'relay', g, rl))] : []),
       ...(opts.rounds > 1 ? [roundRatios(w, 'runguard', 'pgbouncer').map(fx).join(' ')] : [])]);
   }
-  const spoolRows: string[][] = [['workload', 'records', 'fdatasyncs', 'fsyncs/s', 'records/fsync', 'agent main us/txn', 'libuv pool us/txn', 'other threads us/txn']];
+  const spoolRows: string[][] = [['workload', 'records', 'fdatasyncs', 'fsyncs/s', 'records/fsync', 'agent main us/txn', 'libuv pool us/txn', 'relay us/txn', 'other threads us/txn']];
   for (const w of opts.workloads) {
     const g = results.get(key(w, 'runguard'));
     const sp = g?.spool;
     if (!g || !sp) continue;
     const perTxn = (secs: number) => f0((secs * 1e6) / g.txns);
     spoolRows.push([w.label, String(sp.records), f0(sp.fsyncs), f0(sp.fsyncs / opts.time), f2(sp.records / sp.fsyncs),
-      perTxn(sp.mainCpu), perTxn(sp.poolCpu), perTxn(sp.otherThreadsCpu)]);
+      perTxn(sp.mainCpu), perTxn(sp.poolCpu), perTxn(sp.relayCpu), perTxn(sp.otherThreadsCpu)]);
   }
   if (spoolRows.length > 1) {
     out.push('');
     out.push(table(spoolRows, 'l'));
     out.push('  runguard\'s spool over the measured run: fdatasyncs counted by perf on the syscall tracepoint (- without perf),');
-    out.push('  records = every event written (statements, opens, closes); agent cpu split by thread: main, libuv pool (threads that called\n  fdatasync), other (V8 platform threads, pool threads that did not sync)');
+    out.push('  records = every event written (statements, opens, closes); agent cpu split by thread: main, libuv pool (threads that called\n  fdatasync), the native relay thread, other (V8 platform threads, pool threads that did not sync)');
   }
   out.push('');
   out.push(table(ratios));
