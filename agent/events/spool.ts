@@ -22,7 +22,7 @@ export { DEFAULT_COMMIT_DELAY_MS, MAX_COMMIT_DELAY_MS } from './commit-delay.js'
 /** Largest encoded event append() takes; emitters truncate long fields (and say so) before this. */
 export const MAX_EVENT_BYTES = 1024 * 1024;
 
-// A batch this large is written at once instead of waiting for the commit delay.
+// A batch this large is written at the end of the turn instead of waiting for the commit delay.
 const GROUP_BYTES = 64 * 1024;
 // Caps one write: it bounds commit latency and how much a crash can tear (TORN_TAIL_WINDOW).
 const FLUSH_MAX_BYTES = 1024 * 1024;
@@ -230,7 +230,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
     this.bufferedBytes += recordBytes;
     if (group.bytes >= GROUP_BYTES) {
       this.seal();
-      this.kick(false);
+      this.flushAtTurnEnd();
     } else {
       this.armFlushTimer();
     }
@@ -311,6 +311,20 @@ export class Spool extends EventEmitter<SpoolEvents> {
     if (this.flushTimer || this.closing || this.writeError || this.blocked) return;
     this.flushDelayed = this.commitDelayMs > 0 && !this.urgentQueued;
     this.flushTimer = this.flushDelayed ? setTimeout(this.onFlushTimer, this.commitDelayMs) : setImmediate(this.onFlushTimer);
+  }
+
+  /**
+   * A full group is written at the end of this turn, not at once: the rest of a burst (a relay
+   * batch appends a few hundred events in one call) goes along in the same write and fdatasync,
+   * where an immediate start would commit the first group alone and the rest after its sync.
+   */
+  private flushAtTurnEnd(): void {
+    if (this.flushTimer && !this.flushDelayed) return;
+    if (this.flushTimer) cancelTimer(this.flushTimer);
+    this.flushTimer = undefined;
+    if (this.closing || this.writeError || this.blocked) return;
+    this.flushDelayed = false;
+    this.flushTimer = setImmediate(this.onFlushTimer);
   }
 
   private readonly onFlushTimer = (): void => {

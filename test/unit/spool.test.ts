@@ -142,6 +142,23 @@ async function durableBy(spool: Spool, seq: number, timeoutMs = 5000): Promise<v
   }
 }
 
+test('group commit: a burst past the group size in one turn goes out in one write+fdatasync', async () => {
+  // As a relay batch does: hundreds of events appended in one call, nobody awaiting them. Full
+  // groups must not start a commit of their own mid-burst.
+  const spool = await open(await tempDir(), { commitDelayMs: 60 });
+  try {
+    let n = 0;
+    while (spool.stats().bufferedBytes < 200 * 1024) spool.append(draft(n++));
+    assert.equal(spool.metrics.flushes, 0, 'nothing is written before the turn ends');
+    await durableBy(spool, n, 2000);
+    assert.equal(spool.metrics.flushes, 1, `${n} events in one turn took ${spool.metrics.flushes} commits`);
+    assert.equal(spool.metrics.fsyncs, 1);
+    assert.equal(spool.metrics.eventsWritten, n);
+  } finally {
+    await spool.close();
+  }
+});
+
 test('commit delay: events nobody awaits wait for company and share one write+fdatasync', async () => {
   const spool = await open(await tempDir(), { commitDelayMs: 60 });
   try {
