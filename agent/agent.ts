@@ -17,7 +17,7 @@ import { postgresHandler } from './pg/handler.js';
 import { loadClassifier } from './pg/classify.js';
 import { defaultPolicy, loadPolicy, watchPolicy, type Policy } from './policy/index.js';
 import { AgentCa } from './tls/ca.js';
-import { Spool } from './events/spool.js';
+import { Spool, type SpoolState } from './events/spool.js';
 import { Shipper } from './events/shipper.js';
 import { loadAgentIdentity, loadCheckpointVerifier, tlsClientCredentials } from '../collector/pki/identity.js';
 import { Attribution } from './identity/attribution.js';
@@ -226,10 +226,11 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
         bpf.shutdown(cfg.failOpen);
         await proxy.close();
         writeAgentState(cfg.stateDir, { ...state, running: false });
-        await emit({
+        const stopEvent = emit({
           kind: EventKind.EVENT_KIND_AGENT_STOP!,
           agent: { ...lifecycle, bpfStatus: cfg.failOpen ? 'detached' : 'pinned-fail-closed', reason },
-        }).durable;
+        });
+        await durableUnlessStuck(spool, stopEvent.durable);
         // Give the shipper a moment to deliver the last events; what it cannot stays spooled.
         if (shipper) {
           await shipper.drain(spool.stats().lastSeq, 3000);
@@ -254,6 +255,27 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
     await heartbeat.stop(() => reporter.collect(), 2000);
     await shipper.stop();
   }
+}
+
+/**
+ * Resolves once `durable` does, or as soon as the spool cannot write (over its limit with nothing
+ * acking, or failing): a stop must not wait on a disk that will not take the event. spool.close()
+ * then makes its one last write, past the limit, so the stop event and everything before it still
+ * reach the disk if it takes them at all.
+ */
+function durableUnlessStuck(spool: Spool, durable: Promise<void>): Promise<void> {
+  if (spool.stats().state !== 'ok') return Promise.resolve();
+  return new Promise((resolve) => {
+    const onState = (state: SpoolState): void => {
+      if (state !== 'ok') done();
+    };
+    const done = (): void => {
+      spool.off('state', onState);
+      resolve();
+    };
+    spool.on('state', onState);
+    durable.then(done, done);
+  });
 }
 
 /** The native data path, when configured and loadable; otherwise sessions stay on JavaScript, said once. */
