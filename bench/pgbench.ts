@@ -325,9 +325,14 @@ function countFsyncs(pid: number): { stop: () => Promise<Map<number, number>> } 
 // ---------------------------------------------------------------------------------------------
 // (b) runguard: the real agent with the postgres handler on PORT and the shipped policy.
 
+const SPOOL_MAX_BYTES = 16 * 2 ** 30;
+
 async function startAgent(pg: PgServer, work: string, opts: Options, protocol: 'postgres' | 'tcp' = 'postgres'): Promise<AgentFixture> {
   const config = path.join(work, `agent-${protocol}.yaml`);
-  writeFileSync(config, `protocols:\n  ${pg.port}: ${protocol}\n` +
+  // No collector acks the spool here, so nothing ever frees it: at the default 1 GiB limit a full
+  // run at today's rates (about 1.5 million events of 600-odd bytes) would fill it, and the agent
+  // would then hold events in memory and refuse new sessions, which is not what is being measured.
+  writeFileSync(config, `protocols:\n  ${pg.port}: ${protocol}\nspoolMaxBytes: ${SPOOL_MAX_BYTES}\n` +
     (opts.commitDelayMs === undefined ? '' : `spoolCommitDelayMs: ${opts.commitDelayMs}\n`) +
     (opts.relayAuditDelayMs === undefined ? '' : `relayAuditDelayMs: ${opts.relayAuditDelayMs}\n`));
   const cpuProf = protocol === 'postgres' ? opts.cpuProf : undefined;
