@@ -289,6 +289,10 @@ function startRelay(cfg: AgentConfig, log: Logger, emit: (d: EventDraft) => unkn
     return undefined;
   }
   relay.onListenerError = (err) => log.error({ err }, 'a session failed on a native relay record');
+  if (cfg.pinAuditThreads) {
+    const cpu = relay.pinOthers();
+    if (cpu >= 0) log.info({ cpu }, 'audit threads kept on one cpu; the relay thread runs anywhere');
+  }
   return relay;
 }
 

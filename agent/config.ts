@@ -52,6 +52,12 @@ export interface AgentConfig {
    * reaches the spool, and so what an agent crash can lose on top of the spool's commit delay.
    */
   relayAuditDelayMs: number;
+  /**
+   * With the native data path on a host with two cpus or more: keep the audit side of the agent
+   * (every thread but the relay's) on one cpu, the highest it may use. See relay_pin_others_js in
+   * agent/native/src/relay.cc for why; false leaves every thread to the scheduler.
+   */
+  pinAuditThreads: boolean;
 }
 
 export interface CredentialConfig {
@@ -94,6 +100,7 @@ export function defaultConfig(): AgentConfig {
     heartbeatIntervalMs: 10_000,
     dataPath: 'native',
     relayAuditDelayMs: DEFAULT_RELAY_AUDIT_DELAY_MS,
+    pinAuditThreads: true,
   };
 }
 
@@ -151,7 +158,7 @@ const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
   agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
   watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number', spoolCommitDelayMs: 'number',
   collector: 'string', tlsDir: 'string', policyFile: 'string', serverTls: 'string', heartbeatIntervalMs: 'number',
-  dataPath: 'string', relayAuditDelayMs: 'number',
+  dataPath: 'string', relayAuditDelayMs: 'number', pinAuditThreads: 'boolean',
 };
 
 /** Reads a YAML config file; every error names the file and line. */

@@ -18,6 +18,8 @@ export interface NativeAddon {
     toServer: Buffer | null, toClient: Buffer | null): void;
   relayClose(id: number): void;
   relayForget(): number;
+  /** Pins every thread but the relay's to one cpu (src/relay.h); the cpu, or -1 with fewer than two. */
+  relayPinOthers(): number;
   /** Spool record framing plus the chain hash in one call (src/seal.h; agent/events/record-format.ts). */
   sealRecord(target: Buffer, offset: number, payload: Uint8Array, hashOut: Buffer): number;
   /** False if this node exports no SHA256_Init/Update/Final or crc32 for sealRecord to use. */

@@ -90,6 +90,11 @@ export class NativeRelay {
     return this.addon.relayForget();
   }
 
+  /** Keeps every other thread of the process on one cpu (src/relay.h relayPinOthers); the cpu, or -1. */
+  pinOthers(): number {
+    return this.addon.relayPinOthers();
+  }
+
   get sessions(): number {
     return this.listeners.size;
   }

@@ -4,7 +4,7 @@
 // every session reaches the relay once authenticated.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AgentFixture, ROOT } from '../helpers/agent.js';
@@ -72,6 +72,22 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     assert.ok(!agent.log.includes(secret), 'secret in the agent log');
     assert.ok(!agent.log.includes('would have handled differently'));
   }
+
+  test('the audit side of the agent stays on one cpu; the relay thread may run on any', () => {
+    const pid = agent.proc!.pid!;
+    const threads = readdirSync(`/proc/${pid}/task`).map((tid) => {
+      const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+      return { name: /^Name:\s*(.*)$/m.exec(status)![1]!, cpus: /^Cpus_allowed_list:\s*(.*)$/m.exec(status)![1]! };
+    });
+    const all = /^Cpus_allowed_list:\s*(.*)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]!;
+    const relay = threads.filter((t) => t.name === 'runguard-relay');
+    assert.equal(relay.length, 1, 'one relay thread');
+    assert.equal(relay[0]!.cpus, all, 'the relay thread keeps every cpu the host allows');
+    const highest = all.split(',').at(-1)!.split('-').at(-1)!;
+    const others = threads.filter((t) => t.name !== 'runguard-relay');
+    assert.ok(others.length >= 5, 'main thread, V8 helpers and the libuv pool');
+    for (const t of others) assert.equal(t.cpus, highest, `${t.name} is kept on cpu ${highest}`);
+  });
 
   test('rows are masked by column and by detector exactly as the handler would, row by row', async () => {
     // Statements of one shape: the relay remembers the mask decision after the first. The result

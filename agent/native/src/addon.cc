@@ -17,6 +17,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"relayResume", nullptr, relay_resume_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayClose", nullptr, relay_close_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayForget", nullptr, relay_forget_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayPinOthers", nullptr, relay_pin_others_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"sealRecord", nullptr, seal_record_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"sealAvailable", nullptr, seal_available_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"writeDurable", nullptr, write_durable_js, nullptr, nullptr, nullptr, napi_default, nullptr},

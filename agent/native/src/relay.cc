@@ -6,11 +6,15 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -254,9 +258,14 @@ class Relay {
     epoll_ctl(epfd_, EPOLL_CTL_ADD, evfd_, &ev);
     thread_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "runguard-relay");  // for top -H, perf and /proc/PID/task
+      tid_.store((pid_t)syscall(SYS_gettid));
       loop();
     });
+    // pin_others() must know which thread not to pin as soon as relayStart returns.
+    while (tid_.load() == 0) std::this_thread::yield();
   }
+
+  pid_t tid() const { return tid_.load(); }
 
   ~Relay() {
     push(Command(Command::kStop));
@@ -300,6 +309,7 @@ class Relay {
   const double replay_delay_ms_;
   int epfd_ = -1, evfd_ = -1;
   std::thread thread_;
+  std::atomic<pid_t> tid_{0};
   std::mutex cmd_mu_;
   std::deque<Command> cmds_;
   std::mutex out_mu_;
@@ -1079,5 +1089,46 @@ napi_value relay_forget_js(napi_env env, napi_callback_info) {
   g_relay->push(std::move(cmd));
   napi_value v;
   napi_create_uint32(env, epoch, &v);
+  return v;
+}
+
+// The agent's audit work (the JavaScript main thread, V8's helpers, libuv's pool that writes and
+// syncs the spool) comes in bursts: a relay batch every few milliseconds. Left free, the scheduler
+// moves those threads onto whichever cpu the relay, the jobs and their servers are using, and the
+// whole pipeline stalls behind a burst; kept on one cpu, the relay (left free here) and everything
+// else go on around them. On a 2-cpu host this took pgbench select-only through runguard from
+// 0.74-0.85x of pgbouncer's throughput to 0.86-0.98x (bench/pgbench.ts, README). The cpu is the
+// highest one this thread may run on; threads created later inherit the pin from their creator.
+napi_value relay_pin_others_js(napi_env env, napi_callback_info) {
+  if (!g_relay) return throw_error(env, "the native relay is not started");
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  int cpu = -1;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) >= 2) {
+    for (int c = CPU_SETSIZE - 1; c >= 0; c--) {
+      if (CPU_ISSET(c, &allowed)) {
+        cpu = c;
+        break;
+      }
+    }
+  }
+  if (cpu >= 0) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    DIR* d = opendir("/proc/self/task");
+    if (!d) {
+      napi_throw_error(env, nullptr, strerror(errno));
+      return nullptr;
+    }
+    while (struct dirent* e = readdir(d)) {
+      pid_t tid = (pid_t)atoi(e->d_name);
+      // A thread that exits meanwhile is no error: it no longer needs a cpu.
+      if (tid > 0 && tid != g_relay->tid()) sched_setaffinity(tid, sizeof one, &one);
+    }
+    closedir(d);
+  }
+  napi_value v;
+  napi_create_int32(env, cpu, &v);
   return v;
 }

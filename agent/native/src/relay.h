@@ -30,3 +30,6 @@ napi_value relay_resume_js(napi_env env, napi_callback_info info);
 napi_value relay_close_js(napi_env env, napi_callback_info info);
 // JS: relayForget(): every session forgets the decisions it remembered (the policy changed).
 napi_value relay_forget_js(napi_env env, napi_callback_info info);
+// JS: relayPinOthers() => cpu: keeps every other thread of the process (the audit side) on the
+// highest cpu this thread may use, and returns it; -1 (nothing pinned) with fewer than two cpus.
+napi_value relay_pin_others_js(napi_env env, napi_callback_info info);
