@@ -1094,11 +1094,13 @@ napi_value relay_forget_js(napi_env env, napi_callback_info) {
 
 // The agent's audit work (the JavaScript main thread, V8's helpers, libuv's pool that writes and
 // syncs the spool) comes in bursts: a relay batch every few milliseconds. Left free, the scheduler
-// moves those threads onto whichever cpu the relay, the jobs and their servers are using, and the
-// whole pipeline stalls behind a burst; kept on one cpu, the relay (left free here) and everything
-// else go on around them. On a 2-cpu host this took pgbench select-only through runguard from
-// 0.74-0.85x of pgbouncer's throughput to 0.86-0.98x (bench/pgbench.ts, README). The cpu is the
-// highest one this thread may run on; threads created later inherit the pin from their creator.
+// moves those threads onto whichever cpu the relay, the jobs and their servers are using (the likely
+// reason why, measured, the host then sat 6-9% idle and PostgreSQL switched twice as often per
+// statement); kept on one cpu, the relay (left free here) and everything else go on around them.
+// On a 2-cpu host this took pgbench select-only through runguard from 0.74-0.85x of pgbouncer's
+// throughput to 0.76-0.98x, the host to 96-98% busy, and the added p50 from +0.2 to +0.05 ms
+// (bench/pgbench.ts, README). The cpu is the highest one this thread may run on; threads created
+// later inherit the pin from their creator.
 napi_value relay_pin_others_js(napi_env env, napi_callback_info) {
   if (!g_relay) return throw_error(env, "the native relay is not started");
   cpu_set_t allowed;
