@@ -307,9 +307,9 @@ export class Spool extends EventEmitter<SpoolEvents> {
    * the end of the commit in flight, whichever is later. A timer that fires during a commit only
    * marks the loop to go again, which it does at once for an awaited batch, else after the delay.
    */
-  private armFlushTimer(): void {
+  private armFlushTimer(atTurnEnd = false): void {
     if (this.flushTimer || this.closing || this.writeError || this.blocked) return;
-    this.flushDelayed = this.commitDelayMs > 0 && !this.urgentQueued;
+    this.flushDelayed = !atTurnEnd && this.commitDelayMs > 0 && !this.urgentQueued;
     this.flushTimer = this.flushDelayed ? setTimeout(this.onFlushTimer, this.commitDelayMs) : setImmediate(this.onFlushTimer);
   }
 
@@ -319,12 +319,16 @@ export class Spool extends EventEmitter<SpoolEvents> {
    * where an immediate start would commit the first group alone and the rest after its sync.
    */
   private flushAtTurnEnd(): void {
-    if (this.flushTimer && !this.flushDelayed) return;
-    if (this.flushTimer) cancelTimer(this.flushTimer);
-    this.flushTimer = undefined;
-    if (this.closing || this.writeError || this.blocked) return;
-    this.flushDelayed = false;
-    this.flushTimer = setImmediate(this.onFlushTimer);
+    this.cancelDelayedFlush();
+    this.armFlushTimer(true);
+  }
+
+  /** Drops a commit-delay timer; a turn-end one stays, it fires soon enough. */
+  private cancelDelayedFlush(): void {
+    if (this.flushTimer && this.flushDelayed) {
+      cancelTimer(this.flushTimer);
+      this.flushTimer = undefined;
+    }
   }
 
   private readonly onFlushTimer = (): void => {
@@ -339,10 +343,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
     // Not queued: already being written (it settles when that sync returns) or settled.
     if (!this.queue.includes(group)) return;
     this.urgentQueued = true;
-    if (this.flushTimer && this.flushDelayed) {
-      cancelTimer(this.flushTimer);
-      this.flushTimer = undefined;
-    }
+    this.cancelDelayedFlush();
     this.armFlushTimer();
   };
 
@@ -387,10 +388,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
       this.flushActive = false;
       if (this.queue.length > 0) {
         // The commit delay counts from the end of the last commit, not from an append during it.
-        if (this.flushTimer && this.flushDelayed) {
-          cancelTimer(this.flushTimer);
-          this.flushTimer = undefined;
-        }
+        this.cancelDelayedFlush();
         // Events appended while a retry was running found the timer gated; they must not sit idle.
         this.armFlushTimer();
       }
