@@ -13,11 +13,14 @@ export interface Detector {
   readonly kind: DetectorKind;
   readonly regex: RegExp;
   /**
-   * A cheap pattern that any match of `regex` must contain. All hints are joined into one
-   * case-insensitive pre-check, so text that cannot match any detector is scanned once, not once
-   * per detector. It may match more than `regex` does, never less.
+   * What any match of `regex` must contain: one of these literal strings (ASCII, compared without
+   * regard to ASCII case), or for `{ digitRun: n }` n ASCII digits each separated from the next by
+   * at most one space or hyphen. All hints are joined into one pre-check (hintPattern), so text that
+   * cannot match any detector is scanned once, not once per detector; the native relay runs the same
+   * check on the bytes it audits itself (agent/native/src/statement_event.cc). A hint may match
+   * more than `regex` does, never less.
    */
-  readonly hint: string;
+  readonly hint: readonly string[] | { readonly digitRun: number };
   /**
    * Rejects a regex match that is not really one (Luhn for card numbers). Gets the text and the
    * match's index for checks on context that would make the regex itself slow (lookbehinds of
@@ -39,38 +42,38 @@ export const DETECTORS: readonly Detector[] = [
     // An unterminated block (argv or a log line cut short) is redacted to the end of the text:
     // what follows BEGIN is key material until proven otherwise.
     regex: /-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|$)/,
-    hint: 'PRIVATE KEY',
+    hint: ['PRIVATE KEY'],
   },
   {
     name: 'aws-access-key-id',
     kind: 'secret',
     regex: /\b(?:AKIA|ASIA)[A-Z2-7]{16}\b/,
-    hint: 'AKIA|ASIA',
+    hint: ['AKIA', 'ASIA'],
   },
   {
     name: 'aws-secret-access-key',
     kind: 'secret',
     regex: /aws_secret_access_key["']?[ \t]*[=:][ \t]*["']?(?<secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])/i,
-    hint: 'aws_secret_access_key',
+    hint: ['aws_secret_access_key'],
   },
   {
     name: 'github-token',
     kind: 'secret',
     regex: /\b(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,244})\b/,
-    hint: 'gh[pousr]_|github_pat_',
+    hint: ['ghp_', 'gho_', 'ghu_', 'ghs_', 'ghr_', 'github_pat_'],
   },
   {
     name: 'gitlab-token',
     kind: 'secret',
     // Newer GitLab tokens carry dot-separated routing parts after the random part.
     regex: /\bglpat-[A-Za-z0-9_-]{20,}(?:\.[A-Za-z0-9_-]+)*/,
-    hint: 'glpat-',
+    hint: ['glpat-'],
   },
   {
     name: 'slack-token',
     kind: 'secret',
     regex: /\bxox[baprs]-[A-Za-z0-9-]{10,}/,
-    hint: 'xox[baprs]-',
+    hint: ['xoxb-', 'xoxa-', 'xoxp-', 'xoxr-', 'xoxs-'],
   },
   {
     name: 'jwt',
@@ -79,55 +82,79 @@ export const DETECTORS: readonly Detector[] = [
     // may start with '{ ' or '{\n' in the wild, hence only "ey". Unsigned tokens have an empty
     // third segment and are still bearer credentials.
     regex: /\beyJ[A-Za-z0-9_-]{8,}\.ey[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*/,
-    hint: 'eyJ',
+    hint: ['eyJ'],
   },
   {
     name: 'url-password',
     kind: 'secret',
     // Greedy up to the last '@' before the path: unescaped '@' in passwords is common enough.
     regex: /\b[A-Za-z][A-Za-z0-9+.-]{0,31}:\/\/[^\s:/?#@[\]]*:(?!\[REDACTED:)(?<secret>[^\s/?#]+)@/,
-    hint: '://',
+    hint: ['://'],
   },
   {
     name: 'pg-role-password',
     kind: 'secret',
     regex: /\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\b[^;]{0,2000}?\bPASSWORD\s+(?<secret>'(?:[^']|'')*'|E'(?:[^'\\]|\\.|'')*')/i,
-    hint: 'PASSWORD',
+    hint: ['PASSWORD'],
   },
   {
     name: 'cli-password',
     kind: 'secret',
     regex: new RegExp(String.raw`(?<![\w-])--?(?:password|passwd|pass)=(?<secret>${VALUE})`, 'i'),
-    hint: '-pass',
+    hint: ['-pass'],
   },
   {
     name: 'cli-password',
     kind: 'secret',
     regex: new RegExp(String.raw`\b${SHORT_P_PASSWORD_PROGRAMS}\b[^\n|;&]{0,1000}?\s-p(?<secret>[^\s"']\S*|"[^"\n]*"|'[^'\n]*')`),
-    hint: 'mysql|mariadb|sshpass',
+    hint: ['mysql', 'mariadb', 'sshpass'],
   },
   {
     name: 'password-assignment',
     kind: 'secret',
     // PGPASSWORD=x, DB_PASSWORD: x, "password": "x". Not PWD: that is the working directory.
     regex: new RegExp(String.raw`(?<![A-Za-z0-9_])[A-Za-z0-9_]{0,64}?(?:password|passwd)["']?[ \t]*[=:][ \t]*(?<secret>${VALUE})`, 'i'),
-    hint: 'passw',
+    hint: ['passw'],
   },
   {
     name: 'email',
     kind: 'pii',
     regex: /(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b/,
-    hint: '@',
+    hint: ['@'],
     validate: notInUrlAuthority,
   },
   {
     name: 'card-number',
     kind: 'pii',
     regex: /\b\d(?:[ -]?\d){12,18}\b/,
-    hint: String.raw`\d(?:[ -]?\d){12}`,
+    hint: { digitRun: 13 },
     validate: isLikelyCardNumber,
   },
 ];
+
+/** The hints of `detectors` as the pre-check the relay runs natively: literal needles and digit-run lengths. */
+export function hintNeedles(detectors: readonly Detector[]): { needles: string[]; digitRuns: number[] } {
+  const needles: string[] = [];
+  const digitRuns: number[] = [];
+  for (const d of detectors) {
+    if (Array.isArray(d.hint)) needles.push(...(d.hint as readonly string[]));
+    else digitRuns.push((d.hint as { digitRun: number }).digitRun);
+  }
+  return { needles, digitRuns };
+}
+
+/** The hints of `detectors` as one case-insensitive RegExp source (the Redactor's pre-check). */
+export function hintPattern(detectors: readonly Detector[]): string {
+  const { needles, digitRuns } = hintNeedles(detectors);
+  const parts = needles.map(escapeRegExp);
+  for (const n of digitRuns) parts.push(String.raw`\d(?:[ -]?\d){${n - 1}}`);
+  return parts.join('|');
+}
+
+/** `s` as a RegExp source that matches it literally. */
+export function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\/-]/g, '\\$&');
+}
 
 /**
  * An address inside a URL authority (scheme://user:pass@host) is a login, not an email, and its

@@ -8,7 +8,7 @@
 // replaced, so one detector never re-redacts another's marker and a short match inside a longer one
 // (an env value inside a private key) can never leave the rest of the longer one in clear.
 import { Buffer } from 'node:buffer';
-import { ARGV_RULES, DETECTORS, type ArgvRule, type Detector } from './detectors.js';
+import { ARGV_RULES, DETECTORS, escapeRegExp, hintNeedles, hintPattern, type ArgvRule, type Detector } from './detectors.js';
 
 export interface EnvSecret {
   readonly name: string;
@@ -73,6 +73,7 @@ export class Redactor {
   readonly #exact: RegExp | undefined;
   readonly #exactTest: RegExp | undefined;
   readonly #exactLabel = new Map<string, string>();
+  readonly #hintNeedles: { needles: string[]; digitRuns: number[] };
 
   constructor(secrets: readonly EnvSecret[] = [], options: RedactorOptions = {}) {
     const detectors = options.detectors ?? DETECTORS;
@@ -83,7 +84,8 @@ export class Redactor {
       if (hasSecretGroup) flags.add('d');
       return { detector, regex: new RegExp(detector.regex.source, [...flags].join('')), hasSecretGroup };
     });
-    this.#hints = detectors.length > 0 ? new RegExp(detectors.map((d) => `(?:${d.hint})`).join('|'), 'i') : undefined;
+    this.#hints = detectors.length > 0 ? new RegExp(hintPattern(detectors), 'i') : undefined;
+    this.#hintNeedles = hintNeedles(detectors);
 
     for (const { name, value } of secrets) {
       if (value.length < MIN_SECRET_LENGTH) continue;
@@ -101,6 +103,20 @@ export class Redactor {
   /** Number of exact patterns (values times encodings); for logs and tests. */
   get exactPatternCount(): number {
     return this.#exactLabel.size;
+  }
+
+  /**
+   * redact()'s two pre-checks as data, for code that runs them on bytes (the native relay's
+   * statement events): text with none of the needles (ASCII case aside), no digit run of those
+   * lengths and none of the exact forms (case and all) comes back from redact() unchanged.
+   */
+  precheck(): { needles: string[]; digitRuns: number[]; exact: string[] } {
+    return { ...this.#hintNeedles, exact: [...this.#exactLabel.keys()] };
+  }
+
+  /** Whether either pre-check finds something in `text` (at any length): what precheck() describes. */
+  precheckHit(text: string): boolean {
+    return (this.#exactTest !== undefined && this.#exactTest.test(text)) || (this.#hints !== undefined && this.#hints.test(text));
   }
 
   /** Returns `text` itself (the same string) when nothing needs redacting. */
@@ -217,10 +233,6 @@ function marker(label: string): string {
 function earlierElementMatches(argv: readonly string[], i: number, re: RegExp): boolean {
   for (let j = 0; j < i; j++) if (re.test(argv[j]!)) return true;
   return false;
-}
-
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\/-]/g, '\\$&');
 }
 
 /**
