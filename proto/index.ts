@@ -46,7 +46,7 @@ export interface EventDraft {
   connectionOpen?: { protocol?: string; ipFamily?: number; socketCookie?: number | string };
   connectionClose?: {
     protocol?: string; bytesUp?: number; bytesDown?: number; durationMs?: number;
-    reason?: string; error?: string; relay?: string; relaySummarized?: number;
+    reason?: string; error?: string; relay?: string; relaySummarized?: number; relayEncoded?: number;
   };
   connectionRefused?: { reason?: string; error?: string };
   dbSession?: {

@@ -6,7 +6,7 @@
 // bytes are identical to encodeEvent()'s (test/unit/event-encoding.test.ts checks that). Either way
 // the spool hashes and stores the bytes as produced; nothing is ever re-encoded.
 import {
-  encodeEvent, sealedEvent, type EndpointInfo, type EventDraft, type EventEnvelope, type JobInfo,
+  AuditEventType, encodeEvent, sealedEvent, type EndpointInfo, type EventDraft, type EventEnvelope, type JobInfo,
   type ProcessInfo, type SelfEncodingEvent, type StatementInfo,
 } from './index.js';
 import { UnsupportedValue, WireWriter } from './wire-writer.js';
@@ -62,6 +62,19 @@ export interface TemplatedStatementDetail {
   templated: { template: StatementTemplate; text: string; params?: string[]; outcome: StatementOutcome };
 }
 
+/**
+ * A STATEMENT event whose Statement field (28, key and length included) is already encoded: the
+ * native relay writes it from a StatementTemplate for the statements it audits itself
+ * (agent/native/src/statement_event.h).
+ */
+export interface EncodedStatementDetail {
+  kind: number;
+  requestId: string;
+  statementField: Uint8Array;
+}
+
+type Detail = SessionDetail | TemplatedStatementDetail | EncodedStatementDetail;
+
 // runguard.v1.AuditEvent, Timestamp and Statement field numbers (proto/runguard/v1/events.proto).
 const F = { agentId: 1, seq: 2, prevHash: 3, time: 4, kind: 5, requestId: 7, statement: 28 } as const;
 const MAX_ENUM = 0x7fffffff;
@@ -81,12 +94,12 @@ export class SessionEventEncoder {
     this.identityFields = Buffer.from(encodeEvent({ process: fixed.process, job: fixed.job, destination: fixed.destination, source: fixed.source }));
   }
 
-  event(detail: SessionDetail | TemplatedStatementDetail): SelfEncodingEvent {
+  event(detail: Detail): SelfEncodingEvent {
     return { kind: detail.kind, encode: (env) => this.encode(env, detail) };
   }
 
   /** The event's bytes; a view into a buffer that the next call overwrites. */
-  encode(env: EventEnvelope, detail: SessionDetail | TemplatedStatementDetail): Uint8Array {
+  encode(env: EventEnvelope, detail: Detail): Uint8Array {
     const w = scratch.reset();
     try {
       w.stringField(F.agentId, env.agentId);
@@ -100,7 +113,9 @@ export class SessionEventEncoder {
       w.raw(this.sessionIdField);
       w.stringField(F.requestId, detail.requestId);
       w.raw(this.identityFields);
-      if ('templated' in detail) {
+      if ('statementField' in detail) {
+        w.raw(detail.statementField);
+      } else if ('templated' in detail) {
         const { template, text, params, outcome } = detail.templated;
         w.fork(F.statement);
         w.raw(template.head);
@@ -130,7 +145,12 @@ export class SessionEventEncoder {
   }
 }
 
-function draftOf(d: SessionDetail | TemplatedStatementDetail): SessionDetail {
+function draftOf(d: Detail): SessionDetail {
+  if ('statementField' in d) {
+    // The field alone is an AuditEvent with only its statement set.
+    const { statement } = AuditEventType.toObject(AuditEventType.decode(d.statementField), { longs: Number }) as { statement: StatementInfo };
+    return { kind: d.kind, requestId: d.requestId, statement };
+  }
   if (!('templated' in d)) return d;
   const { template, text, params, outcome } = d.templated;
   const statement: StatementInfo = { ...template.base, text, ...outcome };

@@ -12,10 +12,12 @@ export interface NativeAddon {
   checkMessage(direction: 'frontend' | 'backend', type: number, body: Buffer): Record<string, unknown> | null;
   // The relay (src/relay.h; agent/native/relay.ts wraps these).
   relayStart(onBatch: (batch: Buffer) => void, maxMessageLength: number, replayDelayMs: number): void;
-  relayAdopt(id: number, clientFd: number, serverFd: number): void;
+  relayAdopt(id: number, clientFd: number, serverFd: number, precheck: Buffer | null): void;
   relayWrite(id: number, serverLive: boolean, toServer: Buffer | null, toClient: Buffer | null): void;
   relayResume(id: number, side: number, cache: number, allowName: boolean, serverLive: boolean, tag: number, plainResult: number, template: number,
-    toServer: Buffer | null, toClient: Buffer | null): void;
+    templatePieces: Buffer | null, toServer: Buffer | null, toClient: Buffer | null): void;
+  /** Test hook: the Statement field the relay would encode itself, or null (src/statement_event.h). */
+  statementEvent(precheck: Buffer, pieces: Buffer, text: Buffer, complete: Buffer, durationMs: number): Buffer | null;
   relayClose(id: number): void;
   relayForget(): number;
   /** Pins every thread but the relay's to one cpu (src/relay.h); the cpu, or -1 with fewer than two. */

@@ -1,6 +1,7 @@
 // The native relay's JavaScript side (see src/relay.h for the division of work): sessions handed
 // to it, the records it sends back dispatched to each session's listener, and the commands a
 // session answers with. One relay per process, started on first use.
+import type { StatementTemplate } from '../../proto/session-events.js';
 import { DEFAULT_MAX_MESSAGE_LENGTH } from '../pg/frames.js';
 import { loadNative, type NativeAddon } from './index.js';
 
@@ -23,13 +24,15 @@ export interface RelayAnswer {
   plainResult: number;
   /** For a Q remembered by `cache`: the handler's audit template for its statement, 0 for none (src/relay.cc AuditedHead). */
   template: number;
+  /** A new template's pieces (packTemplate), so that the relay can write its statements' events itself; null for none. */
+  templatePieces: Buffer | null;
 }
 
 /** Mask tag bits for the detectors the relay can rule out in a row (src/relay.cc row_cannot_hit). */
 export const MASK_HIT_AT = 1;
 export const MASK_HIT_DIGITS = 2;
 
-export const enum RecordKind { Replay = 1, Live = 2, End = 3, Closed = 4, Skip = 5, Audited = 6 }
+export const enum RecordKind { Replay = 1, Live = 2, End = 3, Closed = 4, Skip = 5, Audited = 6, Event = 7 }
 
 export interface RelayListener {
   /**
@@ -59,10 +62,13 @@ export class NativeRelay {
     addon.relayStart((batch) => this.dispatch(batch), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs);
   }
 
-  /** Hands a session's two sockets (by descriptor) to the relay; the caller then closes its own. */
-  adopt(listener: RelayListener, clientFd: number, serverFd: number): number {
+  /**
+   * Hands a session's two sockets (by descriptor) to the relay; the caller then closes its own.
+   * `precheck` (packPrecheck) lets the relay audit statements itself (RecordKind.Event).
+   */
+  adopt(listener: RelayListener, clientFd: number, serverFd: number, precheck: Buffer | null): number {
     const id = this.nextId++;
-    this.addon.relayAdopt(id, clientFd, serverFd);
+    this.addon.relayAdopt(id, clientFd, serverFd, precheck);
     this.listeners.set(id, listener);
     return id;
   }
@@ -78,7 +84,8 @@ export class NativeRelay {
    * the tag under which it masks nothing (0: none). See src/relay.cc.
    */
   resume(id: number, side: RelaySide, answer: RelayAnswer, toServer: Buffer | null, toClient: Buffer | null): void {
-    this.addon.relayResume(id, side, answer.cache, answer.allowName, answer.serverLive, answer.tag, answer.plainResult, answer.template, toServer, toClient);
+    this.addon.relayResume(id, side, answer.cache, answer.allowName, answer.serverLive, answer.tag, answer.plainResult, answer.template,
+      answer.templatePieces, toServer, toClient);
   }
 
   close(id: number): void {
@@ -120,6 +127,48 @@ export class NativeRelay {
       }
     }
   }
+}
+
+/** What Redactor.precheck() returns: the redaction pre-checks of a session, as data. */
+export interface Precheck { needles: readonly string[]; digitRuns: readonly number[]; exact: readonly string[] }
+
+/**
+ * The pre-checks of every redactor a session's statement text goes through, packed for relayAdopt
+ * (src/statement_event.h RedactionPrecheck::parse), or null when the relay could not run them
+ * exactly (a needle that is not ASCII): then the handler audits every statement itself.
+ */
+export function packPrecheck(checks: readonly Precheck[]): Buffer | null {
+  const parts: Buffer[] = [];
+  const entry = (kind: number, n: number, bytes?: Buffer) => {
+    const head = Buffer.alloc(5);
+    head[0] = kind;
+    head.writeUInt32LE(n, 1);
+    parts.push(head);
+    if (bytes) parts.push(bytes);
+  };
+  for (const c of checks) {
+    for (const needle of c.needles) {
+      if (!/^[\x01-\x7f]+$/.test(needle)) return null;
+      entry(0, needle.length, Buffer.from(needle, 'latin1'));
+    }
+    for (const n of c.digitRuns) entry(1, n);
+    for (const form of c.exact) {
+      const bytes = Buffer.from(form, 'utf8');
+      if (bytes.length > 0) entry(2, bytes.length, bytes);
+    }
+  }
+  return Buffer.concat(parts);
+}
+
+/** A template's encoded pieces packed for relayResume (src/statement_event.h StatementPieces::parse). */
+export function packTemplate(t: StatementTemplate): Buffer {
+  const parts: Uint8Array[] = [];
+  for (const piece of [t.head, t.subject, t.decision, t.tail]) {
+    const n = Buffer.alloc(4);
+    n.writeUInt32LE(piece.length);
+    parts.push(n, piece);
+  }
+  return Buffer.concat(parts);
 }
 
 let relay: NativeRelay | undefined;

@@ -34,7 +34,9 @@ import { md5Password, ScramClient, chooseSaslMechanism } from './scram.js';
 import { classify, statementSpansText } from './classify.js';
 import type { ApprovalClient } from '../approvals/client.js';
 import { approvalsUnavailable, holdForApproval, reviewDenialText, type ReviewResult } from '../approvals/review.js';
-import { MASK_HIT_AT, MASK_HIT_DIGITS, RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayAnswer, type RelayListener } from '../native/relay.js';
+import {
+  MASK_HIT_AT, MASK_HIT_DIGITS, packPrecheck, packTemplate, RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayAnswer, type RelayListener,
+} from '../native/relay.js';
 
 const ch = (c: string) => c.charCodeAt(0);
 const T = {
@@ -237,7 +239,7 @@ class PgSession implements RelayListener {
   /** When the message being handled was read, on performance.now()'s clock (records carry it). */
   private clock?: number;
   /** The answer to the live record being handled (see NativeRelay.resume). */
-  private readonly answer: RelayAnswer = { cache: RelayCache.None, allowName: false, serverLive: false, tag: 0, plainResult: 0, template: 0 };
+  private readonly answer: RelayAnswer = { cache: RelayCache.None, allowName: false, serverLive: false, tag: 0, plainResult: 0, template: 0, templatePieces: null };
   /**
    * Audit templates of the simple queries the relay may repeat (RelayAnswer.template), by id: what
    * the decision fixes in the statement's event, under the policy it was decided by.
@@ -255,6 +257,8 @@ class PgSession implements RelayListener {
   private diverged = false;
   /** Statements the relay summarised (kAudited) instead of replaying: reported at the session's end. */
   private auditedByRelay = 0;
+  /** Of those, the ones whose event the relay encoded itself (onRelayEvent). */
+  private encodedByRelay = 0;
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
     this.client = s.client;
@@ -363,6 +367,7 @@ class PgSession implements RelayListener {
     if (this.link) {
       this.end.relay = 'native';
       this.end.relaySummarized = this.auditedByRelay;
+      this.end.relayEncoded = this.encodedByRelay;
     }
     this.phase = 'closed';
     // Statements still waiting for an outcome are recorded as such, not forgotten.
@@ -603,7 +608,9 @@ class PgSession implements RelayListener {
     if (cfd < 0 || sfd < 0) return;
     let id: number;
     try {
-      id = native.relay.adopt(this, cfd, sfd);
+      // The statement text goes through both redactors (see redact()): the relay checks for both.
+      const checks = this.credentialRedactor ? [this.redactor.precheck(), this.credentialRedactor.precheck()] : [this.redactor.precheck()];
+      id = native.relay.adopt(this, cfd, sfd, packPrecheck(checks));
     } catch (err) {
       this.s.log.warn({ err }, 'cannot hand the session to the native relay; relaying it here');
       return;
@@ -642,6 +649,7 @@ class PgSession implements RelayListener {
     a.tag = 0;
     a.plainResult = 0;
     a.template = 0;
+    a.templatePieces = null;
     this.deferred = true;
   }
 
@@ -707,6 +715,8 @@ class PgSession implements RelayListener {
         this.sendAnswer(side);
         return;
       }
+      case RecordKind.Event:
+        return this.onRelayEvent(bytes);
       case RecordKind.Audited:
         this.replayPolicy = this.deps.relay?.policyAt(epoch);
         try {
@@ -772,6 +782,20 @@ class PgSession implements RelayListener {
     }
     const info = this.summarisedQuery(request);
     if (info) this.emitStatement(Object.assign(info, outcome));
+  }
+
+  /**
+   * A statement the relay audited itself, as onAudited would have from the same kAudited record
+   * (its template, a text the redactors leave as it is, the command tag and the duration): the
+   * Statement field is encoded, the handler only counts and numbers it (src/statement_event.h).
+   */
+  private onRelayEvent(bytes: Buffer): void {
+    if (bytes.length < 8) return void this.notWhole();
+    this.bytesUp += bytes.readUInt32LE(0);
+    this.bytesDown += bytes.readUInt32LE(4);
+    this.auditedByRelay++;
+    this.encodedByRelay++;
+    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statementField: bytes.subarray(8) });
   }
 
   private emitTemplated(template: StatementTemplate, text: string, params: string[] | undefined, outcome: StatementOutcome): void {
@@ -1066,7 +1090,12 @@ class PgSession implements RelayListener {
     }
     if (p.denied) return this.denyQuery(p, blocker());
     this.answer.cache = relayCacheFor(p, this.policy());
-    if (this.answer.cache !== RelayCache.None) this.answer.template = this.queryTemplate(p);
+    if (this.answer.cache !== RelayCache.None) {
+      const id = this.queryTemplate(p);
+      this.answer.template = id;
+      // The relay writes the events of this template's statements itself where it can (onRelayEvent).
+      this.answer.templatePieces = id ? packTemplate(this.templates.get(id)!.statement) : null;
+    }
     this.forwardQuery(raw, p);
   }
 

@@ -4,7 +4,7 @@
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { EventDraft, JobInfo, ProcessInfo } from '../../proto/index.js';
-import type { TemplatedStatementDetail } from '../../proto/session-events.js';
+import type { EncodedStatementDetail, TemplatedStatementDetail } from '../../proto/session-events.js';
 import type { Origin } from '../bpf/layout.js';
 import type { Redactor } from '../redact/redactor.js';
 import type { ReadBuffer } from '../net/read-buffer.js';
@@ -15,7 +15,7 @@ export interface Endpoint {
 }
 
 /** Event fields a handler fills in; the session adds its id, process, job and endpoints. */
-export type SessionEventDraft = Omit<EventDraft, 'sessionId' | 'process' | 'job' | 'destination' | 'source'> | TemplatedStatementDetail;
+export type SessionEventDraft = Omit<EventDraft, 'sessionId' | 'process' | 'job' | 'destination' | 'source'> | TemplatedStatementDetail | EncodedStatementDetail;
 
 export interface Session {
   readonly id: string;
@@ -52,6 +52,8 @@ export interface SessionEnd {
   relay?: 'native';
   /** Statements the native relay summarised instead of replaying (see relay.cc Session::held). */
   relaySummarized?: number;
+  /** Of those, the statements whose event the relay encoded itself (src/statement_event.h). */
+  relayEncoded?: number;
 }
 
 export interface ProtocolHandler {

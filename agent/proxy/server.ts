@@ -160,6 +160,7 @@ export class ProxyServer {
       connectionClose: {
         protocol: handler.name, bytesUp: end.bytesUp, bytesDown: end.bytesDown,
         durationMs: Date.now() - started, reason: end.reason, error: end.error ?? '', relay: end.relay ?? '', relaySummarized: end.relaySummarized ?? 0,
+        relayEncoded: end.relayEncoded ?? 0,
       },
     });
     log.debug({ reason: end.reason, up: end.bytesUp, down: end.bytesDown }, 'session closed');

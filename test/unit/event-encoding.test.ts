@@ -87,6 +87,15 @@ test('a statement from a template, its text, values and outcome encodes as the w
   assert.deepEqual(got, reference(fixed, { kind: STATEMENT, requestId: '1', statement: { ...base, text: 'SELECT 1', rows: 2 ** 60 } }, env));
 });
 
+test('a statement encoded elsewhere (the native relay) as its field alone encodes as the whole statement does', () => {
+  fc.assert(fc.property(fixedArb, envArb, fc.nat().map(String), statementArb(wellFormed), (fixed, env, requestId, statement) => {
+    // The field alone is an AuditEvent with nothing but its statement: what the relay hands over.
+    const statementField = encodeEvent({ kind: 0, statement });
+    const got = Buffer.from(new SessionEventEncoder(fixed).event({ kind: STATEMENT, requestId, statementField }).encode(env));
+    assert.deepEqual(got, reference(fixed, { kind: STATEMENT, requestId, statement }, env));
+  }), { numRuns: 500 });
+});
+
 test('a string with lone surrogates is stored as well-formed UTF-8 that decodes to its well-formed form', () => {
   const anyUnits = fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)), maxLength: 80 });
   fc.assert(fc.property(fixedArb, envArb, statementArb(anyUnits), (fixed, env, statement) => {

@@ -6,6 +6,7 @@
 #include "relay.h"
 #include "seal.h"
 #include "durable.h"
+#include "statement_event.h"
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -21,6 +22,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"sealRecord", nullptr, seal_record_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"sealAvailable", nullptr, seal_available_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"writeDurable", nullptr, write_durable_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"statementEvent", nullptr, statement_event_js, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

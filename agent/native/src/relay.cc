@@ -32,6 +32,7 @@
 
 #include "pgmsg.h"
 #include "shape.h"
+#include "statement_event.h"
 
 namespace {
 
@@ -44,6 +45,7 @@ enum RecordKind : uint8_t {
   kClosed = 4,  // the session's sockets are closed and it is forgotten (after relayClose)
   kSkip = 5,    // the relay forwarded this many bytes (u32) of messages the handler only counts
   kAudited = 6,  // a simple query and its whole plain answer, summarised (see Held below)
+  kEvent = 7,    // the same, audited here: u32 bytes up, u32 bytes down, the Statement field (statement_event.h)
 };
 enum Side : uint8_t { kClient = 0, kServer = 1 };
 
@@ -198,6 +200,11 @@ struct Session {
   bool alone = false;
   // The last Q relayed on a remembered decision: that decision's template, its statement's text.
   uint32_t q_tmpl = 0;
+  // The handler's audit templates (relayResume), by id, and its redactor's pre-checks (relayAdopt):
+  // with both, a summarised simple query becomes a kEvent record instead of a kAudited one.
+  std::unordered_map<uint32_t, StatementPieces> templates;
+  RedactionPrecheck precheck;
+  bool precheck_ok = false;
   PgSpan q_text;
   // Such a request, relayed but not yet recorded: a Q alone, or an extended-protocol run of exactly
   // Parse (optional), Bind, Describe of the portal (optional), Execute of it, Sync. Its replay
@@ -244,6 +251,7 @@ struct Command {
   uint32_t plain = 0;    // resume (server): the live RowDescription masks nothing under this spec
   uint32_t tmpl = 0;     // resume (client): the audit template of a Q's statement, 0 for none
   std::vector<uint8_t> up, down;
+  std::vector<uint8_t> extra;  // adopt: the packed redaction pre-check; resume: the template's pieces (or empty)
 };
 
 class Relay {
@@ -325,7 +333,8 @@ class Relay {
   uint32_t epoch_ = 0;
   std::atomic<uint32_t> epoch_requested_{0};
   std::string key_, shape_;  // reused per message: no allocation once grown
-  std::vector<uint8_t> audit_;  // a kAudited payload being built
+  std::vector<uint8_t> audit_;  // a kAudited or kEvent payload being built
+  std::string folded_;          // RedactionPrecheck::clean's scratch
   bool stopping_ = false;
   size_t closing_ = 0;  // sessions JavaScript closed that still have output to write
 
@@ -347,7 +356,7 @@ class Relay {
     const uint8_t* hp = reinterpret_cast<const uint8_t*>(&h);
     batch_.insert(batch_.end(), hp, hp + sizeof h);
     if (n) batch_.insert(batch_.end(), p, p + n);
-    if (kind == kReplay || kind == kAudited) {
+    if (kind == kReplay || kind == kAudited || kind == kEvent) {
       if (replay_since_ == 0) replay_since_ = h.ms;
     } else {
       urgent_ = true;
@@ -443,11 +452,14 @@ class Relay {
       }
       if (c.op == Command::kForget) {
         epoch_ = (uint32_t)c.a;
-        for (auto& [id, s] : sessions_) s->allowed.clear(), s->statements.clear(), s->portals.clear(), s->plain_results.clear();
+        for (auto& [id, s] : sessions_) {
+          s->allowed.clear(), s->statements.clear(), s->portals.clear(), s->plain_results.clear();
+          s->templates.clear();  // a template holds a decision of the old policy
+        }
         continue;
       }
       if (c.op == Command::kAdopt) {
-        adopt(c.id, c.a, c.b);
+        adopt(c.id, c.a, c.b, c.extra);
         continue;
       }
       auto it = sessions_.find(c.id);
@@ -462,6 +474,7 @@ class Relay {
         case Command::kResume:
           // What the handler decided takes effect before its writes go out: the server's answer
           // to them is read against it.
+          if (c.tmpl && !c.extra.empty()) keep_template(s, c.tmpl, c.extra);
           resume(s, (Side)c.a, c.b, c.allow, c.tag, c.plain, c.tmpl);
           queue(s, kServer, c.up);
           queue(s, kClient, c.down);
@@ -481,9 +494,11 @@ class Relay {
     }
   }
 
-  void adopt(uint32_t id, int cfd, int sfd) {
+  void adopt(uint32_t id, int cfd, int sfd, const std::vector<uint8_t>& precheck) {
     auto s = std::make_unique<Session>();
     s->id = id;
+    // Without a pre-check (or with one that does not parse) the handler audits every statement.
+    s->precheck_ok = !precheck.empty() && s->precheck.parse(precheck.data(), precheck.size());
     s->peer[kClient].fd = cfd;
     s->peer[kServer].fd = sfd;
     Session& ref = *s;
@@ -705,6 +720,11 @@ class Relay {
     size_t clen = (size_t)be32(m + complete + 1) - 4;
     size_t rlen = h.msg.size();
     AuditedHead head{now_ms() - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, h.tmpl, h.text.start, h.text.end};
+    if (first == 'Q' && event(s, head, c, clen)) {
+      s.held.active = false;
+      append_record(s, kEvent, kServer, audit_.data(), audit_.size(), h.epoch, h.ms);
+      return true;
+    }
     audit_.resize(sizeof head + rlen + clen);
     memcpy(audit_.data(), &head, sizeof head);
     memcpy(audit_.data() + sizeof head, h.msg.data(), rlen);
@@ -712,6 +732,32 @@ class Relay {
     s.held.active = false;
     append_record(s, kAudited, kServer, audit_.data(), audit_.size(), h.epoch, h.ms);
     return true;
+  }
+
+  // The held Q's statement event into audit_ (kEvent), if the relay can write exactly what the
+  // handler would (see statement_event.h).
+  bool event(const Session& s, const AuditedHead& head, const uint8_t* complete, size_t clen) {
+    if (!s.precheck_ok || !head.tmpl) return false;
+    auto it = s.templates.find(head.tmpl);
+    if (it == s.templates.end()) return false;
+    const std::vector<uint8_t>& q = s.held.msg;
+    // The text span is within the query string (offset 5 in the Q), its NUL after it.
+    if (head.text_start > head.text_end || 5 + (size_t)head.text_end >= q.size()) return false;
+    const uint8_t* text = q.data() + 5 + head.text_start;
+    size_t text_len = head.text_end - head.text_start;
+    if (!utf8_valid(text, text_len) || !s.precheck.clean(text, text_len, &folded_)) return false;
+    audit_.resize(8);
+    memcpy(audit_.data(), &head.up, 4);
+    memcpy(audit_.data() + 4, &head.down, 4);
+    return encode_statement(it->second, text, text_len, complete, clen, head.duration_ms, &audit_);
+  }
+
+  void keep_template(Session& s, uint32_t id, const std::vector<uint8_t>& packed) {
+    StatementPieces t;
+    if (!t.parse(packed.data(), packed.size())) return;  // then the handler audits its statements itself
+    // Bounded like the decisions: a session cycling through endless statements starts over.
+    if (s.templates.size() >= kMaxRemembered) s.templates.clear();
+    s.templates[id] = std::move(t);
   }
 
   // Records [replay, counted) as replay and [counted, end) as a byte count.
@@ -1022,11 +1068,13 @@ napi_value relay_start_js(napi_env env, napi_callback_info info) {
 }
 
 napi_value relay_adopt_js(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
+  napi_value argv[4];
   uint32_t id, cfd, sfd;
+  std::vector<uint8_t> precheck;
   if (!g_relay) return throw_error(env, "the native relay is not started");
-  if (!args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &cfd) || !get_u32(env, argv[2], &sfd))
-    return throw_error(env, "relayAdopt(id, clientFd, serverFd)");
+  if (!args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &cfd) || !get_u32(env, argv[2], &sfd) ||
+      !get_bytes(env, argv[3], &precheck))
+    return throw_error(env, "relayAdopt(id, clientFd, serverFd, precheck)");
   // Duplicates, so that the JavaScript sockets can be closed without ending the connections.
   int c = fcntl(cfd, F_DUPFD_CLOEXEC, 3);
   int s = c < 0 ? -1 : fcntl(sfd, F_DUPFD_CLOEXEC, 3);
@@ -1038,6 +1086,7 @@ napi_value relay_adopt_js(napi_env env, napi_callback_info info) {
   }
   Command cmd(Command::kAdopt);
   cmd.id = id, cmd.a = c, cmd.b = s;
+  cmd.extra = std::move(precheck);
   g_relay->push(std::move(cmd));
   return nullptr;
 }
@@ -1056,15 +1105,16 @@ napi_value relay_write_js(napi_env env, napi_callback_info info) {
 }
 
 napi_value relay_resume_js(napi_env env, napi_callback_info info) {
-  napi_value argv[10];
+  napi_value argv[11];
   uint32_t id, side, cache, tag, plain, tmpl;
   bool allow, live;
   Command cmd(Command::kResume);
   if (!g_relay || !args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &side) || side > 1 ||
       !get_u32(env, argv[2], &cache) || cache > 2 || napi_get_value_bool(env, argv[3], &allow) != napi_ok ||
       napi_get_value_bool(env, argv[4], &live) != napi_ok || !get_u32(env, argv[5], &tag) || !get_u32(env, argv[6], &plain) ||
-      !get_u32(env, argv[7], &tmpl) || !get_bytes(env, argv[8], &cmd.up) || !get_bytes(env, argv[9], &cmd.down))
-    return throw_error(env, "relayResume(id, side, cache, allowName, serverLive, tag, plainResult, template, toServer, toClient)");
+      !get_u32(env, argv[7], &tmpl) || !get_bytes(env, argv[8], &cmd.extra) || !get_bytes(env, argv[9], &cmd.up) ||
+      !get_bytes(env, argv[10], &cmd.down))
+    return throw_error(env, "relayResume(id, side, cache, allowName, serverLive, tag, plainResult, template, templatePieces, toServer, toClient)");
   cmd.id = id, cmd.a = (int)side, cmd.b = (int)cache, cmd.allow = allow, cmd.server_live = live, cmd.tag = tag, cmd.plain = plain;
   cmd.tmpl = tmpl;
   g_relay->push(std::move(cmd));

@@ -19,12 +19,14 @@
 
 // JS: relayStart(onBatch(buf), maxMessageLength, replayDelayMs)
 napi_value relay_start_js(napi_env env, napi_callback_info info);
-// JS: relayAdopt(id, clientFd, serverFd): the relay takes duplicates of both descriptors.
+// JS: relayAdopt(id, clientFd, serverFd, precheck | null): the relay takes duplicates of both
+// descriptors; `precheck` is the session redactor's, packed (statement_event.h), null for none.
 napi_value relay_adopt_js(napi_env env, napi_callback_info info);
 // JS: relayWrite(id, serverLive, toServer | null, toClient | null)
 napi_value relay_write_js(napi_env env, napi_callback_info info);
-// JS: relayResume(id, side, cache, allowName, serverLive, tag, plainResult, template, toServer, toClient):
-// a live record of `side` is answered.
+// JS: relayResume(id, side, cache, allowName, serverLive, tag, plainResult, template, templatePieces,
+// toServer, toClient): a live record of `side` is answered; a new template comes with its pieces
+// (statement_event.h StatementPieces, packed), or null.
 napi_value relay_resume_js(napi_env env, napi_callback_info info);
 // JS: relayClose(id): writes what is queued (for up to a second), then closes both sockets.
 napi_value relay_close_js(napi_env env, napi_callback_info info);

@@ -1,0 +1,256 @@
+#include "statement_event.h"
+
+#include <math.h>
+#include <string.h>
+
+namespace {
+
+uint32_t le32(const uint8_t* p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+
+bool is_digit(uint8_t b) { return b >= '0' && b <= '9'; }
+
+// The longest run of ASCII digits in which neighbours are at most one ' ' or '-' apart: the
+// redactor's digit-run hint (/\d(?:[ -]?\d){n-1}/) is found exactly when this reaches n.
+uint32_t longest_digit_run(const uint8_t* p, size_t n) {
+  uint32_t best = 0, run = 0;
+  bool after_digit = false, after_sep = false;  // after a digit; after one separator that follows a digit
+  for (size_t i = 0; i < n; i++) {
+    uint8_t b = p[i];
+    if (is_digit(b)) {
+      run = (after_digit || after_sep) ? run + 1 : 1;
+      if (run > best) best = run;
+      after_digit = true, after_sep = false;
+    } else if ((b == ' ' || b == '-') && after_digit) {
+      after_digit = false, after_sep = true;
+    } else {
+      run = 0, after_digit = false, after_sep = false;
+    }
+  }
+  return best;
+}
+
+size_t varint_to(uint8_t* p, uint64_t v) {
+  size_t n = 0;
+  for (; v > 0x7f; v >>= 7) p[n++] = (uint8_t)(v | 0x80);
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
+void varint(std::vector<uint8_t>* out, uint64_t v) {
+  uint8_t b[10];
+  out->insert(out->end(), b, b + varint_to(b, v));
+}
+
+void raw(std::vector<uint8_t>* out, const void* p, size_t n) {
+  const uint8_t* b = static_cast<const uint8_t*>(p);
+  out->insert(out->end(), b, b + n);
+}
+
+// proto/wire-writer.ts: a string field is omitted when empty, a uint field when 0.
+void string_field(std::vector<uint8_t>* out, uint32_t field, const uint8_t* p, size_t n) {
+  if (!n) return;
+  varint(out, field << 3 | 2);
+  varint(out, n);
+  raw(out, p, n);
+}
+
+void uint_field(std::vector<uint8_t>* out, uint32_t field, uint64_t v) {
+  if (!v) return;
+  varint(out, field << 3);
+  varint(out, v);
+}
+
+// agent/pg/messages.ts decodeCommandComplete's count: the last number of an INSERT tag ("INSERT oid
+// rows"), the number of SELECT, UPDATE, DELETE, MERGE, MOVE, FETCH and COPY tags. *has: whether
+// the tag carries one. False for a count past 15 digits (JavaScript would lose its precision).
+bool tag_rows(const char* tag, size_t n, bool* has, uint64_t* rows) {
+  *has = false;
+  auto number = [&](size_t from, size_t to) {  // [from, to) all digits, non-empty
+    if (from >= to) return false;
+    for (size_t i = from; i < to; i++)
+      if (!is_digit((uint8_t)tag[i])) return false;
+    return true;
+  };
+  size_t sp = 0;
+  while (sp < n && tag[sp] != ' ') sp++;
+  if (sp == n) return true;
+  std::string cmd(tag, sp);
+  size_t from = sp + 1;
+  if (cmd == "INSERT") {
+    size_t sp2 = from;
+    while (sp2 < n && tag[sp2] != ' ') sp2++;
+    if (sp2 == n || !number(from, sp2)) return true;
+    from = sp2 + 1;
+  } else if (cmd != "SELECT" && cmd != "UPDATE" && cmd != "DELETE" && cmd != "MERGE" && cmd != "MOVE" && cmd != "FETCH" && cmd != "COPY") {
+    return true;
+  }
+  if (!number(from, n)) return true;
+  if (n - from > 15) return false;
+  uint64_t v = 0;
+  for (size_t i = from; i < n; i++) v = v * 10 + (uint64_t)(tag[i] - '0');
+  *has = true;
+  *rows = v;
+  return true;
+}
+
+}  // namespace
+
+bool RedactionPrecheck::parse(const uint8_t* p, size_t n) {
+  needles.clear(), digit_runs.clear(), exact.clear();
+  size_t at = 0;
+  while (at < n) {
+    if (n - at < 5) return false;
+    uint8_t kind = p[at];
+    uint32_t len = le32(p + at + 1);
+    at += 5;
+    if (kind == 1) {
+      if (len == 0) return false;
+      digit_runs.push_back(len);
+      continue;
+    }
+    if (len > n - at || len == 0 || kind > 2) return false;
+    std::string s(reinterpret_cast<const char*>(p + at), len);
+    at += len;
+    if (kind == 0) {
+      for (char& c : s) {
+        if ((uint8_t)c >= 0x80) return false;  // the JavaScript side folds ASCII case only: so must this
+        if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+      }
+      needles.push_back(std::move(s));
+    } else {
+      exact.push_back(std::move(s));
+    }
+  }
+  return true;
+}
+
+bool RedactionPrecheck::clean(const uint8_t* text, size_t n, std::string* scratch) const {
+  // A case-insensitive JavaScript RegExp without the u flag matches an ASCII letter only by the
+  // same letter in either case (never a non-ASCII character that folds to it), and UTF-8 puts no
+  // ASCII byte inside a multi-byte character: folding ASCII bytes is the same comparison.
+  scratch->assign(reinterpret_cast<const char*>(text), n);
+  for (char& c : *scratch)
+    if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+  for (const std::string& needle : needles)
+    if (memmem(scratch->data(), n, needle.data(), needle.size())) return false;
+  if (!digit_runs.empty()) {
+    uint32_t run = longest_digit_run(text, n);
+    for (uint32_t want : digit_runs)
+      if (run >= want) return false;
+  }
+  for (const std::string& form : exact)
+    if (memmem(text, n, form.data(), form.size())) return false;
+  return true;
+}
+
+bool StatementPieces::parse(const uint8_t* p, size_t n) {
+  std::string* parts[] = {&head, &subject, &decision, &tail};
+  size_t at = 0;
+  for (std::string* part : parts) {
+    if (n - at < 4) return false;
+    uint32_t len = le32(p + at);
+    at += 4;
+    if (len > n - at) return false;
+    part->assign(reinterpret_cast<const char*>(p + at), len);
+    at += len;
+  }
+  return at == n;
+}
+
+bool utf8_valid(const uint8_t* p, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    uint8_t b = p[i];
+    if (b < 0x80) {
+      i++;
+      continue;
+    }
+    size_t len;
+    uint8_t lo = 0x80, hi = 0xbf;  // bounds of the second byte
+    if (b >= 0xc2 && b <= 0xdf) len = 2;
+    else if (b == 0xe0) len = 3, lo = 0xa0;
+    else if (b == 0xed) len = 3, hi = 0x9f;  // no UTF-16 surrogates
+    else if (b >= 0xe1 && b <= 0xef) len = 3;
+    else if (b == 0xf0) len = 4, lo = 0x90;
+    else if (b == 0xf4) len = 4, hi = 0x8f;  // nothing past U+10FFFF
+    else if (b >= 0xf1 && b <= 0xf3) len = 4;
+    else return false;
+    if (n - i < len || p[i + 1] < lo || p[i + 1] > hi) return false;
+    for (size_t k = 2; k < len; k++)
+      if (p[i + k] < 0x80 || p[i + k] > 0xbf) return false;
+    i += len;
+  }
+  return true;
+}
+
+bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text_len, const uint8_t* complete, size_t complete_len,
+                      double duration_ms, std::vector<uint8_t>* out) {
+  // CommandComplete: one C string filling the body (decodeCommandComplete's soleCstr), printable ASCII.
+  if (complete_len == 0 || complete[complete_len - 1] != 0) return false;
+  const char* tag = reinterpret_cast<const char*>(complete);
+  size_t tag_len = complete_len - 1;
+  for (size_t i = 0; i < tag_len; i++)
+    if (complete[i] < 0x20 || complete[i] > 0x7e) return false;
+  bool has_rows;
+  uint64_t rows = 0;
+  if (!tag_rows(tag, tag_len, &has_rows, &rows)) return false;
+  // handler.ts: Math.floor(durationMs * 1000), the same double arithmetic.
+  double us = floor(duration_ms * 1000);
+  if (!(us >= 0) || us > 9007199254740991.0) return false;
+
+  std::vector<uint8_t>& o = *out;
+  size_t start = o.size();
+  // The Statement's fields in proto/session-events.ts order: head (1), text (2), subject (3, 4),
+  // no params (5) for a simple query, decision (6), outcome (7 to 12), tail (13 to 16).
+  raw(out, t.head.data(), t.head.size());
+  string_field(out, 2, text, text_len);
+  raw(out, t.subject.data(), t.subject.size());
+  raw(out, t.decision.data(), t.decision.size());
+  if (has_rows) uint_field(out, 7, rows);
+  string_field(out, 8, complete, tag_len);
+  uint_field(out, 9, (uint64_t)us);
+  raw(out, t.tail.data(), t.tail.size());
+  // Field 28 of AuditEvent around it: its key and length go first, so the body moves up.
+  uint8_t key[2 + 10];
+  size_t k = varint_to(key, 28 << 3 | 2);
+  k += varint_to(key + k, o.size() - start);
+  o.insert(o.begin() + (ptrdiff_t)start, key, key + k);
+  return true;
+}
+
+namespace {
+
+bool buffer_arg(napi_env env, napi_value v, const uint8_t** p, size_t* n) {
+  void* data;
+  if (napi_get_buffer_info(env, v, &data, n) != napi_ok) return false;
+  *p = static_cast<const uint8_t*>(data);
+  return true;
+}
+
+}  // namespace
+
+napi_value statement_event_js(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  const uint8_t *pre, *pieces, *text, *complete;
+  size_t pre_n, pieces_n, text_n, complete_n;
+  double ms;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != 5 || !buffer_arg(env, argv[0], &pre, &pre_n) ||
+      !buffer_arg(env, argv[1], &pieces, &pieces_n) || !buffer_arg(env, argv[2], &text, &text_n) ||
+      !buffer_arg(env, argv[3], &complete, &complete_n) || napi_get_value_double(env, argv[4], &ms) != napi_ok) {
+    napi_throw_type_error(env, nullptr, "statementEvent(precheck, pieces, text, complete, durationMs)");
+    return nullptr;
+  }
+  RedactionPrecheck check;
+  StatementPieces t;
+  std::string scratch;
+  std::vector<uint8_t> out;
+  napi_value result;
+  if (!check.parse(pre, pre_n) || !t.parse(pieces, pieces_n) || !utf8_valid(text, text_n) || !check.clean(text, text_n, &scratch) ||
+      !encode_statement(t, text, text_n, complete, complete_n, ms, &out)) {
+    napi_get_null(env, &result);
+    return result;
+  }
+  napi_create_buffer_copy(env, out.size(), out.data(), nullptr, &result);
+  return result;
+}

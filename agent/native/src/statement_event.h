@@ -1,0 +1,53 @@
+// Statement events the relay encodes itself. For a simple query it repeats on a remembered decision
+// (see Session::held in relay.cc), everything in the event but the text and the outcome is fixed by
+// the decision: the handler encodes those fields once, as a template (proto/session-events.ts
+// StatementTemplate), and the relay writes the Statement field of each event around them, so that
+// the JavaScript thread only frames and seals it. Only when the result is provably the one the
+// handler would write: the text needs no redaction (the Redactor's own pre-checks come up empty),
+// it is valid UTF-8 (JavaScript would decode anything else with replacement characters), and the
+// command tag is plain. Anything else goes to the handler as before (a kAudited record).
+#pragma once
+#include <stddef.h>
+#include <node_api.h>
+#include <stdint.h>
+
+#include <string>
+#include <vector>
+
+// agent/redact/redactor.ts Redactor.precheck(): a text in which none of this is found comes back
+// from redact() unchanged.
+struct RedactionPrecheck {
+  std::vector<std::string> needles;  // lower-case ASCII, found regardless of ASCII case
+  std::vector<uint32_t> digit_runs;  // n ASCII digits, each pair at most one ' ' or '-' apart
+  std::vector<std::string> exact;    // the job's secrets in every encoding, byte for byte
+
+  // From the packed form agent/native/relay.ts packPrecheck writes: entries of [u8 kind][u32 LE
+  // n][n bytes], kind 0 a needle, 1 a digit run of n (no bytes), 2 an exact form. False if malformed.
+  bool parse(const uint8_t* p, size_t n);
+  // Whether `text` provably needs no redaction. `scratch` is reused for the case-folded copy.
+  bool clean(const uint8_t* text, size_t n, std::string* scratch) const;
+};
+
+// A StatementTemplate's encoded pieces, in field order around the text and the outcome.
+struct StatementPieces {
+  std::string head, subject, decision, tail;
+  // From [u32 LE n][n bytes] for head, subject, decision and tail (relay.ts packTemplate).
+  bool parse(const uint8_t* p, size_t n);
+};
+
+// Strict UTF-8 (no overlong forms, surrogates or values past U+10FFFF): exactly the byte strings
+// that Buffer.toString('utf8') decodes without a replacement character.
+bool utf8_valid(const uint8_t* p, size_t n);
+
+// Appends to `out` the AuditEvent's Statement field (28) for the statement `text` under template
+// `t`, answered by the CommandComplete body `complete` after `duration_ms`: the bytes
+// proto/session-events.ts writes for the same statement. False (nothing appended) for a command tag
+// that is not printable ASCII or whose count would not be a safe JavaScript integer.
+bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text_len, const uint8_t* complete, size_t complete_len,
+                      double duration_ms, std::vector<uint8_t>* out);
+
+// Test hook. JS: statementEvent(precheck: Buffer, pieces: Buffer, text: Buffer, complete: Buffer,
+// durationMs: number) => Buffer | null: the Statement field the relay would write, or null where
+// it would leave the statement to the handler (precheck or pieces that do not parse, text that is
+// not clean or not UTF-8, a tag encode_statement refuses).
+napi_value statement_event_js(napi_env env, napi_callback_info info);

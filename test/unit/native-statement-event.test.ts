@@ -1,0 +1,121 @@
+// The statement events the native relay writes itself (agent/native/src/statement_event.cc) against
+// what the handler would write for the same statement: byte for byte the same Statement field when
+// the relay writes one, and no event at all (the handler's turn) whenever the redactors would change
+// the text, the text is not UTF-8, or the command tag is not plain.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { loadNative, type NativeAddon } from '../../agent/native/index.js';
+import { packPrecheck, packTemplate } from '../../agent/native/relay.js';
+import { PgProtocolError } from '../../agent/pg/frames.js';
+import { decodeCommandComplete } from '../../agent/pg/messages.js';
+import { Redactor } from '../../agent/redact/redactor.js';
+import { encodeEvent, type StatementInfo } from '../../proto/index.js';
+import { StatementTemplate, type StatementBase } from '../../proto/session-events.js';
+
+function addon(): NativeAddon {
+  const n = loadNative();
+  if (!n.addon) assert.fail(n.error ?? 'the native addon did not load');
+  return n.addon;
+}
+
+const BASE: StatementBase = {
+  protocol: 'postgres', type: 'SELECT', objects: ['public.accounts'],
+  decision: { action: 'allow', rule: 'default', reason: 'no rule matched', outcome: '', approvalId: '' },
+  database: 'app', user: 'ci', prepared: false,
+};
+const TEMPLATE = new StatementTemplate(BASE);
+const SECRET = 'hunter2-Sup3r-s3cret';
+const redactor = new Redactor([{ name: 'DB_PASSWORD', value: SECRET }]);
+const PRECHECK = packPrecheck([redactor.precheck()])!;
+
+const cstr = (s: string): Buffer => Buffer.concat([Buffer.from(s, 'utf8'), Buffer.alloc(1)]);
+
+/** The Statement field the handler writes (onAudited + emitTemplated), as protobufjs encodes it. */
+function handlerField(text: string, tag: string, durationMs: number): Buffer {
+  const c = decodeCommandComplete(cstr(tag));
+  if (c instanceof PgProtocolError) throw c;
+  const statement: StatementInfo = { ...BASE, text: redactor.redact(text), commandTag: c.tag, durationUs: Math.floor(durationMs * 1000) };
+  if (c.rows !== undefined) statement.rows = c.rows;
+  return Buffer.from(encodeEvent({ kind: 0, statement }));
+}
+
+function relayField(text: string | Buffer, tag: string | Buffer, durationMs = 0.25, precheck = PRECHECK): Buffer | null {
+  const t = typeof text === 'string' ? Buffer.from(text, 'utf8') : text;
+  const c = typeof tag === 'string' ? cstr(tag) : tag;
+  return addon().statementEvent(precheck, packTemplate(TEMPLATE), t, c, durationMs);
+}
+
+test('a clean statement: the same Statement field as the handler writes, for every plain tag', () => {
+  const text = 'SELECT abalance FROM pgbench_accounts WHERE aid = 4711';
+  for (const tag of ['SELECT 1', 'SELECT 0', 'INSERT 0 3', 'UPDATE 12', 'DELETE 0', 'COPY 99', 'FETCH 5', 'MOVE 2', 'MERGE 1', 'CREATE TABLE', 'BEGIN', 'SET']) {
+    assert.deepEqual(relayField(text, tag, 0.4567), handlerField(text, tag, 0.4567), tag);
+  }
+  // A count the handler would read as unsafe is left to it; so is a tag that is not printable ASCII.
+  assert.equal(relayField(text, 'SELECT 1234567890123456'), null);
+  assert.deepEqual(relayField(text, 'SELECT 123456789012345'), handlerField(text, 'SELECT 123456789012345', 0.25));
+  assert.equal(relayField(text, 'SELECT\t1'), null);
+  assert.equal(relayField(text, Buffer.from('SELECT 1')), null, 'a tag without its NUL');
+  assert.equal(relayField(text, Buffer.from('SELECT 1\0x\0')), null, 'bytes after the NUL');
+});
+
+test('text the redactors would change is never written by the relay', () => {
+  const dirty = [
+    `SELECT * FROM t WHERE pw = '${SECRET}'`,
+    `SELECT '${Buffer.from(SECRET).toString('base64')}'`,
+    `SELECT '${encodeURIComponent(SECRET)}'`,
+    "SELECT 'ops@example.com'",
+    "SELECT '4111 1111 1111 1111'",
+    "SELECT '4111-1111-1111-1'",
+    'SELECT 1234567890123',
+    "ALTER ROLE app PASSWORD 'x'",
+    "SELECT 'postgres://u:p@h/db'",
+    "select 'GHP_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'",
+    "SELECT 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.x'",
+    "SELECT '-----BEGIN RSA PRIVATE KEY-----'",
+  ];
+  for (const text of dirty) assert.equal(relayField(text, 'SELECT 1'), null, text);
+  // Near misses stay with the relay: twelve digits, runs broken by two separators.
+  for (const text of ['SELECT 123456789012', "SELECT '1234 5678  9012 3456'", "SELECT '123456--7890123'"]) {
+    assert.deepEqual(relayField(text, 'SELECT 1'), handlerField(text, 'SELECT 1', 0.25), text);
+  }
+});
+
+test('property: whatever the relay writes, the handler would have written the same', () => {
+  // Texts built from SQL-ish pieces and the material detectors look for, so that both sides of the
+  // pre-check are exercised.
+  const piece = fc.constantFrom('SELECT ', 'x', ' = ', "'", '1', '2', '1234', '56789', ' ', '-', '@', 'example.com', 'pass', 'word', 'PASSW', 'ghp_', 'AK', 'IA',
+    'eyJ', ':/', '/', 'é', '€', '😀', SECRET.slice(0, 8), SECRET.slice(8), 'mysql', 'Private Key');
+  fc.assert(fc.property(fc.array(piece, { maxLength: 30 }), fc.double({ min: 0, max: 1e6, noNaN: true }), (pieces, ms) => {
+    const text = pieces.join('');
+    const relay = relayField(text, 'SELECT 7', ms);
+    if (relay === null) {
+      // The relay declined: only where the pre-checks see something (never for text they pass).
+      assert.ok(redactor.precheckHit(text), `declined a text the pre-checks pass: ${JSON.stringify(text)}`);
+      return;
+    }
+    // Written by the relay: exactly the texts the pre-checks pass, which redact() returns as they are.
+    assert.ok(!redactor.precheckHit(text), `wrote a text the pre-checks flag: ${JSON.stringify(text)}`);
+    assert.equal(redactor.redact(text), text);
+    assert.deepEqual(relay, handlerField(text, 'SELECT 7', ms));
+  }), { numRuns: 2000 });
+});
+
+test('text that is not valid UTF-8 is left to the handler (it would decode it with U+FFFD)', () => {
+  const bad = [[0xc0, 0x80], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xe2, 0x82], [0x80], [0xf8, 0x88, 0x80, 0x80, 0x80]];
+  for (const bytes of bad) {
+    const text = Buffer.concat([Buffer.from('SELECT '), Buffer.from(bytes)]);
+    assert.equal(relayField(text, 'SELECT 1'), null, Buffer.from(bytes).toString('hex'));
+    assert.notEqual(text.toString('utf8'), Buffer.from(text.toString('utf8'), 'utf8').toString('latin1'));
+  }
+  assert.deepEqual(relayField('SELECT \'€😀é\'', 'SELECT 1'), handlerField('SELECT \'€😀é\'', 'SELECT 1', 0.25));
+});
+
+test('a pre-check or template that does not parse: no relay event', () => {
+  assert.equal(relayField('SELECT 1', 'SELECT 1', 0.25, Buffer.from([0, 9, 0, 0, 0, 0x61])), null, 'a needle longer than its bytes');
+  assert.equal(relayField('SELECT 1', 'SELECT 1', 0.25, Buffer.from([3, 1, 0, 0, 0, 0x61])), null, 'an unknown kind');
+  assert.equal(relayField('SELECT 1', 'SELECT 1', 0.25, Buffer.from([0, 2, 0, 0, 0, 0xc3, 0xa9])), null, 'a needle that is not ASCII');
+  assert.equal(packPrecheck([{ needles: ['é'], digitRuns: [], exact: [] }]), null);
+  const pieces = packTemplate(TEMPLATE);
+  assert.equal(addon().statementEvent(PRECHECK, pieces.subarray(0, pieces.length - 1), Buffer.from('SELECT 1'), cstr('SELECT 1'), 0), null);
+});
