@@ -35,8 +35,10 @@ function malformed(direction: 'frontend' | 'backend') {
     // a type byte this direction does not have
     fc.record({ t: fc.integer({ min: 0, max: 255 }).filter((b) => !known.includes(String.fromCharCode(b))), body: fc.uint8Array({ maxLength: 32 }) })
       .map(({ t, body }) => frame(String.fromCharCode(t), Buffer.from(body))),
-    // a known type whose body does not decode (counts and C strings that overrun)
-    fc.record({ t: fc.constantFrom(...(direction === 'frontend' ? 'PBE' : 'TDCZ')), body: fc.uint8Array({ minLength: 1, maxLength: 24 }).map((b) => Buffer.from(b).fill(0xff, 0, 1)) })
+    // a known type whose body does not decode: no zero byte anywhere, so the C string that P, B, E
+    // and C start with is never terminated, and a leading 0xff makes T's and D's counts overrun and
+    // is no ReadyForQuery status (a body with a zero byte could be valid: CommandComplete "\xff")
+    fc.record({ t: fc.constantFrom(...(direction === 'frontend' ? 'PBE' : 'TDCZ')), body: fc.uint8Array({ min: 1, minLength: 1, maxLength: 24 }).map((b) => Buffer.from(b).fill(0xff, 0, 1)) })
       .map(({ t, body }) => frame(t, body)),
   );
 }
