@@ -200,12 +200,12 @@ struct Session {
   bool alone = false;
   // The last Q relayed on a remembered decision: that decision's template, its statement's text.
   uint32_t q_tmpl = 0;
-  // The handler's audit templates (relayResume), by id, and its redactor's pre-checks (relayAdopt):
+  PgSpan q_text;
+  // The handler's audit templates (relayResume), by id, and its redactors' pre-checks (relayAdopt):
   // with both, a summarised simple query becomes a kEvent record instead of a kAudited one.
   std::unordered_map<uint32_t, StatementPieces> templates;
   RedactionPrecheck precheck;
   bool precheck_ok = false;
-  PgSpan q_text;
   // Such a request, relayed but not yet recorded: a Q alone, or an extended-protocol run of exactly
   // Parse (optional), Bind, Describe of the portal (optional), Execute of it, Sync. Its replay
   // record waits for the server's answer. When the answer is one plain result that arrives in one
