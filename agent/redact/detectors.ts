@@ -35,6 +35,9 @@ const VALUE = String.raw`(?!\[REDACTED:)(?:"[^"\n]*"|'[^'\n]*'|[^\s"',;&|]+)`;
 /** Programs whose `-pVALUE` is a password rather than a port or `mkdir -p`. */
 const SHORT_P_PASSWORD_PROGRAMS = String.raw`(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mysqlshow|mysqlpump|mysqlbinlog|mariadb|mariadb-dump|mariadb-admin|sshpass)`;
 
+/** The fewest digits a card-number match has: 1 + the {12,18} repetitions' 12. */
+const CARD_MIN_DIGITS = 13;
+
 export const DETECTORS: readonly Detector[] = [
   {
     name: 'private-key',
@@ -127,7 +130,7 @@ export const DETECTORS: readonly Detector[] = [
     name: 'card-number',
     kind: 'pii',
     regex: /\b\d(?:[ -]?\d){12,18}\b/,
-    hint: { digitRun: 13 },
+    hint: { digitRun: CARD_MIN_DIGITS },
     validate: isLikelyCardNumber,
   },
 ];
@@ -277,6 +280,3 @@ export function rowCannotHit(names: readonly string[]): ((row: Uint8Array) => bo
     return true;
   };
 }
-
-/** The fewest digits a card-number match has: 1 + the {12,18} repetitions' 12. */
-const CARD_MIN_DIGITS = 13;
