@@ -53,6 +53,19 @@ export class StatementTemplate {
     this.decision = piece(writeDecision);
     this.tail = piece(writeTail);
   }
+
+  /**
+   * The head, the text and the subject in one piece: for statements whose text is fixed too (the
+   * executions of a prepared statement), whose events the native relay writes with an empty text
+   * in between (agent/native/relay.ts packTemplate).
+   */
+  headWithText(text: string): Uint8Array {
+    const w = new WireWriter(this.head.length + this.subject.length + text.length + 8);
+    w.raw(this.head);
+    w.stringField(2, text);
+    w.raw(this.subject);
+    return Buffer.from(w.view());
+  }
 }
 
 /** A STATEMENT event made of a template, its own text (and bound values) and its outcome. */

@@ -17,7 +17,7 @@ export interface NativeAddon {
   relayResume(id: number, side: number, cache: number, allowName: boolean, serverLive: boolean, tag: number, plainResult: number, template: number,
     templatePieces: Buffer | null, toServer: Buffer | null, toClient: Buffer | null): void;
   /** Test hook: the Statement field the relay would encode itself, or null (src/statement_event.h). */
-  statementEvent(precheck: Buffer, pieces: Buffer, text: Buffer, complete: Buffer, durationMs: number): Buffer | null;
+  statementEvent(precheck: Buffer, pieces: Buffer, text: Buffer, complete: Buffer, durationMs: number, values?: Buffer): Buffer | null;
   relayClose(id: number): void;
   relayForget(): number;
   /** Pins every thread but the relay's to one cpu (src/relay.h); the cpu, or -1 with fewer than two. */

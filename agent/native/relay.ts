@@ -34,6 +34,9 @@ export const MASK_HIT_DIGITS = 2;
 
 export const enum RecordKind { Replay = 1, Live = 2, End = 3, Closed = 4, Skip = 5, Audited = 6, Event = 7 }
 
+/** A RecordKind.Event's flags (src/relay.cc EventFlags): an execution of the unnamed portal, which ended with its transaction. */
+export const EVENT_PORTAL_ENDED = 1;
+
 export interface RelayListener {
   /**
    * One record: `bytes` is a view into the batch (the batch is not reused: views may be kept).
@@ -160,10 +163,15 @@ export function packPrecheck(checks: readonly Precheck[]): Buffer | null {
   return Buffer.concat(parts);
 }
 
-/** A template's encoded pieces packed for relayResume (src/statement_event.h StatementPieces::parse). */
-export function packTemplate(t: StatementTemplate): Buffer {
+/**
+ * A template's encoded pieces packed for relayResume (src/statement_event.h StatementPieces::parse).
+ * With `text`, the template of statements that all have that text (a prepared statement's
+ * executions): the text goes into the head, and the relay writes none of its own.
+ */
+export function packTemplate(t: StatementTemplate, text?: string): Buffer {
   const parts: Uint8Array[] = [];
-  for (const piece of [t.head, t.subject, t.decision, t.tail]) {
+  const pieces = text === undefined ? [t.head, t.subject, t.decision, t.tail] : [t.headWithText(text), new Uint8Array(0), t.decision, t.tail];
+  for (const piece of pieces) {
     const n = Buffer.alloc(4);
     n.writeUInt32LE(piece.length);
     parts.push(n, piece);

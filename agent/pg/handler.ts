@@ -35,7 +35,7 @@ import { classify, statementSpansText } from './classify.js';
 import type { ApprovalClient } from '../approvals/client.js';
 import { approvalsUnavailable, holdForApproval, reviewDenialText, type ReviewResult } from '../approvals/review.js';
 import {
-  MASK_HIT_AT, MASK_HIT_DIGITS, packPrecheck, packTemplate, RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayAnswer, type RelayListener,
+  EVENT_PORTAL_ENDED, MASK_HIT_AT, MASK_HIT_DIGITS, packPrecheck, packTemplate, RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayAnswer, type RelayListener,
 } from '../native/relay.js';
 
 const ch = (c: string) => c.charCodeAt(0);
@@ -786,16 +786,19 @@ class PgSession implements RelayListener {
 
   /**
    * A statement the relay audited itself, as onAudited would have from the same kAudited record
-   * (its template, a text the redactors leave as it is, the command tag and the duration): the
-   * Statement field is encoded, the handler only counts and numbers it (src/statement_event.h).
+   * (its template, a text and bound values the redactors leave as they are, the command tag and the
+   * duration): the Statement field is encoded, the handler only counts and numbers it
+   * (src/statement_event.h). Flags: EVENT_PORTAL_ENDED for an execution of the unnamed portal whose
+   * transaction ended with it; the handler never saw that Bind, and the portal it knew is gone.
    */
   private onRelayEvent(bytes: Buffer): void {
-    if (bytes.length < 8) return void this.notWhole();
+    if (bytes.length < 12) return void this.notWhole();
     this.bytesUp += bytes.readUInt32LE(0);
     this.bytesDown += bytes.readUInt32LE(4);
+    if (bytes.readUInt32LE(8) & EVENT_PORTAL_ENDED) this.portals.delete('');
     this.auditedByRelay++;
     this.encodedByRelay++;
-    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statementField: bytes.subarray(8) });
+    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statementField: bytes.subarray(12) });
   }
 
   private emitTemplated(template: StatementTemplate, text: string, params: string[] | undefined, outcome: StatementOutcome): void {
@@ -1110,12 +1113,33 @@ class PgSession implements RelayListener {
     if (!op || p.ops.length !== 1 || !p.spansText || p.parseError !== undefined || (p.decision.mask && !p.namesNoMasked)) return 0;
     const statement = this.template(this.statementBase(op, p.decision));
     if (!statement) return 0;
-    // Ids are never reused: the relay may still name one whose template was dropped (then the
-    // statement is audited the long way). Past 2^32 - 1 decisions a session simply gets no more.
-    if (this.lastTemplate >= 0xffffffff) return 0;
+    const id = this.templateId();
+    if (!id) return 0;
     if (this.templates.size >= MAX_TEMPLATES) this.templates.clear();
-    this.templates.set(++this.lastTemplate, { policy: this.policy(), statement });
-    return this.lastTemplate;
+    this.templates.set(id, { policy: this.policy(), statement });
+    return id;
+  }
+
+  /**
+   * Lets the relay write the events of this statement's executions itself (onRelayEvent): their
+   * template with the statement's text inside. Only where every bound value goes into the audit
+   * as the redactors leave it (none is written into a masked column).
+   */
+  private executionEventTemplate(p: Prepared): void {
+    p.writes ??= this.maskedWrites(executedOp(p), p.decision, p.namesNoMasked);
+    if (p.writes.params.size !== 0) return;
+    p.auditText ??= this.auditText(p.writes.text);
+    const t = this.executionTemplate(p);
+    const id = t && this.templateId();
+    if (!id) return;
+    this.answer.template = id;
+    this.answer.templatePieces = packTemplate(t, p.auditText);
+  }
+
+  /** A new template id, or 0. Ids are never reused: the relay may still name one whose template was dropped. */
+  private templateId(): number {
+    // Past 2^32 - 1 decisions a session simply gets no more (its statements are audited the long way).
+    return this.lastTemplate >= 0xffffffff ? 0 : ++this.lastTemplate;
   }
 
   private denyQuery(p: Prepared, blocker: Operation | undefined, review?: ReviewResult): void {
@@ -1194,6 +1218,8 @@ class PgSession implements RelayListener {
       this.answer.cache = relayCacheFor(p, this.policy());
       this.answer.allowName = tag >= 0;
       this.answer.tag = Math.max(0, tag);
+      // Only in an answer: a Parse the relay repeated gets the template it remembered.
+      if (tag >= 0 && this.link && !this.replaying) this.executionEventTemplate(p);
       return this.toServer(raw);
     }
     this.denyParse(m.name, p);

@@ -119,3 +119,72 @@ test('a pre-check or template that does not parse: no relay event', () => {
   const pieces = packTemplate(TEMPLATE);
   assert.equal(addon().statementEvent(PRECHECK, pieces.subarray(0, pieces.length - 1), Buffer.from('SELECT 1'), cstr('SELECT 1'), 0), null);
 });
+
+// Executions of a prepared statement: the template holds the text, each event adds the bound values.
+const EXEC_BASE: StatementBase = { ...BASE, prepared: true };
+const EXEC_TEMPLATE = new StatementTemplate(EXEC_BASE);
+const EXEC_TEXT = 'SELECT abalance FROM pgbench_accounts WHERE aid = $1 AND note <> $2';
+
+/** A Bind's parameter block as pg_bind hands it on: [u16 count], then per value [i32 length][bytes], -1 for NULL. */
+function valuesBlock(values: readonly (Buffer | null)[], count = values.length): Buffer {
+  const parts: Buffer[] = [Buffer.from([count >> 8, count & 0xff])];
+  for (const v of values) {
+    const n = Buffer.alloc(4);
+    n.writeInt32BE(v === null ? -1 : v.length);
+    parts.push(n);
+    if (v) parts.push(v);
+  }
+  return Buffer.concat(parts);
+}
+
+/** The handler's execution event (onAudited: executionParams, then emitTemplated), as protobufjs encodes it. */
+function handlerExecution(values: readonly (Buffer | null)[], tag: string, durationMs: number): Buffer {
+  const c = decodeCommandComplete(cstr(tag));
+  if (c instanceof PgProtocolError) throw c;
+  const params = values.map((v) => (v === null ? 'NULL' : redactor.redact(v.toString('utf8'))));
+  const statement: StatementInfo = { ...EXEC_BASE, text: redactor.redact(EXEC_TEXT), params, commandTag: c.tag, durationUs: Math.floor(durationMs * 1000) };
+  if (c.rows !== undefined) statement.rows = c.rows;
+  return Buffer.from(encodeEvent({ kind: 0, statement }));
+}
+
+function relayExecution(values: readonly (Buffer | null)[] | Buffer, tag: string, durationMs = 0.25): Buffer | null {
+  const block = Buffer.isBuffer(values) ? values : valuesBlock(values);
+  return addon().statementEvent(PRECHECK, packTemplate(EXEC_TEMPLATE, EXEC_TEXT), Buffer.alloc(0), cstr(tag), durationMs, block);
+}
+
+test('an execution with clean values: the handler\'s Statement field, values in order, NULL as the handler writes it', () => {
+  const cases: (Buffer | null)[][] = [
+    [], [Buffer.from('4711'), Buffer.from('plain')], [null, Buffer.from('')], [Buffer.from('€ and 😀'), null, Buffer.from('x'.repeat(300))],
+    [Buffer.from([0, 0, 0x12, 0x67])], // a binary int4: valid UTF-8, decoded by the handler as it is
+  ];
+  for (const values of cases) {
+    assert.deepEqual(relayExecution(values, 'SELECT 1', 0.375), handlerExecution(values, 'SELECT 1', 0.375), JSON.stringify(values));
+  }
+});
+
+test('an execution whose values the redactors would change, or that are not UTF-8, is left to the handler', () => {
+  for (const v of [SECRET, `pw=${SECRET}!`, Buffer.from(SECRET).toString('base64'), 'ops@example.com', '4111 1111 1111 1111', 'ghp_' + 'a'.repeat(36)]) {
+    assert.equal(relayExecution([Buffer.from('1'), Buffer.from(v)], 'SELECT 1'), null, v);
+  }
+  assert.equal(relayExecution([Buffer.from([0x80, 0x01])], 'SELECT 1'), null, 'a binary value that is not UTF-8');
+  // A block that is not whole: a count that does not match its values, a value cut short.
+  const two = valuesBlock([Buffer.from('a'), Buffer.from('b')]);
+  assert.equal(relayExecution(valuesBlock([Buffer.from('a'), Buffer.from('b')], 3), 'SELECT 1'), null);
+  assert.equal(relayExecution(two.subarray(0, two.length - 1), 'SELECT 1'), null);
+  assert.equal(relayExecution(Buffer.from([0]), 'SELECT 1'), null);
+});
+
+test('property: whatever execution event the relay writes, the handler would have written the same', () => {
+  const piece = fc.constantFrom('x', '1', '1234', '56789', ' ', '-', '@', 'example.com', 'pass', 'word', 'ghp_', 'eyJ', 'é', '😀', SECRET.slice(0, 8), SECRET.slice(8));
+  const value = fc.oneof(
+    fc.constant(null),
+    fc.array(piece, { maxLength: 12 }).map((p) => Buffer.from(p.join(''), 'utf8')),
+    fc.uint8Array({ maxLength: 6 }).map((b) => Buffer.from(b)),
+  );
+  fc.assert(fc.property(fc.array(value, { maxLength: 5 }), (values) => {
+    const relay = relayExecution(values, 'SELECT 3');
+    const clean = values.every((v) => v === null || (Buffer.from(v.toString('utf8'), 'utf8').equals(v) && !redactor.precheckHit(v.toString('utf8'))));
+    assert.equal(relay !== null, clean, `written by the relay: ${relay !== null}, values ${JSON.stringify(values.map((v) => v?.toString('hex')))}`);
+    if (relay) assert.deepEqual(relay, handlerExecution(values, 'SELECT 3', 0.25));
+  }), { numRuns: 2000 });
+});

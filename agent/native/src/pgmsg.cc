@@ -137,15 +137,36 @@ bool pg_parse(const uint8_t* body, size_t n, PgSlice* name, PgSlice* sql) {
          r.done();
 }
 
-bool pg_bind(const uint8_t* body, size_t n, PgSlice* portal, PgSlice* statement) {
+bool pg_bind(const uint8_t* body, size_t n, PgSlice* portal, PgSlice* statement, PgSlice* values) {
   Reader r = reader(body, n);
   uint32_t param_formats, params, result_formats;
-  if (!r.utf8_cstr(portal) || !r.utf8_cstr(statement) || !r.formats(&param_formats) || !r.u16(&params)) {
-    return false;
-  }
+  if (!r.utf8_cstr(portal) || !r.utf8_cstr(statement) || !r.formats(&param_formats)) return false;
+  const uint8_t* first = r.p;
+  if (!r.u16(&params)) return false;
   // One code applies to all parameters; more must be one per parameter.
   if (param_formats > 1 && param_formats != params) return false;
-  return r.values(params) && r.formats(&result_formats) && r.done();
+  if (!r.values(params)) return false;
+  if (values) *values = PgSlice{first, static_cast<size_t>(r.p - first)};
+  return r.formats(&result_formats) && r.done();
+}
+
+bool pg_next_value(const PgSlice& values, size_t* at, PgSlice* value, bool* null) {
+  // The block was checked by pg_bind: each length is -1 or fits in what remains. Checked again all
+  // the same, as distances, so that a block from anywhere else cannot lead outside it.
+  if (*at >= values.n || values.n - *at < 4) return false;
+  const uint8_t* p = values.p + *at;
+  int32_t len = static_cast<int32_t>(static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 |
+                                     static_cast<uint32_t>(p[2]) << 8 | p[3]);
+  *at += 4;
+  *null = len == -1;
+  if (*null) {
+    *value = PgSlice{p + 4, 0};
+    return true;
+  }
+  if (len < 0 || static_cast<size_t>(len) > values.n - *at) return false;
+  *value = PgSlice{p + 4, static_cast<size_t>(len)};
+  *at += static_cast<size_t>(len);
+  return true;
 }
 
 bool pg_execute(const uint8_t* body, size_t n, PgSlice* portal) {

@@ -17,8 +17,13 @@ struct PgSlice {
 // map invalid bytes to U+FFFD: two byte strings must never name the same JS map key).
 bool pg_query(const uint8_t* body, size_t n, PgSlice* sql);                             // 'Q'
 bool pg_parse(const uint8_t* body, size_t n, PgSlice* name, PgSlice* sql);              // 'P'
-bool pg_bind(const uint8_t* body, size_t n, PgSlice* portal, PgSlice* statement);       // 'B'
+// 'B'. *values, if asked for: the parameters as sent, checked ([u16 count], then per value an i32
+// length, -1 for NULL, and that many bytes), for pg_next_value.
+bool pg_bind(const uint8_t* body, size_t n, PgSlice* portal, PgSlice* statement, PgSlice* values = nullptr);
 bool pg_execute(const uint8_t* body, size_t n, PgSlice* portal);                        // 'E'
+// The next value of a values block pg_bind checked: *at starts at 2 (after the count). False when
+// none is left; *null for a NULL (then *value is empty).
+bool pg_next_value(const PgSlice& values, size_t* at, PgSlice* value, bool* null);
 bool pg_close(const uint8_t* body, size_t n, uint8_t* kind, PgSlice* name);             // 'C' (kind 'S' or 'P')
 
 // Backend (server -> job), after authentication: true when handler.ts's onServerFrame would relay the

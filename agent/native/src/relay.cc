@@ -45,9 +45,13 @@ enum RecordKind : uint8_t {
   kClosed = 4,  // the session's sockets are closed and it is forgotten (after relayClose)
   kSkip = 5,    // the relay forwarded this many bytes (u32) of messages the handler only counts
   kAudited = 6,  // a simple query and its whole plain answer, summarised (see Held below)
-  kEvent = 7,    // the same, audited here: u32 bytes up, u32 bytes down, the Statement field (statement_event.h)
+  kEvent = 7,    // the same, audited here: u32 bytes up, u32 bytes down, u32 EventFlags, the Statement field (statement_event.h)
 };
 enum Side : uint8_t { kClient = 0, kServer = 1 };
+// What else a kEvent record tells the handler. kPortalEnded: the statement was an execution of the
+// unnamed portal in a transaction that ended with it (ReadyForQuery 'I'), so the server has no
+// such portal any more; the handler, which never saw the Bind, forgets the one it knew.
+enum EventFlags : uint32_t { kPortalEnded = 1 };
 
 // Messages the handler relays unread once a session is authenticated (handler.ts onClientFrame and
 // onServerFrame: the default branches, and DataRows it would pass unchanged, which are the only
@@ -176,8 +180,15 @@ struct Session {
     uint32_t tmpl;  // the handler's audit template for a Q's statement (0: none; see AuditedHead)
   };
   std::unordered_map<std::string, Remembered> allowed;
-  // Prepared statements and portals whose statement the relay may execute, with its mask tag.
-  std::unordered_map<std::string, uint32_t> statements;
+  // Prepared statements and portals whose statement the relay may execute, with its mask tag; a
+  // statement also with the audit template of its executions (0: none), which the handler sends
+  // with its answer to the Parse (relayResume) and which a Parse the relay repeats never has: its
+  // text may differ from the one the template holds.
+  struct Statement {
+    uint32_t tag;
+    uint32_t tmpl;
+  };
+  std::unordered_map<std::string, Statement> statements;
   std::unordered_map<std::string, uint32_t> portals;
   // What the server is answering, in order: one mask tag per simple query, function call or
   // extended-protocol run up to its Sync; ReadyForQuery ends the oldest. `open` is the run not yet
@@ -198,8 +209,9 @@ struct Session {
   // The last Q, Parse or Bind relayed on a remembered decision found nothing outstanding on the
   // server side.
   bool alone = false;
-  // The last Q relayed on a remembered decision: that decision's template, its statement's text.
-  uint32_t q_tmpl = 0;
+  // The last Q or Parse relayed on a remembered decision: that decision's template (see
+  // remembered()), and a Q's statement's text.
+  uint32_t hit_tmpl = 0;
   PgSpan q_text;
   // The handler's audit templates (relayResume), by id, and its redactors' pre-checks (relayAdopt):
   // with both, a summarised simple query becomes a kEvent record instead of a kAudited one.
@@ -219,7 +231,7 @@ struct Session {
     bool active = false;
     double ms = 0;
     uint32_t epoch = 0;
-    uint32_t tmpl = 0;
+    uint32_t tmpl = 0;  // a Q's template, or that of the statement a run without Parse executes in the unnamed portal
     PgSpan text;
     std::vector<uint8_t> msg;  // the whole request: the Q, or Parse/Bind to Sync
   } held;
@@ -249,7 +261,7 @@ struct Command {
   int server_live = -1;  // -1: unchanged
   uint32_t tag = 0;      // resume: the mask tag of the decided statement
   uint32_t plain = 0;    // resume (server): the live RowDescription masks nothing under this spec
-  uint32_t tmpl = 0;     // resume (client): the audit template of a Q's statement, 0 for none
+  uint32_t tmpl = 0;     // resume (client): the audit template of a Q's statement or a Parse's executions, 0 for none
   std::vector<uint8_t> up, down;
   std::vector<uint8_t> extra;  // adopt: the packed redaction pre-check; resume: the template's pieces (or empty)
 };
@@ -653,12 +665,27 @@ class Relay {
 
   // Holds a run that is exactly one request relayed alone (see Session::held).
   bool hold(Session& s, const uint8_t* m, size_t n) {
-    if (!s.alone || s.held.active || !(m[0] == 'Q' ? n == (size_t)be32(m + 1) + 1 : one_execution(m, n))) return false;
+    if (!s.alone || s.held.active) return false;
+    uint32_t tmpl = 0;
+    if (m[0] == 'Q') {
+      if (n != (size_t)be32(m + 1) + 1) return false;
+      tmpl = s.hit_tmpl;
+    } else {
+      PgSlice statement, portal;
+      if (!one_execution(m, n, &statement, &portal)) return false;
+      // Only a statement the handler saw parsed has a template, and only the unnamed portal's end
+      // is one the handler can follow without the Bind (see kPortalEnded).
+      if (m[0] == 'B' && portal.n == 0) {
+        key_.assign(reinterpret_cast<const char*>(statement.p), statement.n);
+        auto it = s.statements.find(key_);
+        if (it != s.statements.end()) tmpl = it->second.tmpl;
+      }
+    }
     s.alone = false;
     s.held.active = true;
     s.held.ms = now_ms();
     s.held.epoch = epoch_;
-    s.held.tmpl = m[0] == 'Q' ? s.q_tmpl : 0;
+    s.held.tmpl = tmpl;
     s.held.text = s.q_text;
     s.held.msg.assign(m, m + n);
     return true;
@@ -667,8 +694,8 @@ class Relay {
   // Whether m[0, n), whole messages the relay framed, is Parse (optional), Bind (of that statement),
   // Describe of that portal (optional), Execute of it for all rows, Sync: one statement's
   // execution, answered by one result. Drivers that bind values send it with the Parse of an
-  // unnamed statement every time; prepared statements without.
-  static bool one_execution(const uint8_t* m, size_t n) {
+  // unnamed statement every time; prepared statements without. *statement, *portal: what the Bind names.
+  static bool one_execution(const uint8_t* m, size_t n, PgSlice* statement_out, PgSlice* portal_out) {
     PgSlice parsed{nullptr, 0}, sql, bound, executed, statement;
     size_t at = 0;
     auto next = [&](uint8_t type) {
@@ -691,12 +718,13 @@ class Relay {
     if (!e || !pg_execute(e + 5, body_len(e), &executed)) return false;
     // The portal bound is the one executed, and for every row: a row limit ends in PortalSuspended.
     if (!same(executed, bound) || be32(e + 5 + body_len(e) - 4) != 0) return false;
+    *statement_out = statement, *portal_out = bound;
     return next('S') != nullptr && at == n;
   }
 
   // The held request's answer, if this run is all of it and a plain one: recorded as kAudited.
   bool audited(Session& s, const uint8_t* m, size_t n) {
-    size_t at = 0, complete = SIZE_MAX;
+    size_t at = 0, complete = SIZE_MAX, ready = SIZE_MAX;
     // 0: before the result (after BindComplete for a run), 1: rows, 2: after CommandComplete,
     // 3: after ReadyForQuery; -1: a run's answer before its BindComplete, -2: before ParseComplete.
     uint8_t first = s.held.msg[0];
@@ -709,7 +737,7 @@ class Relay {
       else if ((t == 'T' || (t == 'n' && first != 'Q')) && stage == 0) stage = 1;
       else if (t == 'D' && (stage == 0 || stage == 1)) stage = 1;
       else if (t == 'C' && (stage == 0 || stage == 1)) stage = 2, complete = at;
-      else if (t == 'Z' && stage == 2) stage = 3;
+      else if (t == 'Z' && stage == 2) stage = 3, ready = at;
       else return false;
       at += size;
       if (stage == 3 && at != n) return false;
@@ -720,7 +748,9 @@ class Relay {
     size_t clen = (size_t)be32(m + complete + 1) - 4;
     size_t rlen = h.msg.size();
     AuditedHead head{now_ms() - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, h.tmpl, h.text.start, h.text.end};
-    if (first == 'Q' && event(s, head, c, clen)) {
+    // ReadyForQuery's status: 'I', the transaction ended (pg_backend_ok checked the body is one byte).
+    bool idle = m[ready + 5] == 'I';
+    if ((first == 'Q' || (first == 'B' && idle)) && event(s, head, c, clen)) {
       s.held.active = false;
       append_record(s, kEvent, kServer, audit_.data(), audit_.size(), h.epoch, h.ms);
       return true;
@@ -734,22 +764,35 @@ class Relay {
     return true;
   }
 
-  // The held Q's statement event into audit_ (kEvent), if the relay can write exactly what the
-  // handler would (see statement_event.h).
+  // The held request's statement event into audit_ (kEvent), if the relay can write exactly what
+  // the handler would (see statement_event.h): a Q's statement, or the execution of a prepared
+  // statement in the unnamed portal, whose transaction ended with it (the caller checks).
   bool event(const Session& s, const AuditedHead& head, const uint8_t* complete, size_t clen) {
     if (!s.precheck_ok || !head.tmpl) return false;
     auto it = s.templates.find(head.tmpl);
     if (it == s.templates.end()) return false;
     const std::vector<uint8_t>& q = s.held.msg;
+    audit_.resize(12);
+    memcpy(audit_.data(), &head.up, 4);
+    memcpy(audit_.data() + 4, &head.down, 4);
+    uint32_t flags = 0;
+    if (q[0] == 'B') {
+      // The template holds the statement's text; the Bind's values are this execution's.
+      PgSlice portal, statement, values;
+      if (!pg_bind(q.data() + 5, be32(q.data() + 1) - 4, &portal, &statement, &values) ||
+          !values_clean(s.precheck, values, &folded_))
+        return false;
+      flags = kPortalEnded;
+      memcpy(audit_.data() + 8, &flags, 4);
+      return encode_statement(it->second, nullptr, 0, &values, complete, clen, head.duration_ms, &audit_);
+    }
     // The text span is within the query string (offset 5 in the Q), its NUL after it.
     if (head.text_start > head.text_end || 5 + (size_t)head.text_end >= q.size()) return false;
     const uint8_t* text = q.data() + 5 + head.text_start;
     size_t text_len = head.text_end - head.text_start;
     if (!utf8_valid(text, text_len) || !s.precheck.clean(text, text_len, &folded_)) return false;
-    audit_.resize(8);
-    memcpy(audit_.data(), &head.up, 4);
-    memcpy(audit_.data() + 4, &head.down, 4);
-    return encode_statement(it->second, text, text_len, complete, clen, head.duration_ms, &audit_);
+    memcpy(audit_.data() + 8, &flags, 4);
+    return encode_statement(it->second, text, text_len, nullptr, complete, clen, head.duration_ms, &audit_);
   }
 
   void keep_template(Session& s, uint32_t id, const std::vector<uint8_t>& packed) {
@@ -767,35 +810,48 @@ class Relay {
     record(s, kSkip, side, reinterpret_cast<const uint8_t*>(&n), sizeof n);
   }
 
-  // Whether the handler let the relay repeat its decision on this text; *tag: its mask tag. For a
-  // Q, also its template and statement text (s.q_tmpl, s.q_text), which need the shape's span.
+  // Whether the handler let the relay repeat its decision on this text; *tag: its mask tag. Also
+  // the decision's template (s.hit_tmpl): for a Q, with its statement's text (s.q_text), which
+  // needs the shape's span; for a Parse, only when found by its exact text, which the template of
+  // its executions holds.
   bool remembered(Session& s, uint8_t type, const uint8_t* sql, size_t n, uint32_t* tag) {
     s.live_has_shape = false;
     s.live_exact_key.clear();
-    s.q_tmpl = 0;
+    s.hit_tmpl = 0;
     if (n > kMaxRememberedText) return false;
-    key_.assign(1, (char)type);
     bool shaped = pg_shape(sql, n, &shape_, &s.q_text);
-    auto hit = [&](const Session::Remembered& r) {
-      *tag = r.tag;
-      if (type == 'Q' && shaped) s.q_tmpl = r.tmpl;
-      return true;
-    };
+    if (type == 'P' && exact_hit(s, type, sql, n, shaped, tag)) return true;
     if (shaped) {
+      key_.assign(1, (char)type);
       key_ += 'S';
       key_ += shape_;
       auto it = s.allowed.find(key_);
-      if (it != s.allowed.end()) return hit(it->second);
+      if (it != s.allowed.end()) {
+        *tag = it->second.tag;
+        if (type == 'Q') s.hit_tmpl = it->second.tmpl;
+        s.live_exact_key.clear();
+        return true;
+      }
       s.live_has_shape = true;
       s.live_shape_key = key_;
     }
-    key_.assign(1, (char)type);
-    key_ += 'X';
-    key_.append(reinterpret_cast<const char*>(sql), n);
-    auto it = s.allowed.find(key_);
-    if (it != s.allowed.end()) return hit(it->second);
-    s.live_exact_key = key_;
-    return false;
+    return type != 'P' && exact_hit(s, type, sql, n, shaped, tag);
+  }
+
+  // The decision remembered for exactly this text. Its key stays in s.live_exact_key on a miss.
+  bool exact_hit(Session& s, uint8_t type, const uint8_t* sql, size_t n, bool shaped, uint32_t* tag) {
+    std::string& k = s.live_exact_key;
+    if (k.empty()) {
+      k.assign(1, (char)type);
+      k += 'X';
+      k.append(reinterpret_cast<const char*>(sql), n);
+    }
+    auto it = s.allowed.find(k);
+    if (it == s.allowed.end()) return false;
+    *tag = it->second.tag;
+    if (type == 'P' || shaped) s.hit_tmpl = it->second.tmpl;
+    k.clear();
+    return true;
   }
 
   static std::string str(const PgSlice& x) { return std::string(reinterpret_cast<const char*>(x.p), x.n); }
@@ -814,7 +870,7 @@ class Relay {
         if (!pg_parse(body, n, &name, &sql)) return false;
         s.live_name = str(name);
         if (!remembered(s, type, sql.p, sql.n, &tag)) return false;
-        s.statements[s.live_name] = tag;
+        s.statements[s.live_name] = {tag, s.hit_tmpl};
         s.alone = nothing_outstanding(s);
         return true;
       case 'B': {
@@ -826,7 +882,7 @@ class Relay {
           s.portals.erase(s.live_portal);
           return false;
         }
-        s.portals[s.live_portal] = it->second;
+        s.portals[s.live_portal] = it->second.tag;
         s.alone = nothing_outstanding(s);
         return true;
       }
@@ -841,7 +897,8 @@ class Relay {
       case 'C': {
         uint8_t kind;
         if (!pg_close(body, n, &kind, &name)) return false;
-        (kind == 'S' ? s.statements : s.portals).erase(str(name));
+        if (kind == 'S') s.statements.erase(str(name));
+        else s.portals.erase(str(name));
         return true;
       }
       case 'S': case 'F':
@@ -902,14 +959,15 @@ class Relay {
     if (s.portals.size() >= kMaxRemembered) s.portals.clear();
     uint8_t t = s.live_type;
     if ((t == 'Q' || t == 'P') && cache != kCacheNone) {
-      Session::Remembered r{tag, t == 'Q' ? tmpl : 0};
-      if (cache == kCacheShape && s.live_has_shape) s.allowed[s.live_shape_key] = r;
-      else if (!s.live_exact_key.empty()) s.allowed[s.live_exact_key] = r;
+      // A Parse's template holds its text: remembered under that text only (remembered()).
+      bool by_shape = cache == kCacheShape && s.live_has_shape;
+      if (by_shape) s.allowed[s.live_shape_key] = {tag, t == 'Q' ? tmpl : 0};
+      if ((!by_shape || (t == 'P' && tmpl)) && !s.live_exact_key.empty()) s.allowed[s.live_exact_key] = {tag, tmpl};
     }
     // Whether the statement a later Bind/Execute refers to may be relayed without asking.
-    if (t == 'P') allow ? (void)(s.statements[s.live_name] = tag) : (void)s.statements.erase(s.live_name);
+    if (t == 'P') allow ? (void)(s.statements[s.live_name] = {tag, tmpl}) : (void)s.statements.erase(s.live_name);
     if (t == 'B') {
-      if (allow) s.statements[s.live_name] = tag, s.portals[s.live_portal] = tag;
+      if (allow) s.statements[s.live_name] = {tag, 0}, s.portals[s.live_portal] = tag;
       else s.portals.erase(s.live_portal);
     }
     if (t == 'E') allow ? (void)(s.portals[s.live_portal] = tag) : (void)s.portals.erase(s.live_portal);

@@ -183,8 +183,26 @@ bool utf8_valid(const uint8_t* p, size_t n) {
   return true;
 }
 
-bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text_len, const uint8_t* complete, size_t complete_len,
-                      double duration_ms, std::vector<uint8_t>* out) {
+bool values_clean(const RedactionPrecheck& check, const PgSlice& values, std::string* scratch) {
+  static const uint8_t kNull[] = {'N', 'U', 'L', 'L'};
+  if (values.n < 2) return false;
+  size_t at = 2, count = 0;
+  PgSlice v;
+  bool null, null_checked = false;
+  while (pg_next_value(values, &at, &v, &null)) {
+    count++;
+    if (null) {
+      if (!null_checked && !check.clean(kNull, sizeof kNull, scratch)) return false;
+      null_checked = true;
+    } else if (!utf8_valid(v.p, v.n) || !check.clean(v.p, v.n, scratch)) {
+      return false;
+    }
+  }
+  return at == values.n && count == ((size_t)values.p[0] << 8 | values.p[1]);
+}
+
+bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text_len, const PgSlice* values, const uint8_t* complete,
+                      size_t complete_len, double duration_ms, std::vector<uint8_t>* out) {
   // CommandComplete: one C string filling the body (decodeCommandComplete's soleCstr), printable ASCII.
   if (complete_len == 0 || complete[complete_len - 1] != 0) return false;
   const char* tag = reinterpret_cast<const char*>(complete);
@@ -201,10 +219,30 @@ bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text
   std::vector<uint8_t>& o = *out;
   size_t start = o.size();
   // The Statement's fields in proto/session-events.ts order: head (1), text (2), subject (3, 4),
-  // no params (5) for a simple query, decision (6), outcome (7 to 12), tail (13 to 16).
+  // params (5, none for a simple query), decision (6), outcome (7 to 12), tail (13 to 16).
   raw(out, t.head.data(), t.head.size());
   string_field(out, 2, text, text_len);
   raw(out, t.subject.data(), t.subject.size());
+  if (values) {
+    // Every value, empty ones too (a repeated field has no default to omit); NULL as 'NULL'.
+    size_t at = 2;
+    PgSlice v;
+    bool null;
+    while (pg_next_value(*values, &at, &v, &null)) {
+      varint(out, 5 << 3 | 2);
+      if (null) {
+        varint(out, 4);
+        raw(out, "NULL", 4);
+      } else {
+        varint(out, v.n);
+        raw(out, v.p, v.n);
+      }
+    }
+    if (at != values->n) {
+      out->resize(start);
+      return false;
+    }
+  }
   raw(out, t.decision.data(), t.decision.size());
   if (has_rows) uint_field(out, 7, rows);
   string_field(out, 8, complete, tag_len);
@@ -230,24 +268,29 @@ bool buffer_arg(napi_env env, napi_value v, const uint8_t** p, size_t* n) {
 }  // namespace
 
 napi_value statement_event_js(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  const uint8_t *pre, *pieces, *text, *complete;
-  size_t pre_n, pieces_n, text_n, complete_n;
+  size_t argc = 6;
+  napi_value argv[6];
+  const uint8_t *pre, *pieces, *text, *complete, *vals = nullptr;
+  size_t pre_n, pieces_n, text_n, complete_n, vals_n = 0;
   double ms;
-  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != 5 || !buffer_arg(env, argv[0], &pre, &pre_n) ||
+  napi_valuetype vt = napi_undefined;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 5 || !buffer_arg(env, argv[0], &pre, &pre_n) ||
       !buffer_arg(env, argv[1], &pieces, &pieces_n) || !buffer_arg(env, argv[2], &text, &text_n) ||
-      !buffer_arg(env, argv[3], &complete, &complete_n) || napi_get_value_double(env, argv[4], &ms) != napi_ok) {
-    napi_throw_type_error(env, nullptr, "statementEvent(precheck, pieces, text, complete, durationMs)");
+      !buffer_arg(env, argv[3], &complete, &complete_n) || napi_get_value_double(env, argv[4], &ms) != napi_ok ||
+      (argc > 5 && (napi_typeof(env, argv[5], &vt) != napi_ok || (vt != napi_undefined && !buffer_arg(env, argv[5], &vals, &vals_n))))) {
+    napi_throw_type_error(env, nullptr, "statementEvent(precheck, pieces, text, complete, durationMs, values?)");
     return nullptr;
   }
   RedactionPrecheck check;
   StatementPieces t;
   std::string scratch;
   std::vector<uint8_t> out;
+  PgSlice values{vals, vals_n};
+  const bool has_vals = argc > 5 && vt != napi_undefined;
   napi_value result;
   if (!check.parse(pre, pre_n) || !t.parse(pieces, pieces_n) || !utf8_valid(text, text_n) || !check.clean(text, text_n, &scratch) ||
-      !encode_statement(t, text, text_n, complete, complete_n, ms, &out)) {
+      (has_vals && !values_clean(check, values, &scratch)) ||
+      !encode_statement(t, text, text_n, has_vals ? &values : nullptr, complete, complete_n, ms, &out)) {
     napi_get_null(env, &result);
     return result;
   }

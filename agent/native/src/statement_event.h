@@ -1,15 +1,19 @@
 // Statement events the relay encodes itself. For a simple query it repeats on a remembered decision
 // (see Session::held in relay.cc), everything in the event but the text and the outcome is fixed by
-// the decision: the handler encodes those fields once, as a template (proto/session-events.ts
-// StatementTemplate), and the relay writes the Statement field of each event around them, so that
-// the JavaScript thread only frames and seals it. Only when the result is provably the one the
-// handler would write: the text needs no redaction (the Redactor's own pre-checks come up empty),
-// it is valid UTF-8 (JavaScript would decode anything else with replacement characters), and the
-// command tag is plain. Anything else goes to the handler as before (a kAudited record).
+// the decision; for an execution of a prepared statement, everything but the bound values and the
+// outcome. The handler encodes those fields once, as a template (proto/session-events.ts
+// StatementTemplate; an execution's has the statement's text inside), and the relay writes the
+// Statement field of each event around them, so that the JavaScript thread only frames and seals
+// it. Only when the result is provably the one the handler would write: the text and each bound
+// value need no redaction (the Redactor's own pre-checks come up empty), they are valid UTF-8
+// (JavaScript would decode anything else with replacement characters), and the command tag is
+// plain. Anything else goes to the handler as before (a kAudited record).
 #pragma once
 #include <stddef.h>
 #include <node_api.h>
 #include <stdint.h>
+
+#include "pgmsg.h"
 
 #include <string>
 #include <vector>
@@ -39,15 +43,23 @@ struct StatementPieces {
 // that Buffer.toString('utf8') decodes without a replacement character.
 bool utf8_valid(const uint8_t* p, size_t n);
 
-// Appends to `out` the AuditEvent's Statement field (28) for the statement `text` under template
-// `t`, answered by the CommandComplete body `complete` after `duration_ms`: the bytes
-// proto/session-events.ts writes for the same statement. False (nothing appended) for a command tag
-// that is not printable ASCII or whose count would not be a safe JavaScript integer.
-bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text_len, const uint8_t* complete, size_t complete_len,
-                      double duration_ms, std::vector<uint8_t>* out);
+// Whether every bound value in `values` (pg_bind's block) comes back from the handler's
+// executionParams unchanged: valid UTF-8 that the pre-checks find nothing in, and for a NULL the
+// text 'NULL' (which the handler puts in its place) likewise.
+bool values_clean(const RedactionPrecheck& check, const PgSlice& values, std::string* scratch);
+
+// Appends to `out` the AuditEvent's Statement field (28) for the statement `text` (empty for an
+// execution: its template holds the text) with the bound `values` (pg_bind's block; nullptr for a
+// simple query) under template `t`, answered by the CommandComplete body `complete` after
+// `duration_ms`: the bytes proto/session-events.ts writes for the same statement. False (nothing
+// appended) for a command tag that is not printable ASCII or whose count would not be a safe
+// JavaScript integer.
+bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text_len, const PgSlice* values, const uint8_t* complete,
+                      size_t complete_len, double duration_ms, std::vector<uint8_t>* out);
 
 // Test hook. JS: statementEvent(precheck: Buffer, pieces: Buffer, text: Buffer, complete: Buffer,
-// durationMs: number) => Buffer | null: the Statement field the relay would write, or null where
-// it would leave the statement to the handler (precheck or pieces that do not parse, text that is
-// not clean or not UTF-8, a tag encode_statement refuses).
+// durationMs: number, values?: Buffer) => Buffer | null: the Statement field the relay would write,
+// or null where it would leave the statement to the handler (precheck or pieces that do not parse,
+// text or values that are not clean or not UTF-8, a tag encode_statement refuses). `values` is a
+// Bind's parameter block ([u16 count][i32 length, bytes]...), refused unless whole.
 napi_value statement_event_js(napi_env env, napi_callback_info info);
