@@ -21,19 +21,42 @@ export interface ProcResult {
 }
 
 /** spawn, collected: unlike spawnSync it leaves this process's event loop (and its servers) running. */
+/**
+ * Runs a command to its end, or for `timeoutMs` at most: then its whole process group is killed
+ * (the job under `runguard run` too, which would otherwise hold the output pipes open and hang the
+ * test) and the result says so in stderr, with status null.
+ */
 export function runProcess(cmd: string, args: string[], env: Record<string, string> = {}, timeoutMs = 30_000): Promise<ProcResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own process group, so that a timeout reaches everything it started.
+    const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     let stdout = '';
     let stderr = '';
+    let done = false;
     child.stdout!.on('data', (d) => (stdout += d));
     child.stderr!.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', reject);
-    child.on('close', (status) => {
+    const finish = (status: number | null) => {
+      if (done) return;
+      done = true;
       clearTimeout(timer);
       resolve({ status, stdout, stderr });
+    };
+    const timer = setTimeout(() => {
+      stderr += `\n[test helper] ${cmd} ${args.join(' ')}: killed after ${timeoutMs} ms`;
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        child.kill('SIGKILL');
+      }
+      // A descendant that left the group may still hold the pipes: the result does not wait for it.
+      setTimeout(() => finish(null), 2000).unref();
+    }, timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      done = true;
+      reject(err);
     });
+    child.on('close', (status) => finish(status));
   });
 }
 
