@@ -137,7 +137,16 @@ interface RunResult {
   otherCpu: number;
   /** runguard only: the spool's cost, if it could be measured. */
   spool?: SpoolCost;
+  /** Time runnable but not running, per transaction: where latency goes on a busy host (schedstat). */
+  sched: SchedCost;
 }
+
+/**
+ * Run-queue wait per transaction (us) of the thread that forwards the bytes (the agent's relay
+ * thread, pgbouncer's only thread; NaN for direct) and of PostgreSQL's backends, and how often the
+ * forwarding thread was put on a cpu (per transaction): from /proc/PID/task/TID/schedstat.
+ */
+interface SchedCost { fwdWaitUs: number; fwdSlices: number; pgWaitUs: number; pgSwitches: number; pgInvoluntary: number; pgMigrations: number }
 
 interface SpoolCost {
   /** Spool records (every kind) written during the run. */
@@ -266,6 +275,75 @@ function postgresCpuSeconds(pm: number): number {
   return total;
 }
 
+interface ThreadStat { secs: number; name: string; waitNs: number; slices: number }
+
+/** Scheduler counters of one process: run-queue wait (ns), context switches, cpu migrations. */
+interface Sched { waitNs: number; voluntary: number; involuntary: number; migrations: number }
+const SCHED_ZERO: Sched = { waitNs: 0, voluntary: 0, involuntary: 0, migrations: 0 };
+
+function readSched(pid: number): Sched | undefined {
+  try {
+    const waitNs = Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[1]);
+    // /proc/PID/sched exists with CONFIG_SCHED_DEBUG; without it the switch counts read as NaN.
+    let text = '';
+    try {
+      text = readFileSync(`/proc/${pid}/sched`, 'utf8');
+    } catch {
+      // no CONFIG_SCHED_DEBUG
+    }
+    const field = (name: string) => Number(new RegExp(`^${name.replace('.', '\\.')}\\s*:\\s*(\\d+)`, 'm').exec(text)?.[1] ?? NaN);
+    return { waitNs, voluntary: field('nr_voluntary_switches'), involuntary: field('nr_involuntary_switches'), migrations: field('se.nr_migrations') };
+  } catch {
+    return undefined; // exited meanwhile
+  }
+}
+
+/** The scheduler counters of PostgreSQL's live processes (the postmaster's children), by pid. */
+function postgresSched(pm: number): Map<number, Sched> {
+  const out = new Map<number, Sched>();
+  try {
+    for (const child of readFileSync(`/proc/${pm}/task/${pm}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)) {
+      const c = readSched(Number(child));
+      if (c) out.set(Number(child), c);
+    }
+  } catch {
+    // no CONFIG_PROC_CHILDREN: reported as unknown
+  }
+  return out;
+}
+
+/**
+ * PostgreSQL's scheduler counters over a run, sampled while it lasts: the backends of direct and
+ * runguard connections exit with pgbench, before the run's end could read them.
+ */
+class PgSchedSampler {
+  private readonly base: Map<number, Sched>;
+  private readonly last = new Map<number, Sched>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly pm: number) {
+    this.base = postgresSched(pm);
+    this.timer = setInterval(() => this.sample(), 200);
+  }
+
+  private sample(): void {
+    for (const [pid, c] of postgresSched(this.pm)) this.last.set(pid, c);
+  }
+
+  /** The counters' growth over the run, summed over processes (NaN without /proc/PID/task/PID/children). */
+  stop(): Sched {
+    clearInterval(this.timer);
+    this.sample();
+    if (!this.last.size) return { waitNs: NaN, voluntary: NaN, involuntary: NaN, migrations: NaN };
+    const sum = { ...SCHED_ZERO };
+    for (const [pid, after] of this.last) {
+      const before = this.base.get(pid) ?? SCHED_ZERO;
+      for (const k of Object.keys(sum) as (keyof Sched)[]) sum[k] += after[k] - before[k];
+    }
+    return sum;
+  }
+}
+
 /** Busy fraction of all cpus over `ms` while the bench does nothing: load from someone else. */
 async function idleLoad(ms: number): Promise<number> {
   const before = hostBusySeconds().busy;
@@ -273,9 +351,9 @@ async function idleLoad(ms: number): Promise<number> {
   return (hostBusySeconds().busy - before) / ((ms / 1000) * os.cpus().length);
 }
 
-/** cpu seconds and name of each thread of `pid`, by tid. */
-function threadCpu(pid: number): Map<number, { secs: number; name: string }> {
-  const out = new Map<number, { secs: number; name: string }>();
+/** cpu seconds, name, run-queue wait (ns) and timeslices of each thread of `pid`, by tid. */
+function threadCpu(pid: number): Map<number, ThreadStat> {
+  const out = new Map<number, ThreadStat>();
   let tids: string[] = [];
   try {
     tids = readdirSync(`/proc/${pid}/task`);
@@ -286,7 +364,8 @@ function threadCpu(pid: number): Map<number, { secs: number; name: string }> {
     try {
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
-      out.set(Number(tid), { secs: (f[11]! + f[12]!) / 100, name: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) });
+      const [, waitNs, slices] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').trim().split(' ').map(Number);
+      out.set(Number(tid), { secs: (f[11]! + f[12]!) / 100, name: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), waitNs: waitNs!, slices: slices! });
     } catch {
       // the thread exited between readdir and read
     }
@@ -460,11 +539,13 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
   const agentPid = name === 'runguard' ? t.proxyPid : undefined;
   const fsyncs = agentPid ? countFsyncs(agentPid) : undefined;
   if (fsyncs) await sleep(200); // perf attached
-  const threads0 = agentPid ? threadCpu(agentPid) : undefined;
+  const threads0 = t.proxyPid ? threadCpu(t.proxyPid) : undefined;
+  const pgSched = new PgSchedSampler(postmasterPid(pg));
   const meter = new CpuMeter(t.proxyPid, postmasterPid(pg));
   const res = await pgbench(w, t, opts, opts.time, logDir);
   const cpu = meter.read();
-  const threads1 = agentPid ? threadCpu(agentPid) : undefined;
+  const threads1 = t.proxyPid ? threadCpu(t.proxyPid) : undefined;
+  const pgs = pgSched.stop();
   const fsyncCounts = fsyncs ? await fsyncs.stop() : new Map<number, number>();
   const lat = readLatencies(logDir);
   rmSync(logDir, { recursive: true, force: true });
@@ -482,8 +563,17 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
       else spool.otherThreadsCpu += used;
     }
   }
+  // The forwarding thread: the agent's relay thread, or pgbouncer's one thread.
+  const sched: SchedCost = { fwdWaitUs: NaN, fwdSlices: NaN, pgWaitUs: pgs.waitNs / 1e3 / res.txns, pgSwitches: (pgs.voluntary + pgs.involuntary) / res.txns,
+    pgInvoluntary: pgs.involuntary / res.txns, pgMigrations: pgs.migrations / res.txns };
+  for (const [tid, th] of threads1 ?? []) {
+    const before = threads0?.get(tid);
+    if (!before || !(name === 'runguard' ? th.name === 'runguard-relay' : tid === t.proxyPid)) continue;
+    sched.fwdWaitUs = (th.waitNs - before.waitNs) / 1e3 / res.txns;
+    sched.fwdSlices = (th.slices - before.slices) / res.txns;
+  }
   return {
-    ...res, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements, summarised: counted.summarised,
+    ...res, sched, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements, summarised: counted.summarised,
     proxyCpu: cpu.proxy, proxyUsPerTxn: (cpu.proxy * cpu.wall * 1e6) / res.txns,
     pgUsPerTxn: (cpu.pgSecs * 1e6) / res.txns, clientUsPerTxn: (cpu.clientSecs * 1e6) / res.txns, hostBusy: cpu.host, otherCpu: cpu.other, spool,
   };
@@ -708,6 +798,18 @@ async function main(): Promise<number> {
     spoolRows.push([w.label, String(sp.records), f0(sp.fsyncs), f0(sp.fsyncs / opts.time), f2(sp.records / sp.fsyncs),
       perTxn(sp.mainCpu), perTxn(sp.poolCpu), perTxn(sp.relayCpu), perTxn(sp.otherThreadsCpu)]);
   }
+  const schedRows: string[][] = [['workload', 'path', 'fwd thread run-queue wait us/txn', 'fwd slices/txn', 'pg run-queue wait us/txn',
+    'pg switches/txn', 'pg involuntary/txn', 'pg migrations/txn']];
+  for (const w of opts.workloads) {
+    for (const p of PATHS) {
+      const r = results.get(key(w, p));
+      if (r) schedRows.push([w.label, p, f2(r.sched.fwdWaitUs), f2(r.sched.fwdSlices), f2(r.sched.pgWaitUs), f2(r.sched.pgSwitches), f2(r.sched.pgInvoluntary), f3(r.sched.pgMigrations)]);
+    }
+  }
+  out.push('');
+  out.push(table(schedRows, 'llrrrrrr'));
+  out.push('  scheduler, per transaction: run-queue wait = time runnable but waiting for a cpu (schedstat); fwd = the thread that forwards');
+  out.push('  (the agent\'s relay thread, pgbouncer\'s process); pg = PostgreSQL\'s processes: context switches, the involuntary ones, migrations');
   if (spoolRows.length > 1) {
     out.push('');
     out.push(table(spoolRows, 'l'));
