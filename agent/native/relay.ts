@@ -34,8 +34,12 @@ export const MASK_HIT_DIGITS = 2;
 
 export const enum RecordKind { Replay = 1, Live = 2, End = 3, Closed = 4, Skip = 5, Audited = 6, Event = 7 }
 
-/** A RecordKind.Event's flags (src/relay.cc EventFlags): an execution of the unnamed portal, which ended with its transaction. */
+/**
+ * A RecordKind.Event's flags (src/relay.cc EventFlags): an execution of the unnamed portal, which
+ * ended with its transaction; and one whose run parsed the unnamed statement first.
+ */
 export const EVENT_PORTAL_ENDED = 1;
+export const EVENT_PARSED_UNNAMED = 2;
 
 export interface RelayListener {
   /**

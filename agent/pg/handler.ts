@@ -35,7 +35,7 @@ import { classify, statementSpansText } from './classify.js';
 import type { ApprovalClient } from '../approvals/client.js';
 import { approvalsUnavailable, holdForApproval, reviewDenialText, type ReviewResult } from '../approvals/review.js';
 import {
-  EVENT_PORTAL_ENDED, MASK_HIT_AT, MASK_HIT_DIGITS, packPrecheck, packTemplate, RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayAnswer, type RelayListener,
+  EVENT_PARSED_UNNAMED, EVENT_PORTAL_ENDED, MASK_HIT_AT, MASK_HIT_DIGITS, packPrecheck, packTemplate, RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayAnswer, type RelayListener,
 } from '../native/relay.js';
 
 const ch = (c: string) => c.charCodeAt(0);
@@ -245,6 +245,12 @@ class PgSession implements RelayListener {
    * the decision fixes in the statement's event, under the policy it was decided by.
    */
   private readonly templates = new Map<number, { policy: Policy; statement: StatementTemplate }>();
+  /**
+   * The statements whose executions the relay may audit itself, by the id of the template it got
+   * for them (executionEventTemplate): what the unnamed statement becomes when a run the relay
+   * audited parsed it (onRelayEvent).
+   */
+  private readonly executed = new Map<number, Prepared>();
   /** Execution templates by operation and decision (see executionTemplate). */
   private readonly opTemplates = new WeakMap<Operation, { decision: Decision; template: StatementTemplate | undefined }>();
   private lastTemplate = 0;
@@ -792,13 +798,23 @@ class PgSession implements RelayListener {
    * transaction ended with it; the handler never saw that Bind, and the portal it knew is gone.
    */
   private onRelayEvent(bytes: Buffer): void {
-    if (bytes.length < 12) return void this.notWhole();
+    if (bytes.length < 16) return void this.notWhole();
     this.bytesUp += bytes.readUInt32LE(0);
     this.bytesDown += bytes.readUInt32LE(4);
-    if (bytes.readUInt32LE(8) & EVENT_PORTAL_ENDED) this.portals.delete('');
+    const flags = bytes.readUInt32LE(8);
+    if (flags & EVENT_PARSED_UNNAMED) {
+      const p = this.executed.get(bytes.readUInt32LE(12));
+      if (p) this.prepared.set('', p);
+      else {
+        // Its template outlived the handler's bounded memory of it: later executions are audited as unknown.
+        this.prepared.delete('');
+        this.divergence({ template: bytes.readUInt32LE(12) }, 'a Parse');
+      }
+    }
+    if (flags & EVENT_PORTAL_ENDED) this.portals.delete('');
     this.auditedByRelay++;
     this.encodedByRelay++;
-    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statementField: bytes.subarray(12) });
+    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statementField: bytes.subarray(16) });
   }
 
   private emitTemplated(template: StatementTemplate, text: string, params: string[] | undefined, outcome: StatementOutcome): void {
@@ -1134,6 +1150,8 @@ class PgSession implements RelayListener {
     if (!id) return;
     this.answer.template = id;
     this.answer.templatePieces = packTemplate(t, p.auditText);
+    if (this.executed.size >= MAX_TEMPLATES) this.executed.clear();
+    this.executed.set(id, p);
   }
 
   /** A new template id, or 0. Ids are never reused: the relay may still name one whose template was dropped. */

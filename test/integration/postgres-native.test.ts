@@ -173,8 +173,8 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
       // The first run of each statement goes to the handler (it is decided then); most of the rest
       // are summarised, a reply split over two reads goes the replay way. Of a prepared statement's
       // executions, the relay writes the events of those with the plain value itself; the secret
-      // ones it leaves to the handler, which redacts them. Runs that Parse it never do.
-      assertSummarised(events, 30, 40, SECRET, mode === 'prepared' ? [15, 20] : [0, 0]);
+      // ones it leaves to the handler, which redacts them.
+      assertSummarised(events, 30, 40, SECRET, [15, 20]);
     });
   }
 
@@ -212,8 +212,43 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
       [ROWS, ['3'], 'SUSPENDED', null, null],
       [ROWS, ['1'], 'SELECT 1', 1, null],
     ]);
-    // At most the two plain lone executions are summarised (one of them may come back in two reads).
-    assertSummarised(events, 1, 2, 'no secret in this test');
+    // At most the two plain lone executions are summarised (one of them may come back in two reads),
+    // and their events written by the relay.
+    assertSummarised(events, 1, 2, 'no secret in this test', [0, 2]);
+  });
+
+  test('a run the relay audits that parses the unnamed statement leaves the handler knowing which statement that is', async () => {
+    const SECRET = 'tok-' + 'VW5uYW1lZC1zZWNyZXQ';
+    const A = 'SELECT count(*) FROM contacts WHERE id <= 1 AND note <> $1';
+    const B = 'SELECT count(*) FROM contacts WHERE note <> $1 AND id <= 1';
+    const run = (sql: string, value: string) => Buffer.concat([msg.parse('', sql), msg.bind({ params: [value] }), msg.describe('P'), msg.execute('', 0), msg.sync()]);
+    // Bind of the unnamed statement without a Parse: executes whatever was parsed last.
+    const rebind = (value: string) => Buffer.concat([msg.bind({ params: [value] }), msg.describe('P'), msg.execute('', 0), msg.sync()]);
+    const steps = [
+      msg.startupMessage({ user: 'postgres', database: 'postgres' }),
+      run(A, '1'), // decided by the handler, which sends the template of A's executions
+      run(B, '2'), // the same for B: the unnamed statement is B
+      run(A, '3'), // A again, by its exact text: the relay may write this event itself, and the handler learns the unnamed statement is A
+      run(A, '4'),
+      rebind(SECRET), // a value the relay leaves to the handler, which must audit it as an execution of A
+      msg.terminate(),
+    ];
+    const r = await agent.run(['python3', path.join(ROOT, 'test/fixtures/raw-client.py'), '127.0.0.2', String(pg.port), ...steps.map((b) => b.toString('hex'))],
+      { DEPLOY_TOKEN: SECRET });
+    const replies = (JSON.parse(r.stdout.trim()) as { received: string[] }).received.map((h) => Buffer.from(h, 'hex').toString('latin1'));
+    assert.match(replies[5]!, /SELECT 1\0/, 'the rebound statement ran');
+    const events = await agent.settledEvents();
+    const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
+    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+    assert.deepEqual(st.map((s) => [s.text, s.params, s.commandTag, s.prepared]), [
+      [A, ['1'], 'SELECT 1', true],
+      [B, ['2'], 'SELECT 1', true],
+      [A, ['3'], 'SELECT 1', true],
+      [A, ['4'], 'SELECT 1', true],
+      [A, ['[REDACTED:env:DEPLOY_TOKEN]'], 'SELECT 1', true],
+    ]);
+    // The two runs of A by its exact text are the relay's to write (one may come back in two reads).
+    assertSummarised(events, 1, 4, SECRET, [1, 2]);
   });
 
   test('a policy reload takes effect in a session on the relay: a statement of a shape allowed before is denied after', async () => {

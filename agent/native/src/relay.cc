@@ -45,13 +45,15 @@ enum RecordKind : uint8_t {
   kClosed = 4,  // the session's sockets are closed and it is forgotten (after relayClose)
   kSkip = 5,    // the relay forwarded this many bytes (u32) of messages the handler only counts
   kAudited = 6,  // a simple query and its whole plain answer, summarised (see Held below)
-  kEvent = 7,    // the same, audited here: u32 bytes up, u32 bytes down, u32 EventFlags, the Statement field (statement_event.h)
+  kEvent = 7,    // the same, audited here: u32 bytes up, u32 bytes down, u32 EventFlags, u32 template, the Statement field (statement_event.h)
 };
 enum Side : uint8_t { kClient = 0, kServer = 1 };
-// What else a kEvent record tells the handler. kPortalEnded: the statement was an execution of the
-// unnamed portal in a transaction that ended with it (ReadyForQuery 'I'), so the server has no
-// such portal any more; the handler, which never saw the Bind, forgets the one it knew.
-enum EventFlags : uint32_t { kPortalEnded = 1 };
+// What else a kEvent record tells the handler, which never saw the request's messages.
+// kPortalEnded: the statement was an execution of the unnamed portal in a transaction that ended
+// with it (ReadyForQuery 'I'), so the server has no such portal any more: the handler forgets the
+// one it knew. kParsedUnnamed: the run began with a Parse of the unnamed statement, which is now
+// the one whose executions have the record's template (the handler made it for that statement).
+enum EventFlags : uint32_t { kPortalEnded = 1, kParsedUnnamed = 2 };
 
 // Messages the handler relays unread once a session is authenticated (handler.ts onClientFrame and
 // onServerFrame: the default branches, and DataRows it would pass unchanged, which are the only
@@ -673,9 +675,10 @@ class Relay {
     } else {
       PgSlice statement, portal;
       if (!one_execution(m, n, &statement, &portal)) return false;
-      // Only a statement the handler saw parsed has a template, and only the unnamed portal's end
-      // is one the handler can follow without the Bind (see kPortalEnded).
-      if (m[0] == 'B' && portal.n == 0) {
+      // Only a statement the handler saw parsed has a template (a Parse in the run just set it), and
+      // only the unnamed portal's end and the unnamed statement's Parse are what the handler can
+      // follow without the messages (see EventFlags).
+      if (portal.n == 0 && (m[0] == 'B' || statement.n == 0)) {
         key_.assign(reinterpret_cast<const char*>(statement.p), statement.n);
         auto it = s.statements.find(key_);
         if (it != s.statements.end()) tmpl = it->second.tmpl;
@@ -750,7 +753,7 @@ class Relay {
     AuditedHead head{now_ms() - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, h.tmpl, h.text.start, h.text.end};
     // ReadyForQuery's status: 'I', the transaction ended (pg_backend_ok checked the body is one byte).
     bool idle = m[ready + 5] == 'I';
-    if ((first == 'Q' || (first == 'B' && idle)) && event(s, head, c, clen)) {
+    if ((first == 'Q' || idle) && event(s, head, c, clen)) {
       s.held.active = false;
       append_record(s, kEvent, kServer, audit_.data(), audit_.size(), h.epoch, h.ms);
       return true;
@@ -766,23 +769,27 @@ class Relay {
 
   // The held request's statement event into audit_ (kEvent), if the relay can write exactly what
   // the handler would (see statement_event.h): a Q's statement, or the execution of a prepared
-  // statement in the unnamed portal, whose transaction ended with it (the caller checks).
+  // statement in the unnamed portal, whose transaction ended with it (the caller checks), the
+  // statement parsed in the same run or before.
   bool event(const Session& s, const AuditedHead& head, const uint8_t* complete, size_t clen) {
     if (!s.precheck_ok || !head.tmpl) return false;
     auto it = s.templates.find(head.tmpl);
     if (it == s.templates.end()) return false;
     const std::vector<uint8_t>& q = s.held.msg;
-    audit_.resize(12);
+    audit_.resize(16);
     memcpy(audit_.data(), &head.up, 4);
     memcpy(audit_.data() + 4, &head.down, 4);
+    memcpy(audit_.data() + 12, &head.tmpl, 4);
     uint32_t flags = 0;
-    if (q[0] == 'B') {
-      // The template holds the statement's text; the Bind's values are this execution's.
+    if (q[0] != 'Q') {
+      // The template holds the statement's text; the Bind's values are this execution's. The run
+      // is whole messages one_execution checked: a Bind first, or after the Parse.
+      size_t b = q[0] == 'P' ? 1 + (size_t)be32(q.data() + 1) : 0;
       PgSlice portal, statement, values;
-      if (!pg_bind(q.data() + 5, be32(q.data() + 1) - 4, &portal, &statement, &values) ||
+      if (!pg_bind(q.data() + b + 5, be32(q.data() + b + 1) - 4, &portal, &statement, &values) ||
           !values_clean(s.precheck, values, &folded_))
         return false;
-      flags = kPortalEnded;
+      flags = kPortalEnded | (q[0] == 'P' ? (uint32_t)kParsedUnnamed : 0u);
       memcpy(audit_.data() + 8, &flags, 4);
       return encode_statement(it->second, nullptr, 0, &values, complete, clen, head.duration_ms, &audit_);
     }
