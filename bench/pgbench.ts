@@ -9,7 +9,8 @@
 //   pgbouncer  pgbench talks to a pgbouncer (Debian package) in session mode on 127.0.0.1, started
 //              here with a generated ini (auth_type trust, default_pool_size 20, max_client_conn 100).
 // Workloads: pgbench select-only (-S) with the simple and the prepared protocol, and the default
-// TPC-B-like script with the simple protocol; CLIENTS clients over THREADS threads, a short warm-up,
+// TPC-B-like script with the simple protocol (select-only with the extended protocol when named in
+// --workloads); CLIENTS clients over THREADS threads, a short warm-up,
 // then TIME seconds each, every path of a workload back to back (order rotated per workload). The
 // pgbench database (scale SCALE) is initialised once over the unix socket, outside every proxy; the
 // history table is truncated and the small tables vacuumed before each TPC-B-like run (pgbench's own
@@ -87,11 +88,15 @@ interface Workload {
   /** Statements the script sends per transaction: what the audit must show at least. */
   statementsPerTxn: number;
   writes: boolean;
+  /** Run only when named with --workloads. */
+  optional?: boolean;
 }
 
 const WORKLOADS: Workload[] = [
   { name: 'select-simple', label: 'select-only -M simple', args: ['-S', '-M', 'simple'], statementsPerTxn: 1, writes: false },
   { name: 'select-prepared', label: 'select-only -M prepared', args: ['-S', '-M', 'prepared'], statementsPerTxn: 1, writes: false },
+  // Parse of the unnamed statement, Bind, Describe, Execute, Sync every time: what most drivers send.
+  { name: 'select-extended', label: 'select-only -M extended', args: ['-S', '-M', 'extended'], statementsPerTxn: 1, writes: false, optional: true },
   // BEGIN; UPDATE accounts; SELECT; UPDATE tellers; UPDATE branches; INSERT history; END
   { name: 'tpcb', label: 'TPC-B-like -M simple', args: ['-M', 'simple'], statementsPerTxn: 7, writes: true },
 ];
@@ -123,6 +128,8 @@ interface RunResult {
   statements: number;
   /** Of those, statements the native relay summarised (CONNECTION_CLOSE relay_summarized). */
   summarised: number;
+  /** Of those, statements whose event the relay wrote itself (CONNECTION_CLOSE relay_encoded). */
+  encoded: number;
   /** cpu seconds of the proxy process (agent or pgbouncer) per wall second. */
   proxyCpu: number;
   /** The proxy's cpu time over the run divided by the transactions (connection setup included). */
@@ -174,7 +181,7 @@ let interrupted = false;
 // Processes
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS, rounds: 1, relayPath: false };
+  const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS.filter((w) => !w.optional), rounds: 1, relayPath: false };
   const usage = 'usage: pgbench.js [--time S] [--warmup S] [--clients N] [--threads N] [--scale N] ' +
     `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--rounds N] [--relay-path]`;
   for (let i = 0; i < argv.length; i++) {
@@ -440,33 +447,37 @@ async function startAgent(pg: PgServer, work: string, opts: Options, protocol: '
  * does, but only the new records and only their kind), and the statements the native relay
  * summarised, from the sessions' CONNECTION_CLOSE events.
  */
-interface Counted { records: number; statements: number; summarised: number }
+interface Counted { records: number; statements: number; summarised: number; encoded: number }
 
 class StatementCounter {
   private next = 1;
   constructor(private readonly spoolDir: string) {}
 
   private async drain(): Promise<Counted> {
-    const c: Counted = { records: 0, statements: 0, summarised: 0 };
+    const c: Counted = { records: 0, statements: 0, summarised: 0, encoded: 0 };
     for await (const rec of readSpoolDir(this.spoolDir, this.next)) {
       this.next = rec.seq + 1;
       c.records++;
-      const ev = decodeEvent(rec.bytes) as unknown as { kind: number; connectionClose?: { relaySummarized?: unknown } };
+      const ev = decodeEvent(rec.bytes) as unknown as { kind: number; connectionClose?: { relaySummarized?: unknown; relayEncoded?: unknown } };
       if (ev.kind === EventKind.EVENT_KIND_STATEMENT) c.statements++;
-      else if (ev.kind === EventKind.EVENT_KIND_CONNECTION_CLOSE) c.summarised += Number(ev.connectionClose?.relaySummarized ?? 0);
+      else if (ev.kind === EventKind.EVENT_KIND_CONNECTION_CLOSE) {
+        c.summarised += Number(ev.connectionClose?.relaySummarized ?? 0);
+        c.encoded += Number(ev.connectionClose?.relayEncoded ?? 0);
+      }
     }
     return c;
   }
 
   /** Records, statements and summaries since the last call, once the agent has written everything it will. */
   async settle(): Promise<Counted> {
-    const c: Counted = { records: 0, statements: 0, summarised: 0 };
+    const c: Counted = { records: 0, statements: 0, summarised: 0, encoded: 0 };
     for (let quiet = 0, i = 0; quiet < 2 && i < 50; i++) {
       await sleep(150);
       const d = await this.drain();
       c.statements += d.statements;
       c.records += d.records;
       c.summarised += d.summarised;
+      c.encoded += d.encoded;
       quiet = d.records === 0 ? quiet + 1 : 0;
     }
     return c;
@@ -549,7 +560,7 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
   const fsyncCounts = fsyncs ? await fsyncs.stop() : new Map<number, number>();
   const lat = readLatencies(logDir);
   rmSync(logDir, { recursive: true, force: true });
-  const counted = counter ? await counter.settle() : { records: 0, statements: 0, summarised: 0 };
+  const counted = counter ? await counter.settle() : { records: 0, statements: 0, summarised: 0, encoded: 0 };
   let spool: SpoolCost | undefined;
   if (agentPid && threads0 && threads1) {
     spool = { records: counted.records, fsyncs: fsyncCounts.size ? 0 : NaN, mainCpu: 0, poolCpu: 0, relayCpu: 0, otherThreadsCpu: 0 };
@@ -573,7 +584,7 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
     sched.fwdSlices = (th.slices - before.slices) / res.txns;
   }
   return {
-    ...res, sched, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements, summarised: counted.summarised,
+    ...res, sched, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements, summarised: counted.summarised, encoded: counted.encoded,
     proxyCpu: cpu.proxy, proxyUsPerTxn: (cpu.proxy * cpu.wall * 1e6) / res.txns,
     pgUsPerTxn: (cpu.pgSecs * 1e6) / res.txns, clientUsPerTxn: (cpu.clientSecs * 1e6) / res.txns, hostBusy: cpu.host, otherCpu: cpu.other, spool,
   };
@@ -758,12 +769,13 @@ async function main(): Promise<number> {
         continue;
       }
       rows.push([w.label, n, f0(r.tps), f3(r.avgMs), f3(r.p50Ms), f3(r.p99Ms), String(r.txns), String(r.failed),
-        n === 'runguard' ? `${r.statements} (${f2(r.statements / r.txns)}/txn, ${pct(r.summarised / Math.max(1, r.statements))} summarised)` : String(r.statements),
+        n === 'runguard' ? `${r.statements} (${f2(r.statements / r.txns)}/txn, ${pct(r.summarised / Math.max(1, r.statements))} summarised, ${pct(r.encoded / Math.max(1, r.statements))} written by the relay)` : String(r.statements),
         n === 'direct' ? '-' : pct(r.proxyCpu), n === 'direct' ? '-' : f0(r.proxyUsPerTxn), f0(r.pgUsPerTxn), f0(r.clientUsPerTxn), pct(r.hostBusy), pct(r.otherCpu)]);
     }
   }
   out.push(table(rows, 'll'));
   out.push('  STATEMENT events: for runguard also the share the native relay summarised (request + command tag, not every message)');
+  out.push('  and the share whose event it wrote itself (the handler only numbered and sealed them)');
   out.push('  proxy cpu: cpu time of the agent / pgbouncer process per wall second (100% = one cpu); proxy us/txn: that cpu time');
   out.push('  per transaction (a single-threaded proxy at 100% caps tps at 1e6 / us/txn); pg / pgbench us/txn: the same for');
   out.push('  PostgreSQL and for the bench\'s children (pgbench); host cpu: all cpus busy;');
