@@ -179,13 +179,13 @@ struct Session {
   // 'S' + shape, or + 'X' + exact text.
   struct Remembered {
     uint32_t tag;
-    uint32_t tmpl;  // the handler's audit template for a Q's statement (0: none; see AuditedHead)
+    uint32_t tmpl;  // the handler's audit template for a Q's statement or a Parse's executions (0: none; see remembered())
   };
   std::unordered_map<std::string, Remembered> allowed;
   // Prepared statements and portals whose statement the relay may execute, with its mask tag; a
   // statement also with the audit template of its executions (0: none), which the handler sends
-  // with its answer to the Parse (relayResume) and which a Parse the relay repeats never has: its
-  // text may differ from the one the template holds.
+  // with its answer to the Parse (relayResume) and which a Parse the relay repeats has only when
+  // remembered by its exact text: the template holds the text.
   struct Statement {
     uint32_t tag;
     uint32_t tmpl;
@@ -233,7 +233,7 @@ struct Session {
     bool active = false;
     double ms = 0;
     uint32_t epoch = 0;
-    uint32_t tmpl = 0;  // a Q's template, or that of the statement a run without Parse executes in the unnamed portal
+    uint32_t tmpl = 0;  // a Q's template, or that of the statement a run executes in the unnamed portal
     PgSpan text;
     std::vector<uint8_t> msg;  // the whole request: the Q, or Parse/Bind to Sync
   } held;
