@@ -795,7 +795,9 @@ class PgSession implements RelayListener {
    * (its template, a text and bound values the redactors leave as they are, the command tag and the
    * duration): the Statement field is encoded, the handler only counts and numbers it
    * (src/statement_event.h). Flags: EVENT_PORTAL_ENDED for an execution of the unnamed portal whose
-   * transaction ended with it; the handler never saw that Bind, and the portal it knew is gone.
+   * transaction ended with it (the handler never saw that Bind, and the portal it knew is gone);
+   * EVENT_PARSED_UNNAMED when the run parsed the unnamed statement first: it is now the statement
+   * the record's template was made for.
    */
   private onRelayEvent(bytes: Buffer): void {
     if (bytes.length < 16) return void this.notWhole();
