@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { AgentFixture, ROOT } from '../helpers/agent.js';
 import * as msg from '../../agent/pg/messages.js';
+import { redactedParam } from '../../agent/pg/column-literals.js';
 import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 
@@ -177,6 +178,29 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
       assertSummarised(events, 30, 40, SECRET, [15, 20]);
     });
   }
+
+  test('values bound into a masked column stay with the handler, which masks them; the relay writes none of those events', async () => {
+    const NOTE = 'private-note-' + 'b8e1c0';
+    const script = path.join(work, 'masked-write.sql');
+    // secret_note is masked by column: its value is masked in the audit even though no detector flags it.
+    writeFileSync(script, '\\set id random(1, 2000)\nUPDATE contacts SET secret_note = :note WHERE id = :id;\n');
+    const r = await agent.run(['pgbench', '-n', '-M', 'prepared', '-c', '1', '-t', '20', '-D', `note=${NOTE}`, '-f', script, url]);
+    assert.equal(r.status, 0, r.stderr);
+    const events = await agent.settledEvents();
+    const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
+    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+    assert.equal(st.length, 20);
+    for (const s of st) {
+      assert.equal(s.text, 'UPDATE contacts SET secret_note = $1 WHERE id = $2');
+      assert.equal(s.params[0], redactedParam('secret_note'));
+      assert.ok(Number(s.params[1]) >= 1 && Number(s.params[1]) <= 2000);
+      assert.equal(s.commandTag, 'UPDATE 1');
+    }
+    // Summarised by the relay, audited by the handler: the note's value is in no statement event (the
+    // exec event of pgbench has it, in its command line).
+    assert.ok(!JSON.stringify(st).includes(NOTE), 'the masked value in a statement event');
+    assertSummarised(events, 15, 20, 'no secret in this test', [0, 0]);
+  });
 
   test('executions the relay must not summarise (pipelined, failing, row-limited) are audited from their messages', async () => {
     const ROWS = 'SELECT id FROM contacts WHERE id <= $1 ORDER BY id';
