@@ -115,6 +115,8 @@ function decisionInfo(d: Decision): NonNullable<StatementInfo['decision']> {
 
 /** Bytes before the request in a kAudited record (relay.cc AuditedHead). */
 const AUDITED_HEAD = 32;
+/** A RecordKind.Event's head (src/relay.cc EventHead): bytes up, down, flags, template, length of the Bind that follows. */
+const EVENT_HEAD = 20;
 /** Audit templates a session keeps (the relay forgets its decisions at 4096 too: kMaxRemembered). */
 const MAX_TEMPLATES = 4096;
 
@@ -794,16 +796,18 @@ class PgSession implements RelayListener {
    * A statement the relay audited itself, as onAudited would have from the same kAudited record
    * (its template, a text and bound values the redactors leave as they are, the command tag and the
    * duration): the Statement field is encoded, the handler only counts and numbers it
-   * (src/statement_event.h). Flags: EVENT_PORTAL_ENDED for an execution of the unnamed portal whose
-   * transaction ended with it (the handler never saw that Bind, and the portal it knew is gone);
-   * EVENT_PARSED_UNNAMED when the run parsed the unnamed statement first: it is now the statement
-   * the record's template was made for.
+   * (src/statement_event.h). An execution of the unnamed portal comes with EVENT_PORTAL_ENDED when
+   * its transaction ended with it (the handler never saw that Bind, and the portal it knew is gone),
+   * otherwise with the Bind, kept as the portal; with EVENT_PARSED_UNNAMED when the run parsed the
+   * unnamed statement first: it is now the statement the record's template was made for.
    */
   private onRelayEvent(bytes: Buffer): void {
-    if (bytes.length < 16) return void this.notWhole();
+    if (bytes.length < EVENT_HEAD) return void this.notWhole();
     this.bytesUp += bytes.readUInt32LE(0);
     this.bytesDown += bytes.readUInt32LE(4);
     const flags = bytes.readUInt32LE(8);
+    const fieldAt = EVENT_HEAD + bytes.readUInt32LE(16);
+    if (fieldAt > bytes.length) return void this.notWhole();
     if (flags & EVENT_PARSED_UNNAMED) {
       const p = this.executed.get(bytes.readUInt32LE(12));
       if (p) this.prepared.set('', p);
@@ -814,9 +818,15 @@ class PgSession implements RelayListener {
       }
     }
     if (flags & EVENT_PORTAL_ENDED) this.portals.delete('');
+    else if (fieldAt > EVENT_HEAD) {
+      // The transaction is still open, and with it the portal: kept as onBind keeps it.
+      const b = msg.decodeBind(bytes.subarray(EVENT_HEAD, fieldAt));
+      if (b instanceof PgProtocolError) return this.protocolError('job', b);
+      this.portals.set(b.portal, { stmt: b.statement, params: b.params });
+    }
     this.auditedByRelay++;
     this.encodedByRelay++;
-    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statementField: bytes.subarray(16) });
+    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statementField: bytes.subarray(fieldAt) });
   }
 
   private emitTemplated(template: StatementTemplate, text: string, params: string[] | undefined, outcome: StatementOutcome): void {

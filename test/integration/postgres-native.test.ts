@@ -179,6 +179,32 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     });
   }
 
+  test('an execution the relay audits inside a transaction leaves the handler its portal, for an Execute without Bind', async () => {
+    const A = 'SELECT count(*) FROM contacts WHERE id <= 2 AND note <> $1';
+    const run = (value: string) => Buffer.concat([msg.parse('', A), msg.bind({ params: [value] }), msg.describe('P'), msg.execute('', 0), msg.sync()]);
+    const steps = [
+      msg.startupMessage({ user: 'postgres', database: 'postgres' }),
+      msg.query('BEGIN'),
+      run('v1'), // decided by the handler
+      run('v2'), // the relay may write these two itself: the transaction stays open, the portal too
+      run('v3'),
+      Buffer.concat([msg.execute('', 0), msg.sync()]), // the same portal again, no Bind: its values are v3's
+      msg.query('COMMIT'),
+      msg.terminate(),
+    ];
+    const r = await agent.run(['python3', path.join(ROOT, 'test/fixtures/raw-client.py'), '127.0.0.2', String(pg.port), ...steps.map((b) => b.toString('hex'))]);
+    const replies = (JSON.parse(r.stdout.trim()) as { received: string[] }).received.map((h) => Buffer.from(h, 'hex').toString('latin1'));
+    assert.match(replies[5]!, /C\0\0\0[^]SELECT 0\0/, "the portal ran again (it had no rows left)");
+    assert.match(replies[5]!, /Z\0\0\0\x05T/, 'inside the transaction');
+    const events = await agent.settledEvents();
+    const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
+    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+    assert.deepEqual(st.map((s) => [s.text, s.params ?? []]), [
+      ['BEGIN', []], [A, ['v1']], [A, ['v2']], [A, ['v3']], [A, ['v3']], ['COMMIT', []],
+    ]);
+    assertSummarised(events, 1, 3, 'no secret in this test', [1, 2]);
+  });
+
   test('values bound into a masked column stay with the handler, which masks them; the relay writes none of those events', async () => {
     const NOTE = 'private-note-' + 'b8e1c0';
     const script = path.join(work, 'masked-write.sql');

@@ -45,15 +45,27 @@ enum RecordKind : uint8_t {
   kClosed = 4,  // the session's sockets are closed and it is forgotten (after relayClose)
   kSkip = 5,    // the relay forwarded this many bytes (u32) of messages the handler only counts
   kAudited = 6,  // a simple query and its whole plain answer, summarised (see Held below)
-  kEvent = 7,    // the same, audited here: u32 bytes up, u32 bytes down, u32 EventFlags, u32 template, the Statement field (statement_event.h)
+  kEvent = 7,    // the same, audited here: see EventHead, then the Statement field (statement_event.h)
 };
 enum Side : uint8_t { kClient = 0, kServer = 1 };
 // What else a kEvent record tells the handler, which never saw the request's messages.
 // kPortalEnded: the statement was an execution of the unnamed portal in a transaction that ended
 // with it (ReadyForQuery 'I'), so the server has no such portal any more: the handler forgets the
-// one it knew. kParsedUnnamed: the run began with a Parse of the unnamed statement, which is now
-// the one whose executions have the record's template (the handler made it for that statement).
+// one it knew. Otherwise an execution's record carries its Bind, which the handler keeps as the
+// unnamed portal (a later Execute of it without a Bind is audited with those values).
+// kParsedUnnamed: the run began with a Parse of the unnamed statement, which is now the one whose
+// executions have the record's template (the handler made it for that statement).
 enum EventFlags : uint32_t { kPortalEnded = 1, kParsedUnnamed = 2 };
+
+// kEvent payload, native byte order: this head, the Bind's body (bind_len bytes: an execution in a
+// transaction still open), the Statement field. agent/pg/handler.ts onRelayEvent reads it.
+struct EventHead {
+  uint32_t up, down;  // bytes relayed each way
+  uint32_t flags;     // EventFlags
+  uint32_t tmpl;      // the template the statement was written with
+  uint32_t bind_len;
+};
+static_assert(sizeof(EventHead) == 20, "kEvent layout is shared with agent/pg/handler.ts");
 
 // Messages the handler relays unread once a session is authenticated (handler.ts onClientFrame and
 // onServerFrame: the default branches, and DataRows it would pass unchanged, which are the only
@@ -676,8 +688,8 @@ class Relay {
       PgSlice statement, portal;
       if (!one_execution(m, n, &statement, &portal)) return false;
       // Only a statement the handler saw parsed has a template (a Parse in the run just set it), and
-      // only the unnamed portal's end and the unnamed statement's Parse are what the handler can
-      // follow without the messages (see EventFlags).
+      // only the unnamed portal and the unnamed statement are what the handler follows from a
+      // kEvent record instead of the messages (see EventFlags).
       if (portal.n == 0 && (m[0] == 'B' || statement.n == 0)) {
         key_.assign(reinterpret_cast<const char*>(statement.p), statement.n);
         auto it = s.statements.find(key_);
@@ -753,7 +765,7 @@ class Relay {
     AuditedHead head{now_ms() - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, h.tmpl, h.text.start, h.text.end};
     // ReadyForQuery's status: 'I', the transaction ended (pg_backend_ok checked the body is one byte).
     bool idle = m[ready + 5] == 'I';
-    if ((first == 'Q' || idle) && event(s, head, c, clen)) {
+    if (event(s, head, idle, c, clen)) {
       s.held.active = false;
       append_record(s, kEvent, kServer, audit_.data(), audit_.size(), h.epoch, h.ms);
       return true;
@@ -769,28 +781,25 @@ class Relay {
 
   // The held request's statement event into audit_ (kEvent), if the relay can write exactly what
   // the handler would (see statement_event.h): a Q's statement, or the execution of a prepared
-  // statement in the unnamed portal, whose transaction ended with it (the caller checks), the
-  // statement parsed in the same run or before.
-  bool event(const Session& s, const AuditedHead& head, const uint8_t* complete, size_t clen) {
+  // statement in the unnamed portal (the statement parsed in the same run or before). `idle`: the
+  // answer's ReadyForQuery says no transaction is open.
+  bool event(const Session& s, const AuditedHead& head, bool idle, const uint8_t* complete, size_t clen) {
     if (!s.precheck_ok || !head.tmpl) return false;
     auto it = s.templates.find(head.tmpl);
     if (it == s.templates.end()) return false;
     const std::vector<uint8_t>& q = s.held.msg;
-    audit_.resize(16);
-    memcpy(audit_.data(), &head.up, 4);
-    memcpy(audit_.data() + 4, &head.down, 4);
-    memcpy(audit_.data() + 12, &head.tmpl, 4);
-    uint32_t flags = 0;
+    EventHead e{head.up, head.down, 0, head.tmpl, 0};
     if (q[0] != 'Q') {
       // The template holds the statement's text; the Bind's values are this execution's. The run
       // is whole messages one_execution checked: a Bind first, or after the Parse.
       size_t b = q[0] == 'P' ? 1 + (size_t)be32(q.data() + 1) : 0;
+      const uint8_t* bind = q.data() + b + 5;
+      size_t bind_len = be32(q.data() + b + 1) - 4;
       PgSlice portal, statement, values;
-      if (!pg_bind(q.data() + b + 5, be32(q.data() + b + 1) - 4, &portal, &statement, &values) ||
-          !values_clean(s.precheck, values, &folded_))
-        return false;
-      flags = kPortalEnded | (q[0] == 'P' ? (uint32_t)kParsedUnnamed : 0u);
-      memcpy(audit_.data() + 8, &flags, 4);
+      if (!pg_bind(bind, bind_len, &portal, &statement, &values) || !values_clean(s.precheck, values, &folded_)) return false;
+      e.flags = (idle ? (uint32_t)kPortalEnded : 0u) | (q[0] == 'P' ? (uint32_t)kParsedUnnamed : 0u);
+      e.bind_len = idle ? 0 : (uint32_t)bind_len;
+      put_event_head(e, idle ? nullptr : bind);
       return encode_statement(it->second, nullptr, 0, &values, complete, clen, head.duration_ms, &audit_);
     }
     // The text span is within the query string (offset 5 in the Q), its NUL after it.
@@ -798,8 +807,15 @@ class Relay {
     const uint8_t* text = q.data() + 5 + head.text_start;
     size_t text_len = head.text_end - head.text_start;
     if (!utf8_valid(text, text_len) || !s.precheck.clean(text, text_len, &folded_)) return false;
-    memcpy(audit_.data() + 8, &flags, 4);
+    put_event_head(e, nullptr);
     return encode_statement(it->second, text, text_len, nullptr, complete, clen, head.duration_ms, &audit_);
+  }
+
+  // audit_ = the head, then the Bind's body when the head says it has one.
+  void put_event_head(const EventHead& e, const uint8_t* bind) {
+    const uint8_t* h = reinterpret_cast<const uint8_t*>(&e);
+    audit_.assign(h, h + sizeof e);
+    if (bind) audit_.insert(audit_.end(), bind, bind + e.bind_len);
   }
 
   void keep_template(Session& s, uint32_t id, const std::vector<uint8_t>& packed) {
