@@ -9,8 +9,8 @@
 //   pgbouncer  pgbench talks to a pgbouncer (Debian package) in session mode on 127.0.0.1, started
 //              here with a generated ini (auth_type trust, default_pool_size 20, max_client_conn 100).
 // Workloads: pgbench select-only (-S) with the simple and the prepared protocol, and the default
-// TPC-B-like script with the simple protocol (select-only with the extended protocol when named in
-// --workloads); CLIENTS clients over THREADS threads, a short warm-up,
+// TPC-B-like script with the simple protocol (select-only with the extended protocol and TPC-B-like
+// with the prepared one when named in --workloads); CLIENTS clients over THREADS threads, a short warm-up,
 // then TIME seconds each, every path of a workload back to back (order rotated per workload). The
 // pgbench database (scale SCALE) is initialised once over the unix socket, outside every proxy; the
 // history table is truncated and the small tables vacuumed before each TPC-B-like run (pgbench's own
@@ -99,6 +99,7 @@ const WORKLOADS: Workload[] = [
   { name: 'select-extended', label: 'select-only -M extended', args: ['-S', '-M', 'extended'], statementsPerTxn: 1, writes: false, optional: true },
   // BEGIN; UPDATE accounts; SELECT; UPDATE tellers; UPDATE branches; INSERT history; END
   { name: 'tpcb', label: 'TPC-B-like -M simple', args: ['-M', 'simple'], statementsPerTxn: 7, writes: true },
+  { name: 'tpcb-prepared', label: 'TPC-B-like -M prepared', args: ['-M', 'prepared'], statementsPerTxn: 7, writes: true, optional: true },
 ];
 
 interface Options {
