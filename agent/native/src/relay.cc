@@ -247,6 +247,8 @@ struct Session {
     uint32_t epoch = 0;
     uint32_t tmpl = 0;  // a Q's template, or that of the statement a run executes in the unnamed portal
     PgSpan text;
+    // A run's Bind body and its values block (pg_bind), as offsets into msg.
+    size_t bind_at = 0, bind_len = 0, values_at = 0, values_len = 0;
     std::vector<uint8_t> msg;  // the whole request: the Q, or Parse/Bind to Sync
   } held;
 };
@@ -685,8 +687,11 @@ class Relay {
       if (n != (size_t)be32(m + 1) + 1) return false;
       tmpl = s.hit_tmpl;
     } else {
-      PgSlice statement, portal;
-      if (!one_execution(m, n, &statement, &portal)) return false;
+      Execution x;
+      if (!one_execution(m, n, &x)) return false;
+      const PgSlice &statement = x.statement, &portal = x.portal;
+      s.held.bind_at = (size_t)(x.bind.p - m), s.held.bind_len = x.bind.n;
+      s.held.values_at = (size_t)(x.values.p - m), s.held.values_len = x.values.n;
       // Only a statement the handler saw parsed has a template (a Parse in the run just set it), and
       // only the unnamed portal and the unnamed statement are what the handler follows from a
       // kEvent record instead of the messages (see EventFlags).
@@ -706,12 +711,18 @@ class Relay {
     return true;
   }
 
+  // What one_execution found in a run: the statement and portal its Bind names, the Bind's body and
+  // its values block (pg_bind), all within the run.
+  struct Execution {
+    PgSlice statement, portal, bind, values;
+  };
+
   // Whether m[0, n), whole messages the relay framed, is Parse (optional), Bind (of that statement),
   // Describe of that portal (optional), Execute of it for all rows, Sync: one statement's
   // execution, answered by one result. Drivers that bind values send it with the Parse of an
-  // unnamed statement every time; prepared statements without. *statement, *portal: what the Bind names.
-  static bool one_execution(const uint8_t* m, size_t n, PgSlice* statement_out, PgSlice* portal_out) {
-    PgSlice parsed{nullptr, 0}, sql, bound, executed, statement;
+  // unnamed statement every time; prepared statements without.
+  static bool one_execution(const uint8_t* m, size_t n, Execution* x) {
+    PgSlice parsed{nullptr, 0}, sql, bound, executed, statement, values;
     size_t at = 0;
     auto next = [&](uint8_t type) {
       if (at >= n || m[at] != type) return (const uint8_t*)nullptr;
@@ -724,7 +735,7 @@ class Relay {
     const uint8_t* p = next('P');
     if (p && !pg_parse(p + 5, body_len(p), &parsed, &sql)) return false;
     const uint8_t* b = next('B');
-    if (!b || !pg_bind(b + 5, body_len(b), &bound, &statement) || (p && !same(parsed, statement))) return false;
+    if (!b || !pg_bind(b + 5, body_len(b), &bound, &statement, &values) || (p && !same(parsed, statement))) return false;
     if (const uint8_t* d = next('D')) {
       // 'P', the portal's name, its NUL.
       if (body_len(d) != bound.n + 2 || d[5] != 'P' || memcmp(d + 6, bound.p, bound.n) != 0 || d[6 + bound.n] != 0) return false;
@@ -733,7 +744,7 @@ class Relay {
     if (!e || !pg_execute(e + 5, body_len(e), &executed)) return false;
     // The portal bound is the one executed, and for every row: a row limit ends in PortalSuspended.
     if (!same(executed, bound) || be32(e + 5 + body_len(e) - 4) != 0) return false;
-    *statement_out = statement, *portal_out = bound;
+    *x = Execution{statement, bound, PgSlice{b + 5, body_len(b)}, values};
     return next('S') != nullptr && at == n;
   }
 
@@ -790,16 +801,14 @@ class Relay {
     const std::vector<uint8_t>& q = s.held.msg;
     EventHead e{head.up, head.down, 0, head.tmpl, 0};
     if (q[0] != 'Q') {
-      // The template holds the statement's text; the Bind's values are this execution's. The run
-      // is whole messages one_execution checked: a Bind first, or after the Parse.
-      size_t b = q[0] == 'P' ? 1 + (size_t)be32(q.data() + 1) : 0;
-      const uint8_t* bind = q.data() + b + 5;
-      size_t bind_len = be32(q.data() + b + 1) - 4;
-      PgSlice portal, statement, values;
-      if (!pg_bind(bind, bind_len, &portal, &statement, &values) || !values_clean(s.precheck, values, &folded_)) return false;
+      // The template holds the statement's text; the Bind's values (hold() kept where they are)
+      // are this execution's.
+      const Session::Held& h = s.held;
+      PgSlice values{q.data() + h.values_at, h.values_len};
+      if (!values_clean(s.precheck, values, &folded_)) return false;
       e.flags = (idle ? (uint32_t)kPortalEnded : 0u) | (q[0] == 'P' ? (uint32_t)kParsedUnnamed : 0u);
-      e.bind_len = idle ? 0 : (uint32_t)bind_len;
-      put_event_head(e, idle ? nullptr : bind);
+      e.bind_len = idle ? 0 : (uint32_t)h.bind_len;
+      put_event_head(e, idle ? nullptr : q.data() + h.bind_at);
       return encode_statement(it->second, nullptr, 0, &values, complete, clen, head.duration_ms, &audit_);
     }
     // The text span is within the query string (offset 5 in the Q), its NUL after it.
