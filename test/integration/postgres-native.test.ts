@@ -80,6 +80,22 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     assert.ok(!agent.log.includes('would have handled differently'));
   }
 
+  /** The statements of the last session that closed, from the settled spool. */
+  function lastSessionStatements(events: Awaited<ReturnType<AgentFixture['events']>>): Record<string, any>[] {
+    const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
+    return events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+  }
+
+  /** One execution of `sql` in the unnamed portal, parsed first: what drivers that bind values send. */
+  const execution = (sql: string, value: string, maxRows = 0): Buffer =>
+    Buffer.concat([msg.parse('', sql), msg.bind({ params: [value] }), msg.describe('P'), msg.execute('', maxRows), msg.sync()]);
+
+  /** Sends each step and waits for its answer (test/fixtures/raw-client.py); the answers as latin1 text. */
+  async function rawSession(steps: Buffer[], env: Record<string, string> = {}): Promise<string[]> {
+    const r = await agent.run(['python3', path.join(ROOT, 'test/fixtures/raw-client.py'), '127.0.0.2', String(pg.port), ...steps.map((b) => b.toString('hex'))], env);
+    return (JSON.parse(r.stdout.trim()) as { received: string[] }).received.map((h) => Buffer.from(h, 'hex').toString('latin1'));
+  }
+
   test('the audit side of the agent stays on one cpu; the relay thread may run on any', () => {
     const pid = agent.proc!.pid!;
     const threads = readdirSync(`/proc/${pid}/task`).map((tid) => {
@@ -158,8 +174,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
         '-f', script, url], { DEPLOY_TOKEN: SECRET });
       assert.equal(r.status, 0, r.stderr);
       const events = await agent.settledEvents();
-      const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
-      const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+      const st = lastSessionStatements(events);
       assert.deepEqual(new Set(st.map((s) => s.text)), new Set(['SELECT count(*) FROM contacts WHERE id <= $1 AND note <> $2']));
       assert.equal(st.length, 40);
       st.forEach((s, i) => {
@@ -181,7 +196,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
 
   test('an execution the relay audits inside a transaction leaves the handler its portal, for an Execute without Bind', async () => {
     const A = 'SELECT count(*) FROM contacts WHERE id <= 2 AND note <> $1';
-    const run = (value: string) => Buffer.concat([msg.parse('', A), msg.bind({ params: [value] }), msg.describe('P'), msg.execute('', 0), msg.sync()]);
+    const run = (value: string) => execution(A, value);
     const steps = [
       msg.startupMessage({ user: 'postgres', database: 'postgres' }),
       msg.query('BEGIN'),
@@ -192,13 +207,11 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
       msg.query('COMMIT'),
       msg.terminate(),
     ];
-    const r = await agent.run(['python3', path.join(ROOT, 'test/fixtures/raw-client.py'), '127.0.0.2', String(pg.port), ...steps.map((b) => b.toString('hex'))]);
-    const replies = (JSON.parse(r.stdout.trim()) as { received: string[] }).received.map((h) => Buffer.from(h, 'hex').toString('latin1'));
+    const replies = await rawSession(steps);
     assert.match(replies[5]!, /C\0\0\0[^]SELECT 0\0/, "the portal ran again (it had no rows left)");
     assert.match(replies[5]!, /Z\0\0\0\x05T/, 'inside the transaction');
     const events = await agent.settledEvents();
-    const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
-    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+    const st = lastSessionStatements(events);
     assert.deepEqual(st.map((s) => [s.text, s.params ?? []]), [
       ['BEGIN', []], [A, ['v1']], [A, ['v2']], [A, ['v3']], [A, ['v3']], ['COMMIT', []],
     ]);
@@ -213,8 +226,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     const r = await agent.run(['pgbench', '-n', '-M', 'prepared', '-c', '1', '-t', '20', '-D', `note=${NOTE}`, '-f', script, url]);
     assert.equal(r.status, 0, r.stderr);
     const events = await agent.settledEvents();
-    const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
-    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+    const st = lastSessionStatements(events);
     assert.equal(st.length, 20);
     for (const s of st) {
       assert.equal(s.text, 'UPDATE contacts SET secret_note = $1 WHERE id = $2');
@@ -231,27 +243,23 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
   test('executions the relay must not summarise (pipelined, failing, row-limited) are audited from their messages', async () => {
     const ROWS = 'SELECT id FROM contacts WHERE id <= $1 ORDER BY id';
     const DIVIDE = 'SELECT 10 / $1::int AS q';
-    const run = (sql: string, value: string, maxRows = 0) =>
-      Buffer.concat([msg.parse('', sql), msg.bind({ params: [value] }), msg.describe('P'), msg.execute('', maxRows), msg.sync()]);
     const steps = [
       msg.startupMessage({ user: 'postgres', database: 'postgres' }),
-      run(ROWS, '5'), // decided by the handler, then remembered
-      run(ROWS, '3'), // may be summarised
-      Buffer.concat([run(ROWS, '2'), run(ROWS, '4')]), // two at once: never summarised
-      run(DIVIDE, '2'),
-      run(DIVIDE, '0'), // an error answer: never summarised
-      run(ROWS, '3', 1), // PortalSuspended: never summarised
-      run(ROWS, '1'), // may be summarised
+      execution(ROWS, '5'), // decided by the handler, then remembered
+      execution(ROWS, '3'), // may be summarised
+      Buffer.concat([execution(ROWS, '2'), execution(ROWS, '4')]), // two at once: never summarised
+      execution(DIVIDE, '2'),
+      execution(DIVIDE, '0'), // an error answer: never summarised
+      execution(ROWS, '3', 1), // PortalSuspended: never summarised
+      execution(ROWS, '1'), // may be summarised
       msg.terminate(),
     ];
-    const r = await agent.run(['python3', path.join(ROOT, 'test/fixtures/raw-client.py'), '127.0.0.2', String(pg.port), ...steps.map((b) => b.toString('hex'))]);
-    const replies = (JSON.parse(r.stdout.trim()) as { received: string[] }).received.map((h) => Buffer.from(h, 'hex').toString('latin1'));
+    const replies = await rawSession(steps);
     assert.match(replies[3]!, /SELECT 2\0[^]*SELECT 4\0/, 'both pipelined executions answered');
     assert.match(replies[5]!, /22012/, 'division by zero reaches the job');
     assert.match(replies[6]!, /s\0\0\0\x04/, 'the row limit suspends the portal');
     const events = await agent.settledEvents();
-    const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
-    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+    const st = lastSessionStatements(events);
     assert.deepEqual(st.map((s) => [s.text, s.params, s.commandTag ?? null, s.rows === undefined ? null : Number(s.rows), s.errorCode ?? null]), [
       [ROWS, ['5'], 'SELECT 5', 5, null],
       [ROWS, ['3'], 'SELECT 3', 3, null],
@@ -271,25 +279,21 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     const SECRET = 'tok-' + 'VW5uYW1lZC1zZWNyZXQ';
     const A = 'SELECT count(*) FROM contacts WHERE id <= 1 AND note <> $1';
     const B = 'SELECT count(*) FROM contacts WHERE note <> $1 AND id <= 1';
-    const run = (sql: string, value: string) => Buffer.concat([msg.parse('', sql), msg.bind({ params: [value] }), msg.describe('P'), msg.execute('', 0), msg.sync()]);
     // Bind of the unnamed statement without a Parse: executes whatever was parsed last.
     const rebind = (value: string) => Buffer.concat([msg.bind({ params: [value] }), msg.describe('P'), msg.execute('', 0), msg.sync()]);
     const steps = [
       msg.startupMessage({ user: 'postgres', database: 'postgres' }),
-      run(A, '1'), // decided by the handler, which sends the template of A's executions
-      run(B, '2'), // the same for B: the unnamed statement is B
-      run(A, '3'), // A again, by its exact text: the relay may write this event itself, and the handler learns the unnamed statement is A
-      run(A, '4'),
+      execution(A, '1'), // decided by the handler, which sends the template of A's executions
+      execution(B, '2'), // the same for B: the unnamed statement is B
+      execution(A, '3'), // A again, by its exact text: the relay may write this event itself, and the handler learns the unnamed statement is A
+      execution(A, '4'),
       rebind(SECRET), // a value the relay leaves to the handler, which must audit it as an execution of A
       msg.terminate(),
     ];
-    const r = await agent.run(['python3', path.join(ROOT, 'test/fixtures/raw-client.py'), '127.0.0.2', String(pg.port), ...steps.map((b) => b.toString('hex'))],
-      { DEPLOY_TOKEN: SECRET });
-    const replies = (JSON.parse(r.stdout.trim()) as { received: string[] }).received.map((h) => Buffer.from(h, 'hex').toString('latin1'));
+    const replies = await rawSession(steps, { DEPLOY_TOKEN: SECRET });
     assert.match(replies[5]!, /SELECT 1\0/, 'the rebound statement ran');
     const events = await agent.settledEvents();
-    const session = events.filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').at(-1)!.sessionId;
-    const st = events.filter((e) => e.kind === 'EVENT_KIND_STATEMENT' && e.sessionId === session).map((e) => e.statement);
+    const st = lastSessionStatements(events);
     assert.deepEqual(st.map((s) => [s.text, s.params, s.commandTag, s.prepared]), [
       [A, ['1'], 'SELECT 1', true],
       [B, ['2'], 'SELECT 1', true],
