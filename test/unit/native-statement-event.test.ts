@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { loadNative, type NativeAddon } from '../../agent/native/index.js';
 import { packPrecheck, packTemplate } from '../../agent/native/relay.js';
 import { PgProtocolError } from '../../agent/pg/frames.js';
-import { decodeCommandComplete } from '../../agent/pg/messages.js';
+import { dataRow, decodeCommandComplete } from '../../agent/pg/messages.js';
 import { Redactor } from '../../agent/redact/redactor.js';
 import { encodeEvent, type StatementInfo } from '../../proto/index.js';
 import { StatementTemplate, type StatementBase } from '../../proto/session-events.js';
@@ -125,16 +125,14 @@ const EXEC_BASE: StatementBase = { ...BASE, prepared: true };
 const EXEC_TEMPLATE = new StatementTemplate(EXEC_BASE);
 const EXEC_TEXT = 'SELECT abalance FROM pgbench_accounts WHERE aid = $1 AND note <> $2';
 
-/** A Bind's parameter block as pg_bind hands it on: [u16 count], then per value [i32 length][bytes], -1 for NULL. */
+/**
+ * A Bind's parameter block as pg_bind hands it on ([u16 count], then per value [i32 length][bytes],
+ * -1 for NULL): laid out exactly as a DataRow's body. `count` may say otherwise, for broken blocks.
+ */
 function valuesBlock(values: readonly (Buffer | null)[], count = values.length): Buffer {
-  const parts: Buffer[] = [Buffer.from([count >> 8, count & 0xff])];
-  for (const v of values) {
-    const n = Buffer.alloc(4);
-    n.writeInt32BE(v === null ? -1 : v.length);
-    parts.push(n);
-    if (v) parts.push(v);
-  }
-  return Buffer.concat(parts);
+  const block = Buffer.from(dataRow([...values]).subarray(5));
+  block.writeUInt16BE(count, 0);
+  return block;
 }
 
 /** The handler's execution event (onAudited: executionParams, then emitTemplated), as protobufjs encodes it. */
