@@ -145,14 +145,15 @@ interface RunResult {
   otherCpu: number;
   /** runguard only: the spool's cost, if it could be measured. */
   spool?: SpoolCost;
-  /** Time runnable but not running, per transaction: where latency goes on a busy host (schedstat). */
+  /** Scheduler counters per transaction: where time goes on a busy host besides cpu. */
   sched: SchedCost;
 }
 
 /**
- * Run-queue wait per transaction (us) of the thread that forwards the bytes (the agent's relay
- * thread, pgbouncer's only thread; NaN for direct) and of PostgreSQL's backends, and how often the
- * forwarding thread was put on a cpu (per transaction): from /proc/PID/task/TID/schedstat.
+ * Per transaction: run-queue wait (us) of the thread that forwards the bytes (the agent's relay
+ * thread, pgbouncer's only thread; NaN for direct) and how often it was put on a cpu
+ * (/proc/PID/task/TID/schedstat); PostgreSQL's processes' run-queue wait, context switches (all,
+ * and the involuntary ones) and migrations (/proc/PID/schedstat and /proc/PID/sched).
  */
 interface SchedCost { fwdWaitUs: number; fwdSlices: number; pgWaitUs: number; pgSwitches: number; pgInvoluntary: number; pgMigrations: number }
 
