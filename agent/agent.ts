@@ -2,7 +2,7 @@
 // order that never leaves a gap: the proxy listens before the redirect is switched on, the config
 // says UP before any hook is attached, and on stop the hooks are marked DOWN (fail-closed) or
 // detached (fail-open) before the proxy goes away.
-import { mkdirSync, writeFileSync, renameSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { EventKind, IdentitySource, type EventDraft } from '../proto/index.js';
@@ -27,35 +27,7 @@ import { HeartbeatSender } from './events/heartbeat.js';
 import { AgentStatusReporter, type BpfStatus } from './status.js';
 import { nativeRelay, type NativeRelay } from './native/relay.js';
 import { loadNative } from './native/index.js';
-
-/** Written to the state directory for `runguard run` and `runguard events`. */
-export interface AgentState {
-  agentId: string;
-  pid: number;
-  running: boolean;
-  proxyPort: number;
-  jobCgroup: string; // absolute path of the parent of per-job cgroups
-  pinDir: string;
-  startedAt: string;
-}
-
-export function agentStatePath(stateDir: string): string {
-  return path.join(stateDir, 'agent.json');
-}
-
-export function readAgentState(stateDir: string): AgentState | undefined {
-  try {
-    return JSON.parse(readFileSync(agentStatePath(stateDir), 'utf8')) as AgentState;
-  } catch {
-    return undefined;
-  }
-}
-
-function writeAgentState(stateDir: string, state: AgentState): void {
-  const file = agentStatePath(stateDir);
-  writeFileSync(file + '.tmp', JSON.stringify(state, null, 2) + '\n', { mode: 0o644 });
-  renameSync(file + '.tmp', file);
-}
+import { writeAgentState, type AgentState } from './state.js';
 
 export interface RunningAgent {
   readonly proxy: ProxyServer;

@@ -2,7 +2,8 @@
 import { pino } from 'pino';
 import { defaultConfig, loadConfigFile, parseInterceptRule, validate, type AgentConfig } from '../config.js';
 import { parseArgs, UsageError } from './args.js';
-import { readAgentState, startAgent } from '../agent.js';
+import { startAgent } from '../agent.js';
+import { readAgentState } from '../state.js';
 import { removePins } from '../bpf/runtime.js';
 import { cgroupPath, removeCgroup } from '../cgroup.js';
 

@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs, UsageError } from './args.js';
-import type { AgentState } from '../agent.js';
+import { agentStatePath, readAgentState, type AgentState } from '../state.js';
 import { cgroup2Root, cgroupId, cgroupIdOf, cgroupOfPid, isPopulated, parseCgroupFile, removeCgroup } from '../cgroup.js';
 import { DEFAULT_STATE_DIR } from '../paths.js';
 import { jobFromEnv, type Env } from '../identity/ci.js';
@@ -49,22 +49,6 @@ export async function hookCommand(argv: string[]): Promise<number> {
   const env = process.env;
   if (event === 'job-started') return jobStarted(stateDir, a['fail-open'] === true || env.RUNGUARD_HOOK_FAIL_OPEN === '1', env);
   return jobCompleted(stateDir, env);
-}
-
-/**
- * STATE_DIR/agent.json as agent.ts writes it. Read here rather than imported from agent.ts: that
- * module loads the whole agent (BPF, proxy, handlers), a second of start-up every job would pay.
- */
-function agentStatePath(stateDir: string): string {
-  return path.join(stateDir, 'agent.json');
-}
-
-function readAgentState(stateDir: string): AgentState | undefined {
-  try {
-    return JSON.parse(readFileSync(agentStatePath(stateDir), 'utf8')) as AgentState;
-  } catch {
-    return undefined;
-  }
 }
 
 const say = (event: string, message: string) => process.stderr.write(`runguard hook ${event}: ${message}\n`);

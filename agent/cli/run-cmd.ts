@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, UsageError } from './args.js';
-import { readAgentState } from '../agent.js';
+import { readAgentState } from '../state.js';
 import { ensureCgroup, isPopulated, removeCgroup } from '../cgroup.js';
 import { DEFAULT_STATE_DIR } from '../paths.js';
 
