@@ -255,9 +255,11 @@ describe('runner hooks: each job in its own watched, labelled cgroup', { skip },
     started.push(worker);
     const wpid = worker.pid!;
     const origin = cgroupOf(wpid);
-    await waitFor('job-started', () => existsSync(path.join(dir, 'started.rc')));
+    // `echo $? > FILE` creates the file before it writes the status: wait for the status itself.
+    const status = (name: string) => (existsSync(path.join(dir, name)) ? readFileSync(path.join(dir, name), 'utf8').trim() || undefined : undefined);
+    await waitFor('job-started', () => status('started.rc') !== undefined);
     const err = () => readFileSync(path.join(dir, 'started.err'), 'utf8');
-    assert.equal(readFileSync(path.join(dir, 'started.rc'), 'utf8').trim(), '0', err());
+    assert.equal(status('started.rc'), '0', err());
     assert.match(err(), new RegExp(`Runner\\.Worker \\(pid ${wpid}, the runner worker\\) is watched`));
     const jobCg = cgroupOf(wpid);
     assert.match(jobCg, new RegExp(`^/${agent.jobCgroup}/github-9001-2-migrate-`));
@@ -266,7 +268,7 @@ describe('runner hooks: each job in its own watched, labelled cgroup', { skip },
     assert.equal(label.workerComm, 'Runner.Worker');
 
     writeFileSync(path.join(dir, 'go'), '');
-    await waitFor('job-completed', () => existsSync(path.join(dir, 'completed.rc')));
+    await waitFor('job-completed', () => status('completed.rc') !== undefined);
     const client = JSON.parse(readFileSync(path.join(dir, 'step.out'), 'utf8')) as ClientResult;
     assert.notEqual(server.peers.at(-1)!.port, client.sock![1], 'the step was redirected');
     const open = (await agent.events()).find((e) => e.kind === 'EVENT_KIND_CONNECTION_OPEN' && e.process?.pid === client.pid);
