@@ -5,6 +5,49 @@
 
 #include <string.h>
 
+bool utf8_valid(const uint8_t* p, size_t n) {
+  const uint8_t* q = p;
+  const uint8_t* end = p + n;
+  while (q < end) {
+    // SQL text is mostly ASCII and can be long: skip 8 plain bytes (high bit clear) at a time.
+    while (static_cast<size_t>(end - q) >= 8) {
+      uint64_t w;
+      memcpy(&w, q, 8);
+      if (w & 0x8080808080808080ull) break;
+      q += 8;
+    }
+    if (q == end) break;
+    const uint8_t c = *q;
+    if (c < 0x80) {
+      q++;
+      continue;
+    }
+    // The first continuation byte's range depends on the lead byte (Unicode Table 3-7).
+    size_t more;
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+      more = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      more = 2;
+      if (c == 0xE0) lo = 0xA0;       // overlong
+      else if (c == 0xED) hi = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      more = 3;
+      if (c == 0xF0) lo = 0x90;       // overlong
+      else if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
+    } else {
+      return false;  // a continuation byte, an overlong C0/C1, or F5..FF
+    }
+    if (static_cast<size_t>(end - q) <= more) return false;  // cut off
+    if (q[1] < lo || q[1] > hi) return false;
+    for (size_t i = 2; i <= more; i++) {
+      if ((q[i] & 0xC0) != 0x80) return false;
+    }
+    q += more + 1;
+  }
+  return true;
+}
+
 namespace {
 
 // A cursor over [p, end): the body never leaves these bounds.
@@ -44,54 +87,16 @@ struct Reader {
     return true;
   }
 
-  // readCstr() for names and SQL, which must also be valid UTF-8 (RFC 3629: no overlongs, no encoded
-  // surrogates, nothing past U+10FFFF): then, and only then, the bytes and the JS string they decode
-  // to determine each other. One pass finds the NUL and validates; a NUL can never hide inside a
-  // multi-byte sequence because continuation bytes are 0x80..0xBF.
+  // readCstr() for names and SQL, which must also be valid UTF-8 (utf8_valid): then, and only then,
+  // the bytes and the JS string they decode to determine each other. A NUL never hides inside a
+  // multi-byte sequence (continuation bytes are 0x80..0xBF), so the first NUL ends the string.
   bool utf8_cstr(PgSlice* out) {
-    const uint8_t* s = p;
-    const uint8_t* q = p;
-    for (;;) {
-      // SQL text is mostly ASCII and can be long: skip 8 plain bytes (no NUL, no high bit) at a time.
-      while (static_cast<size_t>(end - q) >= 8) {
-        uint64_t w;
-        memcpy(&w, q, 8);
-        const uint64_t has_zero = (w - 0x0101010101010101ull) & ~w & 0x8080808080808080ull;
-        if ((w & 0x8080808080808080ull) | has_zero) break;
-        q += 8;
-      }
-      if (q == end) return false;
-      const uint8_t c = *q;
-      if (c == 0) break;
-      if (c < 0x80) {
-        q++;
-        continue;
-      }
-      // The first continuation byte's range depends on the lead byte (Unicode Table 3-7).
-      size_t more;
-      uint8_t lo = 0x80, hi = 0xBF;
-      if (c >= 0xC2 && c <= 0xDF) {
-        more = 1;
-      } else if (c >= 0xE0 && c <= 0xEF) {
-        more = 2;
-        if (c == 0xE0) lo = 0xA0;       // overlong
-        else if (c == 0xED) hi = 0x9F;  // surrogates
-      } else if (c >= 0xF0 && c <= 0xF4) {
-        more = 3;
-        if (c == 0xF0) lo = 0x90;       // overlong
-        else if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
-      } else {
-        return false;  // a continuation byte, an overlong C0/C1, or F5..FF
-      }
-      if (static_cast<size_t>(end - q) <= more) return false;  // cut off (and so no NUL either)
-      if (q[1] < lo || q[1] > hi) return false;
-      for (size_t i = 2; i <= more; i++) {
-        if ((q[i] & 0xC0) != 0x80) return false;
-      }
-      q += more + 1;
-    }
-    out->p = s;
-    out->n = static_cast<size_t>(q - s);
+    const void* nul = left() ? memchr(p, 0, left()) : nullptr;
+    if (!nul) return false;
+    const uint8_t* q = static_cast<const uint8_t*>(nul);
+    if (!utf8_valid(p, static_cast<size_t>(q - p))) return false;
+    out->p = p;
+    out->n = static_cast<size_t>(q - p);
     p = q + 1;
     return true;
   }

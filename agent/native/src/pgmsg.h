@@ -13,6 +13,10 @@ struct PgSlice {
   size_t n;
 };
 
+// Strict UTF-8 (RFC 3629: no overlongs, no encoded surrogates, nothing past U+10FFFF): exactly the
+// byte strings that Buffer.toString('utf8') decodes without a replacement character.
+bool utf8_valid(const uint8_t* p, size_t n);
+
 // Frontend (job -> server). Names and SQL must be valid UTF-8 (stricter than the JS decoders, which
 // map invalid bytes to U+FFFD: two byte strings must never name the same JS map key).
 bool pg_query(const uint8_t* body, size_t n, PgSlice* sql);                             // 'Q'

@@ -157,32 +157,6 @@ bool StatementPieces::parse(const uint8_t* p, size_t n) {
   return at == n;
 }
 
-bool utf8_valid(const uint8_t* p, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    uint8_t b = p[i];
-    if (b < 0x80) {
-      i++;
-      continue;
-    }
-    size_t len;
-    uint8_t lo = 0x80, hi = 0xbf;  // bounds of the second byte
-    if (b >= 0xc2 && b <= 0xdf) len = 2;
-    else if (b == 0xe0) len = 3, lo = 0xa0;
-    else if (b == 0xed) len = 3, hi = 0x9f;  // no UTF-16 surrogates
-    else if (b >= 0xe1 && b <= 0xef) len = 3;
-    else if (b == 0xf0) len = 4, lo = 0x90;
-    else if (b == 0xf4) len = 4, hi = 0x8f;  // nothing past U+10FFFF
-    else if (b >= 0xf1 && b <= 0xf3) len = 4;
-    else return false;
-    if (n - i < len || p[i + 1] < lo || p[i + 1] > hi) return false;
-    for (size_t k = 2; k < len; k++)
-      if (p[i + k] < 0x80 || p[i + k] > 0xbf) return false;
-    i += len;
-  }
-  return true;
-}
-
 bool values_clean(const RedactionPrecheck& check, const PgSlice& values, std::string* scratch) {
   static const uint8_t kNull[] = {'N', 'U', 'L', 'L'};
   if (values.n < 2) return false;

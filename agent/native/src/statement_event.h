@@ -39,10 +39,6 @@ struct StatementPieces {
   bool parse(const uint8_t* p, size_t n);
 };
 
-// Strict UTF-8 (no overlong forms, surrogates or values past U+10FFFF): exactly the byte strings
-// that Buffer.toString('utf8') decodes without a replacement character.
-bool utf8_valid(const uint8_t* p, size_t n);
-
 // Whether every bound value in `values` (pg_bind's block) comes back from the handler's
 // executionParams unchanged: valid UTF-8 that the pre-checks find nothing in, and for a NULL the
 // text 'NULL' (which the handler puts in its place) likewise.
