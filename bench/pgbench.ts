@@ -10,13 +10,14 @@
 //              here with a generated ini (auth_type trust, default_pool_size 20, max_client_conn 100).
 // Workloads: pgbench select-only (-S) with the simple and the prepared protocol, and the default
 // TPC-B-like script with the simple protocol (select-only with the extended protocol and TPC-B-like
-// with the prepared one when named in --workloads); CLIENTS clients over THREADS threads, a short warm-up,
-// then TIME seconds each, every path of a workload back to back (order rotated per workload). The
+// with the prepared one when named in --workloads); CLIENTS clients over THREADS threads, one pgbench
+// per run whose first WARMUP seconds warm its connections and whose last TIME seconds are measured
+// (from its per-transaction log), every path of a workload back to back (see roundOrder). The
 // pgbench database (scale SCALE) is initialised once over the unix socket, outside every proxy; the
 // history table is truncated and the small tables vacuumed before each TPC-B-like run (pgbench's own
 // vacuum, with its TRUNCATE, would be denied by the policy, so every run uses -n).
-// tps is pgbench's "without initial connection time"; avg is its "latency average"; p50/p99 come from
-// its per-transaction logs (-l, latency column in microseconds). The ratios are the result: the
+// tps, avg, p50 and p99 come from pgbench's per-transaction log (-l), over the transactions that
+// completed in the measured window. The ratios are the result: the
 // absolutes depend on the host (and a 2-cpu VM shares its cpus between pgbench, PostgreSQL and the
 // proxy, so a proxy's cpu cost shows up directly as lost throughput). The STATEMENT events in the
 // agent's spool are counted around every run: the runguard runs must show at least transactions x
@@ -28,7 +29,7 @@
 // Exit status: 0, or 3 when the runguard path could not be measured or a check failed.
 //
 //   npx tsc -p . && node dist/bench/pgbench.js
-//   node dist/bench/pgbench.js [--time 15] [--warmup 2] [--clients 8] [--threads 2] [--scale 10]
+//   node dist/bench/pgbench.js [--time 15] [--warmup 3] [--clients 8] [--threads 2] [--scale 10]
 //                              [--workloads select-simple,select-prepared,tpcb] [--cpu-prof DIR]
 //                              [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--rounds N] [--relay-path]
 //
@@ -37,7 +38,8 @@
 // events). pgbench goes through the same BPF redirect into it, so runguard vs relay is the price of
 // the PostgreSQL handler and its audit, and relay vs pgbouncer that of the redirect and a Node relay.
 //
-// --rounds N (default 1) runs each workload's paths N times, back to back in rotating order.
+// --rounds N (default 1) runs each workload's paths N times (roundOrder: runguard and pgbouncer
+// always back to back, first in turn).
 // This host's throughput drifts by 10-30% from minute to minute (a shared virtual machine), more than
 // most changes being measured, so with N > 1 every ratio is taken within a round, between runs
 // minutes apart at most, and the report gives the median ratio with the range over the rounds; the
@@ -123,9 +125,12 @@ interface RunResult {
   avgMs: number;
   p50Ms: number;
   p99Ms: number;
+  /** Transactions in the measured window (after the warm-up). */
   txns: number;
+  /** Every transaction of the run, warm-up included: the STATEMENT events are counted for all of them. */
+  allTxns: number;
   failed: number;
-  /** STATEMENT events the agent recorded during the measured run (runguard), or that leaked (others). */
+  /** STATEMENT events the agent recorded during the run, warm-up included (runguard), or that leaked (others). */
   statements: number;
   /** Of those, statements the native relay summarised (CONNECTION_CLOSE relay_summarized). */
   summarised: number;
@@ -153,9 +158,11 @@ interface RunResult {
  * Per transaction: run-queue wait (us) of the thread that forwards the bytes (the agent's relay
  * thread, pgbouncer's only thread; NaN for direct) and how often it was put on a cpu
  * (/proc/PID/task/TID/schedstat); PostgreSQL's processes' run-queue wait, context switches (all,
- * and the involuntary ones) and migrations (/proc/PID/schedstat and /proc/PID/sched).
+ * and the involuntary ones), migrations (/proc/PID/schedstat and /proc/PID/sched) and minor page
+ * faults (/proc/PID/stat): a backend faults on every shared buffer it touches first, and in a
+ * virtual machine those faults are a large part of a young backend's cost.
  */
-interface SchedCost { fwdWaitUs: number; fwdSlices: number; pgWaitUs: number; pgSwitches: number; pgInvoluntary: number; pgMigrations: number }
+interface SchedCost { fwdWaitUs: number; fwdSlices: number; pgWaitUs: number; pgSwitches: number; pgInvoluntary: number; pgMigrations: number; pgFaults: number }
 
 interface SpoolCost {
   /** Spool records (every kind) written during the run. */
@@ -183,7 +190,7 @@ let interrupted = false;
 // Processes
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { time: 15, warmup: 2, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS.filter((w) => !w.optional), rounds: 1, relayPath: false };
+  const opts: Options = { time: 15, warmup: 3, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS.filter((w) => !w.optional), rounds: 1, relayPath: false };
   const usage = 'usage: pgbench.js [--time S] [--warmup S] [--clients N] [--threads N] [--scale N] ' +
     `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--rounds N] [--relay-path]`;
   for (let i = 0; i < argv.length; i++) {
@@ -220,6 +227,19 @@ function parseArgs(argv: string[]): Options {
 
 
 
+
+/**
+ * The paths of one round, in the order they run. runguard and pgbouncer, whose ratio is the
+ * result, always run back to back, so that the host's drift between them is that of one run; which
+ * of the two goes first alternates from round to round (ABBA over two rounds cancels a steady
+ * drift), and the other paths go before them in two rounds out of four and after them in the rest.
+ */
+function roundOrder(paths: readonly PathName[], n: number): PathName[] {
+  const pair: PathName[] = paths.filter((p) => p === 'runguard' || p === 'pgbouncer');
+  if (n % 2 === 1) pair.reverse();
+  const rest = paths.filter((p) => !pair.includes(p));
+  return Math.floor(n / 2) % 2 === 0 ? [...rest, ...pair] : [...pair, ...rest];
+}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -286,13 +306,15 @@ function postgresCpuSeconds(pm: number): number {
 
 interface ThreadStat { secs: number; name: string; waitNs: number; slices: number }
 
-/** Scheduler counters of one process: run-queue wait (ns), context switches, cpu migrations. */
-interface Sched { waitNs: number; voluntary: number; involuntary: number; migrations: number }
-const SCHED_ZERO: Sched = { waitNs: 0, voluntary: 0, involuntary: 0, migrations: 0 };
+/** Scheduler counters of one process: run-queue wait (ns), context switches, cpu migrations, minor page faults. */
+interface Sched { waitNs: number; voluntary: number; involuntary: number; migrations: number; faults: number }
+const SCHED_ZERO: Sched = { waitNs: 0, voluntary: 0, involuntary: 0, migrations: 0, faults: 0 };
 
 function readSched(pid: number): Sched | undefined {
   try {
     const waitNs = Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[1]);
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const faults = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7]); // minflt
     // /proc/PID/sched exists with CONFIG_SCHED_DEBUG; without it the switch counts read as NaN.
     let text = '';
     try {
@@ -301,7 +323,7 @@ function readSched(pid: number): Sched | undefined {
       // no CONFIG_SCHED_DEBUG
     }
     const field = (name: string) => Number(new RegExp(`^${name.replace('.', '\\.')}\\s*:\\s*(\\d+)`, 'm').exec(text)?.[1] ?? NaN);
-    return { waitNs, voluntary: field('nr_voluntary_switches'), involuntary: field('nr_involuntary_switches'), migrations: field('se.nr_migrations') };
+    return { waitNs, voluntary: field('nr_voluntary_switches'), involuntary: field('nr_involuntary_switches'), migrations: field('se.nr_migrations'), faults };
   } catch {
     return undefined; // exited meanwhile
   }
@@ -343,7 +365,7 @@ class PgSchedSampler {
   stop(): Sched {
     clearInterval(this.timer);
     this.sample();
-    if (!this.last.size) return { waitNs: NaN, voluntary: NaN, involuntary: NaN, migrations: NaN };
+    if (!this.last.size) return { waitNs: NaN, voluntary: NaN, involuntary: NaN, migrations: NaN, faults: NaN };
     const sum = { ...SCHED_ZERO };
     for (const [pid, after] of this.last) {
       const before = this.base.get(pid) ?? SCHED_ZERO;
@@ -501,17 +523,35 @@ interface Target {
 }
 
 
-/** The latency column (3rd, microseconds) of every per-transaction log under `dir`. */
-function readLatencies(dir: string): Float64Array {
+/**
+ * The measured window of a run from pgbench's per-transaction logs (-l: client, transaction,
+ * latency in us or "failed"/"skipped", script, completion time in s and us): the transactions that
+ * completed from `startMs` on, their rate up to the last one, and their latencies, sorted.
+ */
+function readWindow(dir: string, startMs: number, loggedTxns: number) {
   const values: number[] = [];
+  let failed = 0;
+  let lastMs = startMs;
+  let all = 0;
   for (const file of readdirSync(dir)) {
     if (!file.startsWith('pgbench_log.')) continue;
     for (const line of readFileSync(path.join(dir, file), 'utf8').split('\n')) {
-      const us = Number(line.split(' ', 3)[2]); // "failed"/"skipped" lines are NaN: not latencies
-      if (line && Number.isFinite(us)) values.push(us);
+      const f = line.split(' ');
+      if (f.length < 6) continue;
+      all++;
+      const doneMs = Number(f[4]) * 1000 + Number(f[5]) / 1000;
+      if (!(doneMs >= startMs)) continue;
+      lastMs = Math.max(lastMs, doneMs);
+      const us = Number(f[2]);
+      if (Number.isFinite(us)) values.push(us);
+      else failed++;
     }
   }
-  return Float64Array.from(values).sort();
+  if (all < loggedTxns) throw new Error(`pgbench logged ${all} transactions, reported ${loggedTxns}`);
+  const latencies = Float64Array.from(values).sort();
+  const seconds = (lastMs - startMs) / 1000;
+  if (!(values.length > 0 && seconds > 0)) throw new Error('no transaction completed in the measured window');
+  return { latencies, txns: values.length, failed, tps: values.length / seconds, avgMs: latencies.reduce((a, b) => a + b, 0) / values.length / 1000 };
 }
 
 function pgbenchArgs(w: Workload, t: Target, opts: Options, seconds: number, logDir?: string): string[] {
@@ -546,21 +586,31 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
     for (const table of ['pgbench_branches', 'pgbench_tellers', 'pgbench_history']) pg.admin(`VACUUM ${table}`);
     pg.admin('CHECKPOINT');
   }
-  if (opts.warmup > 0) await pgbench(w, t, opts, opts.warmup);
-  await counter?.settle(); // the warm-up's statements are not the measured run's
+  await counter?.settle(); // whatever came before is not this run's
   const logDir = mkdtempSync(path.join(work, `${w.name}-${name}-`));
   const agentPid = name === 'runguard' ? t.proxyPid : undefined;
   const fsyncs = agentPid ? countFsyncs(agentPid) : undefined;
   if (fsyncs) await sleep(200); // perf attached
+  // One pgbench for warm-up and measurement: the measured seconds run on connections (and so
+  // PostgreSQL backends) that are already warm. A warm-up on connections of its own warmed nothing
+  // for direct and runguard, whose backends start with each connection, while pgbouncer kept its
+  // pool's backends from run to run: each new backend takes page faults on every shared buffer it
+  // first touches, costly in a virtual machine, and in a 3 s run that made PostgreSQL cost twice as
+  // much per transaction behind runguard as behind pgbouncer.
+  const running = pgbench(w, t, opts, opts.warmup + opts.time, logDir);
+  // A pgbench that fails early is reported by the await below; the window then never opened.
+  await Promise.race([sleep(opts.warmup * 1000), running.catch(() => undefined)]);
+  const windowStartMs = Date.now();
   const threads0 = t.proxyPid ? threadCpu(t.proxyPid) : undefined;
   const pgSched = new PgSchedSampler(postmasterPid(pg));
   const meter = new CpuMeter(t.proxyPid, postmasterPid(pg));
-  const res = await pgbench(w, t, opts, opts.time, logDir);
+  const whole = await running;
   const cpu = meter.read();
   const threads1 = t.proxyPid ? threadCpu(t.proxyPid) : undefined;
   const pgs = pgSched.stop();
   const fsyncCounts = fsyncs ? await fsyncs.stop() : new Map<number, number>();
-  const lat = readLatencies(logDir);
+  const res = readWindow(logDir, windowStartMs, whole.txns);
+  const lat = res.latencies;
   rmSync(logDir, { recursive: true, force: true });
   const counted = counter ? await counter.settle() : { records: 0, statements: 0, summarised: 0, encoded: 0 };
   let spool: SpoolCost | undefined;
@@ -578,7 +628,7 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
   }
   // The forwarding thread: the agent's relay thread, or pgbouncer's one thread.
   const sched: SchedCost = { fwdWaitUs: NaN, fwdSlices: NaN, pgWaitUs: pgs.waitNs / 1e3 / res.txns, pgSwitches: (pgs.voluntary + pgs.involuntary) / res.txns,
-    pgInvoluntary: pgs.involuntary / res.txns, pgMigrations: pgs.migrations / res.txns };
+    pgInvoluntary: pgs.involuntary / res.txns, pgMigrations: pgs.migrations / res.txns, pgFaults: pgs.faults / res.txns };
   for (const [tid, th] of threads1 ?? []) {
     const before = threads0?.get(tid);
     if (!before || !(name === 'runguard' ? th.name === 'runguard-relay' : tid === t.proxyPid)) continue;
@@ -586,7 +636,7 @@ async function measure(w: Workload, name: PathName, t: Target, opts: Options, wo
     sched.fwdSlices = (th.slices - before.slices) / res.txns;
   }
   return {
-    ...res, sched, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements, summarised: counted.summarised, encoded: counted.encoded,
+    tps: res.tps, avgMs: res.avgMs, txns: res.txns, failed: res.failed, allTxns: whole.txns, sched, p50Ms: percentile(lat, 0.5) / 1000, p99Ms: percentile(lat, 0.99) / 1000, statements: counted.statements, summarised: counted.summarised, encoded: counted.encoded,
     proxyCpu: cpu.proxy, proxyUsPerTxn: (cpu.proxy * cpu.wall * 1e6) / res.txns,
     pgUsPerTxn: (cpu.pgSecs * 1e6) / res.txns, clientUsPerTxn: (cpu.clientSecs * 1e6) / res.txns, hostBusy: cpu.host, otherCpu: cpu.other, spool,
   };
@@ -701,7 +751,7 @@ async function main(): Promise<number> {
     const b = await startPgbouncer(pg, HOST);
     targets.pgbouncer.port = b.port;
     targets.pgbouncer.proxyPid = b.pid;
-    targets.pgbouncer.note = `${b.version}, session mode on 127.0.0.1:${b.port}, pool 20, run as postgres (-u)`;
+    targets.pgbouncer.note = `${b.version}, session mode on 127.0.0.1:${b.port}, pool 20, idle server connections closed after 1 s, run as postgres (-u)`;
   } catch (err) {
     targets.pgbouncer.unavailable = (err as Error).message;
   }
@@ -713,9 +763,7 @@ async function main(): Promise<number> {
   for (const [wi, w] of opts.workloads.entries()) {
     const order = paths.filter((n) => !targets[n].unavailable);
     for (let round = 0; round < opts.rounds; round++) {
-      const shift = (wi + round) % order.length;
-      const rotated = [...order.slice(shift), ...order.slice(0, shift)];
-      for (const name of rotated) {
+      for (const name of roundOrder(order, wi + round)) {
         if (interrupted) return 130;
         const t = targets[name];
         const of = opts.rounds > 1 ? ` (round ${round + 1} of ${opts.rounds})` : '';
@@ -728,8 +776,8 @@ async function main(): Promise<number> {
           const r = await measure(w, name, t, opts, work, pg, counter);
           slot[round] = r;
           if (name !== 'runguard' && r.statements !== 0) errors.push(`${w.name} via ${name}: ${r.statements} statements went through the agent`);
-          if (name === 'runguard' && r.statements < r.txns * w.statementsPerTxn) {
-            errors.push(`${w.name} via runguard: ${r.statements} STATEMENT events for ${r.txns} transactions x ${w.statementsPerTxn} statements`);
+          if (name === 'runguard' && r.statements < r.allTxns * w.statementsPerTxn) {
+            errors.push(`${w.name} via runguard: ${r.statements} STATEMENT events for ${r.allTxns} transactions x ${w.statementsPerTxn} statements`);
           }
         } catch (err) {
           errors.push(`${w.name} via ${name}: ${(err as Error).message}`);
@@ -757,7 +805,7 @@ async function main(): Promise<number> {
   // Report
   const out: string[] = [''];
   out.push(`pgbench to PostgreSQL ${pg.admin('SHOW server_version').trim()} on ${HOST}:${pg.port}, scale ${opts.scale}, ` +
-    `-c ${opts.clients} -j ${opts.threads}, ${opts.warmup} s warm-up + ${opts.time} s per run, -n (vacuum by the bench, outside the proxy)`);
+    `-c ${opts.clients} -j ${opts.threads}, one pgbench per run: ${opts.warmup} s warm-up then ${opts.time} s measured on the same connections, -n (vacuum by the bench, outside the proxy)`);
   out.push(`host: ${os.cpus().length} cpus (${os.cpus()[0]?.model.trim()}), Linux ${os.release()}, node ${process.version}, ${pgbenchVersion.out}`);
   out.push('server: test/helpers/postgres.ts settings (fsync=off, shared_buffers=64MB, max_connections=100), ssl=off; clients sslmode=disable');
   for (const n of paths) out.push(`  ${n.padEnd(9)} ${targets[n].unavailable ? `UNAVAILABLE: ${targets[n].unavailable}` : targets[n].note}`);
@@ -771,7 +819,7 @@ async function main(): Promise<number> {
         continue;
       }
       rows.push([w.label, n, f0(r.tps), f3(r.avgMs), f3(r.p50Ms), f3(r.p99Ms), String(r.txns), String(r.failed),
-        n === 'runguard' ? `${r.statements} (${f2(r.statements / r.txns)}/txn, ${pct(r.summarised / Math.max(1, r.statements))} summarised, ${pct(r.encoded / Math.max(1, r.statements))} written by the relay)` : String(r.statements),
+        n === 'runguard' ? `${r.statements} (${f2(r.statements / r.allTxns)}/txn, ${pct(r.summarised / Math.max(1, r.statements))} summarised, ${pct(r.encoded / Math.max(1, r.statements))} written by the relay)` : String(r.statements),
         n === 'direct' ? '-' : pct(r.proxyCpu), n === 'direct' ? '-' : f0(r.proxyUsPerTxn), f0(r.pgUsPerTxn), f0(r.clientUsPerTxn), pct(r.hostBusy), pct(r.otherCpu)]);
     }
   }
@@ -809,21 +857,22 @@ async function main(): Promise<number> {
     const sp = g?.spool;
     if (!g || !sp) continue;
     const perTxn = (secs: number) => f0((secs * 1e6) / g.txns);
-    spoolRows.push([w.label, String(sp.records), f0(sp.fsyncs), f0(sp.fsyncs / opts.time), f2(sp.records / sp.fsyncs),
+    spoolRows.push([w.label, String(sp.records), f0(sp.fsyncs), f0(sp.fsyncs / (opts.warmup + opts.time)), f2(sp.records / sp.fsyncs),
       perTxn(sp.mainCpu), perTxn(sp.poolCpu), perTxn(sp.relayCpu), perTxn(sp.otherThreadsCpu)]);
   }
   const schedRows: string[][] = [['workload', 'path', 'fwd thread run-queue wait us/txn', 'fwd slices/txn', 'pg run-queue wait us/txn',
-    'pg switches/txn', 'pg involuntary/txn', 'pg migrations/txn']];
+    'pg switches/txn', 'pg involuntary/txn', 'pg migrations/txn', 'pg page faults/txn']];
   for (const w of opts.workloads) {
     for (const p of PATHS) {
       const r = results.get(key(w, p));
-      if (r) schedRows.push([w.label, p, f2(r.sched.fwdWaitUs), f2(r.sched.fwdSlices), f2(r.sched.pgWaitUs), f2(r.sched.pgSwitches), f2(r.sched.pgInvoluntary), f3(r.sched.pgMigrations)]);
+      if (r) schedRows.push([w.label, p, f2(r.sched.fwdWaitUs), f2(r.sched.fwdSlices), f2(r.sched.pgWaitUs), f2(r.sched.pgSwitches), f2(r.sched.pgInvoluntary), f3(r.sched.pgMigrations), f2(r.sched.pgFaults)]);
     }
   }
   out.push('');
-  out.push(table(schedRows, 'llrrrrrr'));
+  out.push(table(schedRows, 'llrrrrrrr'));
   out.push('  scheduler, per transaction: run-queue wait = time runnable but waiting for a cpu (schedstat); fwd = the thread that forwards');
-  out.push('  (the agent\'s relay thread, pgbouncer\'s process); pg = PostgreSQL\'s processes: context switches, the involuntary ones, migrations');
+  out.push('  (the agent\'s relay thread, pgbouncer\'s process); pg = PostgreSQL\'s processes: context switches, the involuntary ones, migrations,');
+  out.push('  minor page faults');
   if (spoolRows.length > 1) {
     out.push('');
     out.push(table(spoolRows, 'l'));
@@ -844,7 +893,7 @@ async function main(): Promise<number> {
     if (g && b) {
       const ratio = opts.rounds > 1 ? median(roundRatios(w, 'runguard', 'pgbouncer')) : g.tps / b.tps;
       out.push(`  ${w.label}: runguard/pgbouncer ${fx(ratio)} -> ${ratio >= 0.9 ? 'meets' : 'MISSES'} the 0.9x target; ` +
-        `${g.statements} statements audited for ${g.txns} transactions`);
+        `${g.statements} statements audited for ${g.allTxns} transactions`);
     }
   }
   if (errors.length) out.push('', 'errors:', ...errors.map((e) => `  ${e}`));

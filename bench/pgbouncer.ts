@@ -1,6 +1,7 @@
 // pgbouncer, the reference PostgreSQL proxy of the benchmarks (bench/pgbench.ts,
 // bench/relay-ceiling.ts): session mode on 127.0.0.1, a generated ini (auth_type trust, pool 20,
-// max_client_conn 100), run as the postgres user, stopped by pid at cleanup.
+// max_client_conn 100, idle server connections closed after 1 s), run as the postgres user,
+// stopped by pid at cleanup.
 import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -57,6 +58,11 @@ export async function startPgbouncer(pg: PgServer, host: string): Promise<Bounce
     'auth_type = trust', `auth_file = ${path.join(dir, 'userlist.txt')}`,
     'pool_mode = session', 'default_pool_size = 20', 'max_client_conn = 100',
     'log_connections = 0', 'log_disconnections = 0', 'log_pooler_errors = 1',
+    // Server connections idle for a second are closed, so that every run starts on new backends,
+    // as it does directly and through runguard (one backend per job connection): a pool kept warm
+    // from the previous run would spare pgbouncer's backends the page faults of their first
+    // seconds, which is not the proxy's cost being measured.
+    'server_idle_timeout = 1',
   ].join('\n') + '\n', { mode: 0o644 });
   const proc = spawn(bin, ['-u', 'postgres', path.join(dir, 'pgbouncer.ini')], { stdio: ['ignore', 'pipe', 'pipe'] });
   track(proc);
