@@ -101,6 +101,20 @@ test('property: whatever the relay writes, the handler would have written the sa
   }), { numRuns: 2000 });
 });
 
+test('the one-pass pre-check finds a needle or secret wherever it starts, in any ASCII case, and nothing that only begins one', () => {
+  // Several needles share a first byte ('g', 'x', 'p', 'a'); a failed try at one position must not
+  // skip the match that starts at the next, and a needle cut off by the end of the text is no hit.
+  const texts = [
+    'ppassword', 'xoxxoxb-1', 'gh_ghp_1', 'SELECT 1 -- PaSsW', 'a@', '@', 'eyJ', 'eyj', 'ey', 'select passw',
+    'aaaakia', 'SELECT aki', 'xoxb', 'xox', 'ghp', `x${SECRET}`, SECRET.slice(0, -1), `${SECRET.slice(0, -1)}?${SECRET}`,
+    'SELECT abalance FROM pgbench_accounts WHERE aid = 4711', 'mariadb', 'MARIADB', 'mari', '://', ':/', '',
+  ];
+  for (const text of texts) {
+    const written = relayField(text, 'SELECT 1') !== null;
+    assert.equal(written, !redactor.precheckHit(text), `${JSON.stringify(text)}: ${written ? 'written' : 'declined'}`);
+  }
+});
+
 test('text that is not valid UTF-8 is left to the handler (it would decode it with U+FFFD)', () => {
   const bad = [[0xc0, 0x80], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xe2, 0x82], [0x80], [0xf8, 0x88, 0x80, 0x80, 0x80]];
   for (const bytes of bad) {

@@ -362,7 +362,6 @@ class Relay {
   std::atomic<uint32_t> epoch_requested_{0};
   std::string key_, shape_;  // reused per message: no allocation once grown
   std::vector<uint8_t> audit_;  // a kAudited or kEvent payload being built
-  std::string folded_;          // RedactionPrecheck::clean's scratch
   bool stopping_ = false;
   size_t closing_ = 0;  // sessions JavaScript closed that still have output to write
 
@@ -805,7 +804,7 @@ class Relay {
       // are this execution's.
       const Session::Held& h = s.held;
       PgSlice values{q.data() + h.values_at, h.values_len};
-      if (!values_clean(s.precheck, values, &folded_)) return false;
+      if (!values_clean(s.precheck, values)) return false;
       e.flags = (idle ? (uint32_t)kPortalEnded : 0u) | (q[0] == 'P' ? (uint32_t)kParsedUnnamed : 0u);
       e.bind_len = idle ? 0 : (uint32_t)h.bind_len;
       put_event_head(e, idle ? nullptr : q.data() + h.bind_at);
@@ -815,7 +814,7 @@ class Relay {
     if (head.text_start > head.text_end || 5 + (size_t)head.text_end >= q.size()) return false;
     const uint8_t* text = q.data() + 5 + head.text_start;
     size_t text_len = head.text_end - head.text_start;
-    if (!utf8_valid(text, text_len) || !s.precheck.clean(text, text_len, &folded_)) return false;
+    if (!utf8_valid(text, text_len) || !s.precheck.clean(text, text_len)) return false;
     put_event_head(e, nullptr);
     return encode_statement(it->second, text, text_len, nullptr, complete, clen, head.duration_ms, &audit_);
   }

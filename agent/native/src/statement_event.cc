@@ -3,6 +3,8 @@
 #include <math.h>
 #include <string.h>
 
+#include <algorithm>
+
 namespace {
 
 uint32_t le32(const uint8_t* p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
@@ -93,6 +95,14 @@ bool tag_rows(const char* tag, size_t n, bool* has, uint64_t* rows) {
   return true;
 }
 
+// Sorts `entries` by first byte and sets at[b]..at[b + 1] to the range of those starting with b.
+void index_by_first_byte(std::vector<std::string>* entries, std::vector<uint32_t>* at) {
+  std::stable_sort(entries->begin(), entries->end(), [](const std::string& a, const std::string& b) { return (uint8_t)a[0] < (uint8_t)b[0]; });
+  at->assign(257, 0);
+  for (const std::string& e : *entries) (*at)[(uint8_t)e[0] + 1]++;
+  for (size_t b = 1; b < 257; b++) (*at)[b] += (*at)[b - 1];
+}
+
 }  // namespace
 
 bool RedactionPrecheck::parse(const uint8_t* p, size_t n) {
@@ -121,25 +131,37 @@ bool RedactionPrecheck::parse(const uint8_t* p, size_t n) {
       exact.push_back(std::move(s));
     }
   }
+  index_by_first_byte(&needles, &needle_at_);
+  index_by_first_byte(&exact, &exact_at_);
   return true;
 }
 
-bool RedactionPrecheck::clean(const uint8_t* text, size_t n, std::string* scratch) const {
+bool RedactionPrecheck::clean(const uint8_t* text, size_t n) const {
   // A case-insensitive JavaScript RegExp without the u flag matches an ASCII letter only by the
   // same letter in either case (never a non-ASCII character that folds to it), and UTF-8 puts no
   // ASCII byte inside a multi-byte character: folding ASCII bytes is the same comparison.
-  scratch->assign(reinterpret_cast<const char*>(text), n);
-  for (char& c : *scratch)
-    if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
-  for (const std::string& needle : needles)
-    if (memmem(scratch->data(), n, needle.data(), needle.size())) return false;
+  auto fold = [](uint8_t b) { return (uint8_t)(b >= 'A' && b <= 'Z' ? b - 'A' + 'a' : b); };
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t b = text[i];
+    const size_t left = n - i;
+    const uint8_t f = fold(b);
+    for (uint32_t k = needle_at_[f]; k < needle_at_[f + 1]; k++) {
+      const std::string& needle = needles[k];
+      if (needle.size() > left) continue;
+      size_t j = 1;
+      while (j < needle.size() && fold(text[i + j]) == (uint8_t)needle[j]) j++;
+      if (j == needle.size()) return false;
+    }
+    for (uint32_t k = exact_at_[b]; k < exact_at_[b + 1]; k++) {
+      const std::string& form = exact[k];
+      if (form.size() <= left && memcmp(text + i, form.data(), form.size()) == 0) return false;
+    }
+  }
   if (!digit_runs.empty()) {
     uint32_t run = longest_digit_run(text, n);
     for (uint32_t want : digit_runs)
       if (run >= want) return false;
   }
-  for (const std::string& form : exact)
-    if (memmem(text, n, form.data(), form.size())) return false;
   return true;
 }
 
@@ -157,7 +179,7 @@ bool StatementPieces::parse(const uint8_t* p, size_t n) {
   return at == n;
 }
 
-bool values_clean(const RedactionPrecheck& check, const PgSlice& values, std::string* scratch) {
+bool values_clean(const RedactionPrecheck& check, const PgSlice& values) {
   static const uint8_t kNull[] = {'N', 'U', 'L', 'L'};
   if (values.n < 2) return false;
   size_t at = 2, count = 0;
@@ -166,9 +188,9 @@ bool values_clean(const RedactionPrecheck& check, const PgSlice& values, std::st
   while (pg_next_value(values, &at, &v, &null)) {
     count++;
     if (null) {
-      if (!null_checked && !check.clean(kNull, sizeof kNull, scratch)) return false;
+      if (!null_checked && !check.clean(kNull, sizeof kNull)) return false;
       null_checked = true;
-    } else if (!utf8_valid(v.p, v.n) || !check.clean(v.p, v.n, scratch)) {
+    } else if (!utf8_valid(v.p, v.n) || !check.clean(v.p, v.n)) {
       return false;
     }
   }
@@ -257,13 +279,12 @@ napi_value statement_event_js(napi_env env, napi_callback_info info) {
   }
   RedactionPrecheck check;
   StatementPieces t;
-  std::string scratch;
   std::vector<uint8_t> out;
   PgSlice values{vals, vals_n};
   const bool has_vals = argc > 5 && vt != napi_undefined;
   napi_value result;
-  if (!check.parse(pre, pre_n) || !t.parse(pieces, pieces_n) || !utf8_valid(text, text_n) || !check.clean(text, text_n, &scratch) ||
-      (has_vals && !values_clean(check, values, &scratch)) ||
+  if (!check.parse(pre, pre_n) || !t.parse(pieces, pieces_n) || !utf8_valid(text, text_n) || !check.clean(text, text_n) ||
+      (has_vals && !values_clean(check, values)) ||
       !encode_statement(t, text, text_n, has_vals ? &values : nullptr, complete, complete_n, ms, &out)) {
     napi_get_null(env, &result);
     return result;

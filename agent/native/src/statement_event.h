@@ -28,8 +28,15 @@ struct RedactionPrecheck {
   // From the packed form agent/native/relay.ts packPrecheck writes: entries of [u8 kind][u32 LE
   // n][n bytes], kind 0 a needle, 1 a digit run of n (no bytes), 2 an exact form. False if malformed.
   bool parse(const uint8_t* p, size_t n);
-  // Whether `text` provably needs no redaction. `scratch` is reused for the case-folded copy.
-  bool clean(const uint8_t* text, size_t n, std::string* scratch) const;
+  // Whether `text` provably needs no redaction: one pass over it for every needle and exact form.
+  bool clean(const uint8_t* text, size_t n) const;
+
+ private:
+  // needles and exact sorted by first byte; the entries starting with byte b are
+  // [needle_at_[b], needle_at_[b + 1]) (and likewise exact_at_), so that each byte of a text is
+  // tried only against the entries that can start there.
+  std::vector<uint32_t> needle_at_ = std::vector<uint32_t>(257, 0);
+  std::vector<uint32_t> exact_at_ = std::vector<uint32_t>(257, 0);
 };
 
 // A StatementTemplate's encoded pieces, in field order around the text and the outcome.
@@ -42,7 +49,7 @@ struct StatementPieces {
 // Whether every bound value in `values` (pg_bind's block) comes back from the handler's
 // executionParams unchanged: valid UTF-8 that the pre-checks find nothing in, and for a NULL the
 // text 'NULL' (which the handler puts in its place) likewise.
-bool values_clean(const RedactionPrecheck& check, const PgSlice& values, std::string* scratch);
+bool values_clean(const RedactionPrecheck& check, const PgSlice& values);
 
 // Appends to `out` the AuditEvent's Statement field (28) for the statement `text` (empty for an
 // execution: its template holds the text) with the bound `values` (pg_bind's block; nullptr for a
