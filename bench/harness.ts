@@ -93,14 +93,22 @@ export function table(rows: string[][], align = 'l'): string {
 }
 
 /**
+ * The fields of a /proc/PID/stat (or /proc/PID/task/TID/stat) line after the command name, which may
+ * itself hold spaces and parentheses, as numbers: [0] is field 3 (state, NaN), [7] minflt, [11]
+ * utime, [12] stime, [13] cutime, [14] cstime (clock ticks).
+ */
+export function statFields(stat: string): number[] {
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+}
+
+/**
  * cpu seconds of a process (all its threads); withChildren adds the children it has reaped (so the
  * postmaster's count covers its exited backends, and ours the pgbench runs that exited).
  */
 export function cpuSeconds(pid: number | 'self' | undefined, withChildren = false): number {
   if (!pid) return NaN;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    const f = statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'));
     return (f[11]! + f[12]! + (withChildren ? f[13]! + f[14]! : 0)) / 100; // USER_HZ is 100 on Linux
   } catch {
     return NaN;

@@ -38,7 +38,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { caInit, enroll } from '../collector/pki/index.js';
-import { cleanupAll, lineReader, onCleanup, percentile, stopChild, table, track } from './harness.js';
+import { cleanupAll, lineReader, onCleanup, percentile, statFields, stopChild, table, track } from './harness.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const RUNGUARD = path.join(ROOT, 'bin/runguard');
@@ -107,9 +107,8 @@ const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).s
 
 /** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
 function procCpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // fields[0] is field 3 (state)
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  const f = statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  return (f[11]! + f[12]!) / CLK_TCK;
 }
 
 /** Machine-wide busy and total CPU time in ticks, from /proc/stat. */
@@ -361,8 +360,8 @@ async function runVerify(dataDir: string, caDir: string): Promise<VerifyResult> 
   if (!line.startsWith('{')) throw new Error(`runguard verify exited ${code} without a report: ${err}`);
   const r = JSON.parse(line) as { ok: boolean; leavesChecked: number; signaturesChecked: number; seconds: number; firstProblem?: { index: number; reason: string } };
   const stat = err.trim().split('\n').pop() ?? '';
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // fields[0] is field 3; cutime, cstime are 16, 17
-  const cpuSeconds = (Number(fields[13]) + Number(fields[14])) / CLK_TCK;
+  const f = statFields(stat);
+  const cpuSeconds = (f[13]! + f[14]!) / CLK_TCK; // the shell's cutime + cstime: verify's
   if (!Number.isFinite(cpuSeconds)) throw new Error(`cannot read verify's CPU time from "${stat}"`);
   const db = new Database(path.join(dataDir, 'log.db'), { readonly: true });
   const bytes = (db.prepare('SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM leaves').pluck().get() as number);

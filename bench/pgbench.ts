@@ -71,7 +71,7 @@ import { readSpoolDir } from '../agent/events/read-spool-dir.js';
 import { DEFAULT_COMMIT_DELAY_MS } from '../agent/events/commit-delay.js';
 import { DEFAULT_RELAY_AUDIT_DELAY_MS } from '../agent/config.js';
 import { decodeEvent, EventKind } from '../proto/index.js';
-import { cleanupAll, cpuSeconds, onCleanup, percentile, run, sh, table, track } from './harness.js';
+import { cleanupAll, cpuSeconds, onCleanup, percentile, run, sh, statFields, table, track } from './harness.js';
 import { startPgbouncer } from './pgbouncer.js';
 
 const HOST = '127.0.0.2';
@@ -313,8 +313,7 @@ const SCHED_ZERO: Sched = { waitNs: 0, voluntary: 0, involuntary: 0, migrations:
 function readSched(pid: number): Sched | undefined {
   try {
     const waitNs = Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[1]);
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const faults = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7]); // minflt
+    const faults = statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'))[7]!; // minflt
     // /proc/PID/sched exists with CONFIG_SCHED_DEBUG; without it the switch counts read as NaN.
     let text = '';
     try {
@@ -394,7 +393,7 @@ function threadCpu(pid: number): Map<number, ThreadStat> {
   for (const tid of tids) {
     try {
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+      const f = statFields(stat);
       const [, waitNs, slices] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').trim().split(' ').map(Number);
       out.set(Number(tid), { secs: (f[11]! + f[12]!) / 100, name: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), waitNs: waitNs!, slices: slices! });
     } catch {
@@ -554,28 +553,22 @@ function readWindow(dir: string, startMs: number, loggedTxns: number) {
   return { latencies, txns: values.length, failed, tps: values.length / seconds, avgMs: latencies.reduce((a, b) => a + b, 0) / values.length / 1000 };
 }
 
-function pgbenchArgs(w: Workload, t: Target, opts: Options, seconds: number, logDir?: string): string[] {
+function pgbenchArgs(w: Workload, t: Target, opts: Options, seconds: number, logDir: string): string[] {
   return [
     'pgbench', '-n', ...w.args, '-c', String(opts.clients), '-j', String(opts.threads), '-T', String(seconds),
-    ...(logDir ? ['-l', `--log-prefix=${path.join(logDir, 'pgbench_log')}`] : []),
+    '-l', `--log-prefix=${path.join(logDir, 'pgbench_log')}`,
     '-h', t.host, '-p', String(t.port), '-U', 'postgres', 'postgres',
   ];
 }
 
-async function pgbench(w: Workload, t: Target, opts: Options, seconds: number, logDir?: string) {
+/** Runs pgbench for `seconds` with its per-transaction log in `logDir`; the transactions it says it processed. */
+async function pgbench(w: Workload, t: Target, opts: Options, seconds: number, logDir: string): Promise<{ txns: number }> {
   const r = await run(t.launch(pgbenchArgs(w, t, opts, seconds, logDir)), { timeoutMs: (seconds + 60) * 1000, env: CLIENT_ENV });
-  const num = (re: RegExp) => Number(re.exec(r.stdout)?.[1]);
-  const out = {
-    // PostgreSQL 15 says "without initial connection time"; before 14 "excluding connections establishing".
-    tps: num(/^tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)\)/m),
-    avgMs: num(/^latency average = ([\d.]+) ms/m),
-    txns: num(/^number of transactions actually processed: (\d+)/m),
-    failed: num(/^number of failed transactions: (\d+)/m) || 0,
-  };
-  if (r.code !== 0 || !Number.isFinite(out.tps) || !(out.txns > 0)) {
+  const txns = Number(/^number of transactions actually processed: (\d+)/m.exec(r.stdout)?.[1]);
+  if (r.code !== 0 || !(txns > 0)) {
     throw new Error(`pgbench ${w.name} exited with ${r.code}: ${(r.stderr.trim() || r.stdout.trim()).slice(-1500)}`);
   }
-  return out;
+  return { txns };
 }
 
 async function measure(w: Workload, name: PathName, t: Target, opts: Options, work: string, pg: PgServer,
