@@ -869,8 +869,8 @@ async function main(): Promise<number> {
   if (spoolRows.length > 1) {
     out.push('');
     out.push(table(spoolRows, 'l'));
-    out.push('  runguard\'s spool over the measured run: fdatasyncs counted by perf on the syscall tracepoint (- without perf),');
-    out.push('  records = every event written (statements, opens, closes); agent cpu split by thread: main, libuv pool (threads that called\n  fdatasync), the native relay thread, other (V8 platform threads, pool threads that did not sync)');
+    out.push('  runguard\'s spool over the whole run, warm-up included: fdatasyncs counted by perf on the syscall tracepoint (- without perf),');
+    out.push('  records = every event written (statements, opens, closes); agent cpu per transaction of the measured window, split by thread:\n  main, libuv pool (threads that called fdatasync), the native relay thread, other (V8 platform threads, pool threads that did not sync)');
   }
   out.push('');
   out.push(table(ratios));
