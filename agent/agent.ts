@@ -94,7 +94,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
   const handlers: Record<string, ProtocolHandler> = {
     tcp: tcpHandler,
     postgres: postgresHandler({ policy: () => policy, ca, credentials: (dst) => credentials.get(dst), serverTls: cfg.serverTls, approvals,
-      relay: relay && { relay, policyAt: (e) => (e === epoch ? undefined : policies.get(e)) } }),
+      relay: relay && { relay, policyAt: (e) => (e === epoch ? undefined : policies.get(e)), sealer: relay.eventSealer(spool, cfg.agentId) } }),
   };
 
   const identity = new Attribution(undefined, { labelsDir: path.join(cfg.stateDir, 'jobs') });

@@ -96,9 +96,24 @@ const MAX_UINT32 = 0xffffffff;
 // One buffer for every event: the spool copies and hashes the bytes before it encodes another.
 const scratch = new WireWriter(16 * 1024);
 
-export class SessionEventEncoder {
-  private readonly sessionIdField: Uint8Array;
-  private readonly identityFields: Uint8Array;
+/** A session's event fields that never change, encoded (what agent/native/src/relay_events.h writes around its events). */
+export interface EncodedSessionFields {
+  /** session_id (6), key and length included. */
+  readonly sessionIdField: Uint8Array;
+  /** process, job, destination and source (8 to 11). */
+  readonly identityFields: Uint8Array;
+}
+
+/** agent_id (1) as every event of this agent begins: key and length included, nothing for an empty id. */
+export function agentIdField(agentId: string): Uint8Array {
+  const w = new WireWriter(64);
+  w.stringField(F.agentId, agentId);
+  return Buffer.from(w.view());
+}
+
+export class SessionEventEncoder implements EncodedSessionFields {
+  readonly sessionIdField: Uint8Array;
+  readonly identityFields: Uint8Array;
 
   /** The fields are snapshotted: the session's objects are fixed for its lifetime. */
   constructor(private readonly fixed: SessionFields) {

@@ -57,6 +57,20 @@ export interface Appended {
   readonly durable: Promise<void>;
 }
 
+/**
+ * Writes whole records (agent/events/record-format.ts framing, chained from `chainHash`) straight
+ * into the spool's slab: the native relay's own STATEMENT events (agent/native/relay.ts EventSealer).
+ */
+export interface RunWriter {
+  /**
+   * Seals records of seq, seq + 1, ... (at most `maxEventBytes` of payload each) into
+   * slab[pos, pos + room), leaving the last one's hash in `chainHash`; returns how many, and leaves
+   * the bytes they take in `bytes`.
+   */
+  write(slab: Buffer, pos: number, room: number, maxEventBytes: number, seq: number, chainHash: Buffer, timeMs: number): number;
+  readonly bytes: number;
+}
+
 export interface SpoolStats {
   /** Oldest seq still on disk; durableSeq + 1 when the disk holds none. */
   firstSeq: number;
@@ -236,6 +250,32 @@ export class Spool extends EventEmitter<SpoolEvents> {
     }
     if (this.state === 'ok' && this.diskBytes + this.bufferedBytes > this.maxBytes) this.refreshState();
     return new AppendedEvent(seq, group, this.hurry);
+  }
+
+  /**
+   * Lets `writer` seal a run of events into the slab in one go, where append() would take them one
+   * at a time: it gets the room that needs no segment cut, no new slab and no group commit, so the
+   * bookkeeping after it is append()'s for the run as a whole; an event that does not fit is the
+   * writer's to append() itself. Returns how many it wrote (none once the spool is closing).
+   */
+  appendRun(writer: RunWriter): number {
+    if (this.closing) return 0;
+    const group = this.openGroup;
+    const room = Math.min(this.slab.length - this.slabPos, this.segmentBytes - this.tailSegBytes, GROUP_BYTES - 1 - (group ? group.bytes : 0));
+    if (room <= HEADER_BYTES) return 0;
+    const seq = this.nextSeq;
+    const records = writer.write(this.slab, this.slabPos, room, this.maxEventBytes, seq, this.chainHash, Date.now());
+    if (records === 0) return 0;
+    const bytes = writer.bytes;
+    const into = this.groupFor(seq, bytes);
+    this.slabPos += bytes;
+    into.lastSeq = seq + records - 1;
+    into.bytes += bytes;
+    this.nextSeq = seq + records;
+    this.bufferedBytes += bytes;
+    this.armFlushTimer();
+    if (this.state === 'ok' && this.diskBytes + this.bufferedBytes > this.maxBytes) this.refreshState();
+    return records;
   }
 
   async appendDurable(draft: EventDraft | SelfEncodingEvent): Promise<number> {

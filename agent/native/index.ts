@@ -22,6 +22,11 @@ export interface NativeAddon {
   relayForget(): number;
   /** Pins every thread but the relay's to one cpu (src/relay.h); the cpu, or -1 with fewer than two. */
   relayPinOthers(): number;
+  // The relay's own STATEMENT events sealed into the spool (src/relay_events.h; relay.ts EventSealer).
+  relayEventsRegister(id: number, sink: number, sessionIdField: Uint8Array, identityFields: Uint8Array, tally: Float64Array): void;
+  relayEventsForget(id: number): void;
+  relayEventsSeal(sink: number, batch: Buffer, offset: number, slab: Buffer, pos: number, room: number, maxEventBytes: number, chainHash: Buffer,
+    agentIdField: Uint8Array, seq: number, timeMs: number, kind: number, out: Float64Array): void;
   /** Spool record framing plus the chain hash in one call (src/seal.h; agent/events/record-format.ts). */
   sealRecord(target: Buffer, offset: number, payload: Uint8Array, hashOut: Buffer): number;
   /** False if this node exports no SHA256_Init/Update/Final or crc32 for sealRecord to use. */

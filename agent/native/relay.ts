@@ -1,7 +1,9 @@
 // The native relay's JavaScript side (see src/relay.h for the division of work): sessions handed
 // to it, the records it sends back dispatched to each session's listener, and the commands a
 // session answers with. One relay per process, started on first use.
-import type { StatementTemplate } from '../../proto/session-events.js';
+import { agentIdField, type StatementTemplate } from '../../proto/session-events.js';
+import { EventKind } from '../../proto/index.js';
+import type { RunWriter } from '../events/spool.js';
 import { DEFAULT_MAX_MESSAGE_LENGTH } from '../pg/frames.js';
 import { loadNative, type NativeAddon } from './index.js';
 
@@ -49,7 +51,32 @@ export interface RelayListener {
   onRelayRecord(kind: RecordKind, side: RelaySide, bytes: Buffer, ms: number, epoch: number): void;
 }
 
-const HEADER = 24; // src/relay.cc RecordHeader
+const HEADER = 24; // src/relay_records.h RecordHeader
+
+/** Slots of a session's event tally (src/relay_events.h TallySlot). */
+export const enum Tally { RequestSeq = 0, BytesUp = 1, BytesDown = 2, Summarised = 3, Encoded = 4, UnnamedPortal = 5 }
+
+/**
+ * The counts a session's handler and the relay's event sealer both keep (src/relay_events.h): in
+ * an ArrayBuffer of its own, whose memory the garbage collector never moves, since the addon keeps
+ * a pointer to it.
+ */
+export function newEventTally(): Float64Array {
+  return new Float64Array(new ArrayBuffer(8 * 6));
+}
+
+/** What the event sealer needs of a session: the sealer, its envelope's fixed pieces and its tally. */
+export interface SessionEventSource {
+  readonly sealer: EventSealer;
+  readonly sessionIdField: Uint8Array;
+  readonly identityFields: Uint8Array;
+  readonly tally: Float64Array;
+}
+
+/** The spool as the event sealer sees it (agent/events/spool.ts). */
+export interface RunSink {
+  appendRun(writer: RunWriter): number;
+}
 
 export interface RelayOptions {
   /** How long forwarded messages may wait before the handler hears of them (audit, not latency; config relayAuditDelayMs). */
@@ -57,8 +84,9 @@ export interface RelayOptions {
 }
 
 export class NativeRelay {
-  private readonly listeners = new Map<number, RelayListener>();
+  private readonly listeners = new Map<number, { listener: RelayListener; sealer: EventSealer | undefined }>();
   private nextId = 1;
+  private nextSink = 1;
   // The relay stamps records with CLOCK_MONOTONIC, the clock behind process.hrtime(); this maps it
   // to performance.now(), the clock the handler measures durations with.
   private readonly clockOffset = performance.now() - Number(process.hrtime.bigint()) / 1e6;
@@ -70,13 +98,25 @@ export class NativeRelay {
   }
 
   /**
-   * Hands a session's two sockets (by descriptor) to the relay; the caller then closes its own.
-   * `precheck` (packPrecheck) lets the relay audit statements itself (RecordKind.Event).
+   * What seals the statement events the relay writes itself (RecordKind.Event) straight into
+   * `spool` (src/relay_events.h), for sessions adopted with it; undefined if this node cannot seal
+   * natively (sealAvailable), and their listeners then hear of every record.
    */
-  adopt(listener: RelayListener, clientFd: number, serverFd: number, precheck: Buffer | null): number {
+  eventSealer(spool: RunSink, agentId: string): EventSealer | undefined {
+    if (!this.addon.sealAvailable()) return undefined;
+    return new EventSealer(this.addon, spool, agentId, this.nextSink++);
+  }
+
+  /**
+   * Hands a session's two sockets (by descriptor) to the relay; the caller then closes its own.
+   * `precheck` (packPrecheck) lets the relay audit statements itself (RecordKind.Event); with
+   * `events`, their events go straight into the sealer's spool, counted in the session's tally.
+   */
+  adopt(listener: RelayListener, clientFd: number, serverFd: number, precheck: Buffer | null, events?: SessionEventSource): number {
     const id = this.nextId++;
     this.addon.relayAdopt(id, clientFd, serverFd, precheck);
-    this.listeners.set(id, listener);
+    this.listeners.set(id, { listener, sealer: events?.sealer });
+    if (events) this.addon.relayEventsRegister(id, events.sealer.sink, events.sessionIdField, events.identityFields, events.tally);
     return id;
   }
 
@@ -95,7 +135,9 @@ export class NativeRelay {
       answer.templatePieces, toServer, toClient);
   }
 
+  /** Closes the session; its records from now on, sealed events too, go to its listener, which ignores them. */
   close(id: number): void {
+    this.addon.relayEventsForget(id);
     this.addon.relayClose(id);
   }
 
@@ -118,21 +160,67 @@ export class NativeRelay {
     for (let off = 0; off + HEADER <= batch.length; ) {
       const id = view.getUint32(off, true);
       const kind = view.getUint8(off + 4) as RecordKind;
+      const entry = this.listeners.get(id);
+      if (entry?.sealer && (kind === RecordKind.Event || kind === RecordKind.Skip)) {
+        // A run of records (of any sessions sealing into the same spool) in one call, up to the
+        // first that the listener must see.
+        const next = entry.sealer.sealFrom(batch, off);
+        if (next !== off) {
+          off = next;
+          continue;
+        }
+      }
       const side = view.getUint8(off + 5) as RelaySide;
       const epoch = view.getUint32(off + 8, true);
       const len = view.getUint32(off + 12, true);
       const ms = view.getFloat64(off + 16, true) + this.clockOffset;
       const bytes = batch.subarray(off + HEADER, off + HEADER + len);
       off += HEADER + len;
-      const l = this.listeners.get(id);
-      if (kind === RecordKind.Closed) this.listeners.delete(id);
-      if (!l) continue;
+      if (kind === RecordKind.Closed) {
+        this.listeners.delete(id);
+        this.addon.relayEventsForget(id);
+      }
+      if (!entry) continue;
       try {
-        l.onRelayRecord(kind, side, bytes, ms, epoch);
+        entry.listener.onRelayRecord(kind, side, bytes, ms, epoch);
       } catch (err) {
         this.onListenerError(err);
       }
     }
+  }
+}
+
+/**
+ * Seals runs of a batch's records that need no handler straight into the spool, as one native call
+ * (src/relay_events.h) where the handler would append each event itself.
+ */
+export class EventSealer implements RunWriter {
+  bytes = 0;
+  private batch: Buffer = Buffer.alloc(0);
+  private offset = 0;
+  private readonly out = new Float64Array(3);
+  private readonly agentField: Uint8Array;
+
+  /** `sink` tells this sealer's sessions from those of another spool (another agent in the process). */
+  constructor(private readonly addon: NativeAddon, private readonly spool: RunSink, agentId: string, readonly sink: number) {
+    this.agentField = agentIdField(agentId);
+  }
+
+  /** Seals from `offset` on; returns the offset of the first record left to the listeners. */
+  sealFrom(batch: Buffer, offset: number): number {
+    this.batch = batch;
+    this.offset = offset;
+    this.spool.appendRun(this);
+    return this.offset;
+  }
+
+  write(slab: Buffer, pos: number, room: number, maxEventBytes: number, seq: number, chainHash: Buffer, timeMs: number): number {
+    const out = this.out;
+    this.addon.relayEventsSeal(this.sink, this.batch, this.offset, slab, pos, room, maxEventBytes, chainHash, this.agentField, seq, timeMs,
+      EventKind.EVENT_KIND_STATEMENT!, out);
+    this.offset = out[0]!;
+    this.bytes = out[2]! - pos;
+    return out[1]!;
   }
 }
 

@@ -35,7 +35,8 @@ import { classify, statementSpansText } from './classify.js';
 import type { ApprovalClient } from '../approvals/client.js';
 import { approvalsUnavailable, holdForApproval, reviewDenialText, type ReviewResult } from '../approvals/review.js';
 import {
-  EVENT_PARSED_UNNAMED, EVENT_PORTAL_ENDED, MASK_HIT_AT, MASK_HIT_DIGITS, packPrecheck, packTemplate, RecordKind, RelayCache, RelaySide, type NativeRelay, type RelayAnswer, type RelayListener,
+  EVENT_PARSED_UNNAMED, EVENT_PORTAL_ENDED, MASK_HIT_AT, MASK_HIT_DIGITS, newEventTally, packPrecheck, packTemplate, RecordKind, RelayCache, RelaySide, Tally,
+  type EventSealer, type NativeRelay, type RelayAnswer, type RelayListener,
 } from '../native/relay.js';
 
 const ch = (c: string) => c.charCodeAt(0);
@@ -58,9 +59,10 @@ export interface PgHandlerDeps {
   /**
    * The native data path (agent/native/relay.ts): plaintext sessions are handed to it once
    * authenticated. `policyAt(epoch)` is the policy that was in force at a relay epoch (see
-   * NativeRelay.forget), for records the relay forwarded before a reload reached it.
+   * NativeRelay.forget), for records the relay forwarded before a reload reached it. With `sealer`,
+   * the statement events the relay writes itself go straight into the spool (NativeRelay.eventSealer).
    */
-  relay?: { relay: NativeRelay; policyAt(epoch: number): Policy | undefined };
+  relay?: { relay: NativeRelay; policyAt(epoch: number): Policy | undefined; sealer?: EventSealer };
 }
 
 /** What a caller of statementInfo adds to the record (statementInfo copies exactly these). */
@@ -119,6 +121,31 @@ const AUDITED_HEAD = 32;
 const EVENT_HEAD = 20;
 /** Audit templates a session keeps (the relay forgets its decisions at 4096 too: kMaxRemembered). */
 const MAX_TEMPLATES = 4096;
+
+/**
+ * The session's portals. Whether the unnamed one exists is mirrored in the event tally: the relay's
+ * event sealer leaves a record that ends it to the handler only while there is one to forget.
+ */
+class Portals extends Map<string, { stmt: string; params: (Buffer | null)[] }> {
+  constructor(private readonly tally: Float64Array) {
+    super();
+  }
+
+  override set(name: string, portal: { stmt: string; params: (Buffer | null)[] }): this {
+    if (name === '') this.tally[Tally.UnnamedPortal] = 1;
+    return super.set(name, portal);
+  }
+
+  override delete(name: string): boolean {
+    if (name === '') this.tally[Tally.UnnamedPortal] = 0;
+    return super.delete(name);
+  }
+
+  override clear(): void {
+    this.tally[Tally.UnnamedPortal] = 0;
+    super.clear();
+  }
+}
 
 /** The body of the message at `at` in `buf`, or undefined if its length runs past the buffer. */
 function messageBody(buf: Buffer, at: number): Buffer | undefined {
@@ -214,13 +241,16 @@ class PgSession implements RelayListener {
   /** The injected password must never reach the trail either. */
   private credentialRedactor?: Redactor;
   private readonly queue: Pending[] = [];
+  /**
+   * Request numbers, bytes each way and the relay's share of the audit: counted here and, for the
+   * statement events the relay seals into the spool itself, by the addon (agent/native/relay.ts
+   * newEventTally), so that request ids stay one sequence whichever side numbers a statement.
+   */
+  private readonly tally = newEventTally();
   private readonly prepared = new Map<string, Prepared>();
-  private readonly portals = new Map<string, { stmt: string; params: (Buffer | null)[] }>();
+  private readonly portals = new Portals(this.tally);
   /** How the current result's rows are masked; undefined when they are relayed as they are. */
   private rowMask: ResultMask | undefined;
-  private requestSeq = 0;
-  private bytesUp = 0;
-  private bytesDown = 0;
   private readonly redactor: Redactor;
   /** Set while a statement waits for review: the job's later messages, kept in order until then. */
   private held?: Frame[];
@@ -263,10 +293,38 @@ class PgSession implements RelayListener {
   /** The current result's mask is one the relay cannot apply: its rows come here first. */
   private rowMaskLive = false;
   private diverged = false;
-  /** Statements the relay summarised (kAudited) instead of replaying: reported at the session's end. */
-  private auditedByRelay = 0;
+  private get requestSeq(): number {
+    return this.tally[Tally.RequestSeq]!;
+  }
+  private set requestSeq(n: number) {
+    this.tally[Tally.RequestSeq] = n;
+  }
+  private get bytesUp(): number {
+    return this.tally[Tally.BytesUp]!;
+  }
+  private set bytesUp(n: number) {
+    this.tally[Tally.BytesUp] = n;
+  }
+  private get bytesDown(): number {
+    return this.tally[Tally.BytesDown]!;
+  }
+  private set bytesDown(n: number) {
+    this.tally[Tally.BytesDown] = n;
+  }
+  /** Statements the relay summarised (kAudited or kEvent) instead of replaying: reported at the session's end. */
+  private get auditedByRelay(): number {
+    return this.tally[Tally.Summarised]!;
+  }
+  private set auditedByRelay(n: number) {
+    this.tally[Tally.Summarised] = n;
+  }
   /** Of those, the ones whose event the relay encoded itself (onRelayEvent). */
-  private encodedByRelay = 0;
+  private get encodedByRelay(): number {
+    return this.tally[Tally.Encoded]!;
+  }
+  private set encodedByRelay(n: number) {
+    this.tally[Tally.Encoded] = n;
+  }
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
     this.client = s.client;
@@ -618,7 +676,10 @@ class PgSession implements RelayListener {
     try {
       // The statement text goes through both redactors (see redact()): the relay checks for both.
       const checks = this.credentialRedactor ? [this.redactor.precheck(), this.credentialRedactor.precheck()] : [this.redactor.precheck()];
-      id = native.relay.adopt(this, cfd, sfd, packPrecheck(checks));
+      const fields = this.s.eventFields;
+      const sealer = native.sealer;
+      const events = fields && sealer && { sealer, sessionIdField: fields.sessionIdField, identityFields: fields.identityFields, tally: this.tally };
+      id = native.relay.adopt(this, cfd, sfd, packPrecheck(checks), events);
     } catch (err) {
       this.s.log.warn({ err }, 'cannot hand the session to the native relay; relaying it here');
       return;

@@ -4,7 +4,7 @@
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { EventDraft, JobInfo, ProcessInfo } from '../../proto/index.js';
-import type { EncodedStatementDetail, TemplatedStatementDetail } from '../../proto/session-events.js';
+import type { EncodedSessionFields, EncodedStatementDetail, TemplatedStatementDetail } from '../../proto/session-events.js';
 import type { Origin } from '../bpf/layout.js';
 import type { Redactor } from '../redact/redactor.js';
 import type { ReadBuffer } from '../net/read-buffer.js';
@@ -30,6 +30,8 @@ export interface Session {
   readonly log: Logger;
   /** Appends an event about this session to the spool (durably, with group commit). */
   emit(draft: SessionEventDraft): void;
+  /** emit()'s fixed fields, encoded: for the native relay to write this session's statement events itself. */
+  readonly eventFields?: EncodedSessionFields;
   /**
    * Opens the connection to the original destination; rejects with a message fit for an event.
    * With `reads`, the socket reads through that buffer (net.Socket `onread`) instead of 'data' events.

@@ -141,6 +141,7 @@ export class ProxyServer {
       emit: (draft: SessionEventDraft) => {
         events.append(encoder.event(draft));
       },
+      eventFields: encoder,
       connectUpstream: (reads?: ReadBuffer) => connectTo(destination, timeoutMs, reads),
     };
     // The open event is durable before a single byte reaches the target: no unaudited session.

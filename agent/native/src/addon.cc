@@ -4,6 +4,7 @@
 #include "shape.h"
 #include "pgmsg.h"
 #include "relay.h"
+#include "relay_events.h"
 #include "seal.h"
 #include "durable.h"
 #include "statement_event.h"
@@ -19,6 +20,9 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"relayClose", nullptr, relay_close_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayForget", nullptr, relay_forget_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayPinOthers", nullptr, relay_pin_others_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayEventsRegister", nullptr, relay_events_register_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayEventsForget", nullptr, relay_events_forget_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayEventsSeal", nullptr, relay_events_seal_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"sealRecord", nullptr, seal_record_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"sealAvailable", nullptr, seal_available_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"writeDurable", nullptr, write_durable_js, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -70,6 +70,14 @@ bool bytes_of(napi_env env, napi_value v, uint8_t** data, size_t* len) {
 
 }  // namespace
 
+bool seal_ready() { return impl().ok(); }
+
+void seal_in_place(uint8_t* rec, size_t payload_len, uint8_t* hash_out) {
+  put_le32(rec, (uint32_t)payload_len);
+  put_le32(rec + 4, (uint32_t)impl().crc32(0, rec + kHeader, (unsigned int)payload_len));
+  impl().sha256(rec + kHeader, payload_len, hash_out);
+}
+
 napi_value seal_record_js(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -97,9 +105,7 @@ napi_value seal_record_js(napi_env env, napi_callback_info info) {
   uint8_t* rec = target + offset;
   // The payload may be a view into a scratch buffer; it never overlaps the slab.
   memmove(rec + kHeader, payload, payload_len);
-  put_le32(rec, (uint32_t)payload_len);
-  put_le32(rec + 4, (uint32_t)impl().crc32(0, rec + kHeader, (unsigned int)payload_len));
-  impl().sha256(rec + kHeader, payload_len, hash_out);
+  seal_in_place(rec, payload_len, hash_out);
   napi_value result;
   napi_create_double(env, (double)(offset + kHeader + payload_len), &result);
   return result;

@@ -3,6 +3,15 @@
 // event for the same work (zlib's crc32, the payload copy, crypto's one-shot hash); this is one.
 #pragma once
 #include <node_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+// Whether the process exports what sealing needs (see seal.cc); nothing below works without it.
+bool seal_ready();
+
+// Frames a payload already written at rec + 8 ([u32 LE length][u32 LE crc32] into rec[0..8)) and
+// writes its sha256 into hash_out[0..32). The caller checked seal_ready() and the bounds.
+void seal_in_place(uint8_t* rec, size_t payload_len, uint8_t* hash_out);
 
 // JS: sealRecord(target: Buffer, offset: number, payload: Uint8Array, hashOut: Buffer) => number.
 // Writes [u32 LE length][u32 LE crc32][payload] at target[offset], sha256(payload) into
