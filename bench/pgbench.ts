@@ -818,7 +818,7 @@ async function main(): Promise<number> {
   }
   out.push(table(rows, 'll'));
   out.push('  STATEMENT events: for runguard also the share the native relay summarised (request + command tag, not every message)');
-  out.push('  and the share whose event it wrote itself (the handler only numbered and sealed them)');
+  out.push('  and the share whose event it wrote itself (sealed into the spool in native runs unless the handler must see it)');
   out.push('  proxy cpu: cpu time of the agent / pgbouncer process per wall second (100% = one cpu); proxy us/txn: that cpu time');
   out.push('  per transaction (a single-threaded proxy at 100% caps tps at 1e6 / us/txn); pg / pgbench us/txn: the same for');
   out.push('  PostgreSQL and for the bench\'s children (pgbench); host cpu: all cpus busy;');
