@@ -293,37 +293,9 @@ class PgSession implements RelayListener {
   /** The current result's mask is one the relay cannot apply: its rows come here first. */
   private rowMaskLive = false;
   private diverged = false;
-  private get requestSeq(): number {
-    return this.tally[Tally.RequestSeq]!;
-  }
-  private set requestSeq(n: number) {
-    this.tally[Tally.RequestSeq] = n;
-  }
-  private get bytesUp(): number {
-    return this.tally[Tally.BytesUp]!;
-  }
-  private set bytesUp(n: number) {
-    this.tally[Tally.BytesUp] = n;
-  }
-  private get bytesDown(): number {
-    return this.tally[Tally.BytesDown]!;
-  }
-  private set bytesDown(n: number) {
-    this.tally[Tally.BytesDown] = n;
-  }
-  /** Statements the relay summarised (kAudited or kEvent) instead of replaying: reported at the session's end. */
-  private get auditedByRelay(): number {
-    return this.tally[Tally.Summarised]!;
-  }
-  private set auditedByRelay(n: number) {
-    this.tally[Tally.Summarised] = n;
-  }
-  /** Of those, the ones whose event the relay encoded itself (onRelayEvent). */
-  private get encodedByRelay(): number {
-    return this.tally[Tally.Encoded]!;
-  }
-  private set encodedByRelay(n: number) {
-    this.tally[Tally.Encoded] = n;
+  /** Adds `n` to a tally slot (the tally is shared: see above); returns the new count. */
+  private count(slot: Tally, n = 1): number {
+    return (this.tally[slot] = this.tally[slot]! + n);
   }
 
   constructor(private readonly s: Session, private readonly deps: PgHandlerDeps) {
@@ -386,14 +358,14 @@ class PgSession implements RelayListener {
   }
 
   private toServer(b: Buffer): void {
-    this.bytesUp += b.length;
+    this.count(Tally.BytesUp, b.length);
     if (this.replaying) return void (this.replayUp += b.length);
     this.up.add(b);
     if (!this.batching) this.flush();
   }
 
   private toClient(b: Buffer): void {
-    this.bytesDown += b.length;
+    this.count(Tally.BytesDown, b.length);
     if (this.replaying) return void (this.replayDown += b.length);
     this.down.add(b);
     if (!this.batching) this.flush();
@@ -429,11 +401,11 @@ class PgSession implements RelayListener {
 
   private close(reason: EndReason, error?: string): void {
     if (this.end) return;
-    this.end = { reason, error, bytesUp: this.bytesUp, bytesDown: this.bytesDown };
+    this.end = { reason, error, bytesUp: this.tally[Tally.BytesUp]!, bytesDown: this.tally[Tally.BytesDown]! };
     if (this.link) {
       this.end.relay = 'native';
-      this.end.relaySummarized = this.auditedByRelay;
-      this.end.relayEncoded = this.encodedByRelay;
+      this.end.relaySummarized = this.tally[Tally.Summarised]!;
+      this.end.relayEncoded = this.tally[Tally.Encoded]!;
     }
     this.phase = 'closed';
     // Statements still waiting for an outcome are recorded as such, not forgotten.
@@ -797,8 +769,7 @@ class PgSession implements RelayListener {
       case RecordKind.Skip: {
         // Messages the handler would only have relayed and counted (see only_counted in relay.cc).
         const n = bytes.readUInt32LE(0);
-        if (fromClient) this.bytesUp += n;
-        else this.bytesDown += n;
+        this.count(fromClient ? Tally.BytesUp : Tally.BytesDown, n);
         return;
       }
       case RecordKind.End: {
@@ -829,9 +800,9 @@ class PgSession implements RelayListener {
     const request = bytes.subarray(AUDITED_HEAD, requestEnd);
     const c = msg.decodeCommandComplete(bytes.subarray(requestEnd));
     if (c instanceof PgProtocolError) return this.protocolError('server', c);
-    this.bytesUp += up;
-    this.bytesDown += down;
-    this.auditedByRelay++;
+    this.count(Tally.BytesUp, up);
+    this.count(Tally.BytesDown, down);
+    this.count(Tally.Summarised);
     const durationUs = Math.floor(durationMs * 1000);
     const outcome: StatementOutcome = c.rows === undefined ? { commandTag: c.tag, durationUs } : { rows: c.rows, commandTag: c.tag, durationUs };
     if (request[0] !== T.Query) {
@@ -864,8 +835,8 @@ class PgSession implements RelayListener {
    */
   private onRelayEvent(bytes: Buffer): void {
     if (bytes.length < EVENT_HEAD) return void this.notWhole();
-    this.bytesUp += bytes.readUInt32LE(0);
-    this.bytesDown += bytes.readUInt32LE(4);
+    this.count(Tally.BytesUp, bytes.readUInt32LE(0));
+    this.count(Tally.BytesDown, bytes.readUInt32LE(4));
     const flags = bytes.readUInt32LE(8);
     const fieldAt = EVENT_HEAD + bytes.readUInt32LE(16);
     if (fieldAt > bytes.length) return void this.notWhole();
@@ -885,14 +856,14 @@ class PgSession implements RelayListener {
       if (b instanceof PgProtocolError) return this.protocolError('job', b);
       this.portals.set(b.portal, { stmt: b.statement, params: b.params });
     }
-    this.auditedByRelay++;
-    this.encodedByRelay++;
-    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statementField: bytes.subarray(fieldAt) });
+    this.count(Tally.Summarised);
+    this.count(Tally.Encoded);
+    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(this.count(Tally.RequestSeq)), statementField: bytes.subarray(fieldAt) });
   }
 
   private emitTemplated(template: StatementTemplate, text: string, params: string[] | undefined, outcome: StatementOutcome): void {
     const templated = params === undefined ? { template, text, outcome } : { template, text, params, outcome };
-    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), templated });
+    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(this.count(Tally.RequestSeq)), templated });
   }
 
   /**
@@ -1441,7 +1412,7 @@ class PgSession implements RelayListener {
   }
 
   private emitStatement(info: StatementInfo): void {
-    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(++this.requestSeq), statement: info });
+    this.s.emit({ kind: EventKind.EVENT_KIND_STATEMENT!, requestId: String(this.count(Tally.RequestSeq)), statement: info });
   }
 
   /** The head statement got its outcome (CommandComplete, EmptyQuery, PortalSuspended, Error). */
