@@ -1,12 +1,12 @@
 #include "relay_events.h"
 
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include <string>
 #include <unordered_map>
 
+#include "napi_args.h"
 #include "relay_records.h"
 #include "seal.h"
 
@@ -46,17 +46,6 @@ uint8_t* put_varint(uint8_t* p, uint64_t v) {
   return p;
 }
 
-bool typed(napi_env env, napi_value v, napi_typedarray_type want, void** data, size_t* len) {
-  bool is_typed = false;
-  napi_typedarray_type type;
-  if (napi_is_typedarray(env, v, &is_typed) != napi_ok || !is_typed) return false;
-  return napi_get_typedarray_info(env, v, &type, len, data, nullptr, nullptr) == napi_ok && type == want;
-}
-
-bool number(napi_env env, napi_value v, double* out) {
-  return napi_get_value_double(env, v, out) == napi_ok && *out >= 0 && *out <= 9007199254740991.0 && *out == floor(*out);
-}
-
 void forget(napi_env env, uint32_t id) {
   auto it = sessions().find(id);
   if (it == sessions().end()) return;
@@ -82,9 +71,9 @@ napi_value relay_events_register_js(napi_env env, napi_callback_info info) {
   double id, sink;
   void *sid, *ident, *tally;
   size_t sid_len, ident_len, tally_len;
-  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 5 || !number(env, argv[0], &id) || id > UINT32_MAX ||
-      !number(env, argv[1], &sink) || sink > UINT32_MAX || !typed(env, argv[2], napi_uint8_array, &sid, &sid_len) ||
-      !typed(env, argv[3], napi_uint8_array, &ident, &ident_len) || !typed(env, argv[4], napi_float64_array, &tally, &tally_len) ||
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 5 || !safe_uint_arg(env, argv[0], &id) || id > UINT32_MAX ||
+      !safe_uint_arg(env, argv[1], &sink) || sink > UINT32_MAX || !typed_array_arg(env, argv[2], napi_uint8_array, &sid, &sid_len) ||
+      !typed_array_arg(env, argv[3], napi_uint8_array, &ident, &ident_len) || !typed_array_arg(env, argv[4], napi_float64_array, &tally, &tally_len) ||
       tally_len < kTallySlots) {
     napi_throw_type_error(env, nullptr,
                           "relayEventsRegister(id: number, sink: number, sessionIdField: Uint8Array, identityFields: Uint8Array, tally: Float64Array(6))");
@@ -108,7 +97,7 @@ napi_value relay_events_forget_js(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   double id;
-  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 1 || !number(env, argv[0], &id) || id > UINT32_MAX) {
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 1 || !safe_uint_arg(env, argv[0], &id) || id > UINT32_MAX) {
     napi_throw_type_error(env, nullptr, "relayEventsForget(id: number)");
     return nullptr;
   }
@@ -123,12 +112,12 @@ napi_value relay_events_seal_js(napi_env env, napi_callback_info info) {
   void *batch_v, *slab_v, *chain_v, *agent_v, *out_v;
   size_t batch_len, slab_len, chain_len, agent_len, out_len;
   double sink_d, offset_d, pos_d, room_d, max_d, seq_d, time_d, kind_d;
-  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 13 || !number(env, argv[0], &sink_d) ||
-      !typed(env, a[0], napi_uint8_array, &batch_v, &batch_len) || !number(env, a[1], &offset_d) ||
-      !typed(env, a[2], napi_uint8_array, &slab_v, &slab_len) || !number(env, a[3], &pos_d) || !number(env, a[4], &room_d) ||
-      !number(env, a[5], &max_d) || !typed(env, a[6], napi_uint8_array, &chain_v, &chain_len) ||
-      !typed(env, a[7], napi_uint8_array, &agent_v, &agent_len) || !number(env, a[8], &seq_d) || !number(env, a[9], &time_d) ||
-      !number(env, a[10], &kind_d) || kind_d > 0x7fffffff || !typed(env, a[11], napi_float64_array, &out_v, &out_len) || out_len < 3 ||
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 13 || !safe_uint_arg(env, argv[0], &sink_d) ||
+      !typed_array_arg(env, a[0], napi_uint8_array, &batch_v, &batch_len) || !safe_uint_arg(env, a[1], &offset_d) ||
+      !typed_array_arg(env, a[2], napi_uint8_array, &slab_v, &slab_len) || !safe_uint_arg(env, a[3], &pos_d) || !safe_uint_arg(env, a[4], &room_d) ||
+      !safe_uint_arg(env, a[5], &max_d) || !typed_array_arg(env, a[6], napi_uint8_array, &chain_v, &chain_len) ||
+      !typed_array_arg(env, a[7], napi_uint8_array, &agent_v, &agent_len) || !safe_uint_arg(env, a[8], &seq_d) || !safe_uint_arg(env, a[9], &time_d) ||
+      !safe_uint_arg(env, a[10], &kind_d) || kind_d > 0x7fffffff || !typed_array_arg(env, a[11], napi_float64_array, &out_v, &out_len) || out_len < 3 ||
       chain_len < kHash) {
     napi_throw_type_error(env, nullptr,
                           "relayEventsSeal(sink, batch, offset, slab, pos, room, maxEventBytes, chainHash, agentIdField, seq, timeMs, kind, "

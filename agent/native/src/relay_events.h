@@ -10,7 +10,7 @@
 #include <node_api.h>
 
 // What the handler and this file both keep count of, in a Float64Array the handler allocates per
-// session (agent/native/relay.ts EventTally): the handler reads and bumps the same slots on its own
+// session (agent/native/relay.ts newEventTally): the handler reads and bumps the same slots on its own
 // path, so request ids stay one sequence whichever side numbers a statement. Only the JavaScript
 // thread touches it.
 enum TallySlot {

@@ -4,6 +4,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "napi_args.h"
+
 // The digest and checksum come from the node process itself, found at run time: node exports its
 // OpenSSL and zlib (or links the system's libcrypto and libz), so the addon needs neither their
 // headers nor a second copy, and uses the same SHA-NI / SIMD code paths the JavaScript path does.
@@ -58,15 +60,6 @@ void put_le32(uint8_t* p, uint32_t v) {
   p[3] = (uint8_t)(v >> 24);
 }
 
-bool bytes_of(napi_env env, napi_value v, uint8_t** data, size_t* len) {
-  bool is_typed = false;
-  if (napi_is_typedarray(env, v, &is_typed) != napi_ok || !is_typed) return false;
-  napi_typedarray_type type;
-  void* p;
-  if (napi_get_typedarray_info(env, v, &type, len, &p, nullptr, nullptr) != napi_ok || type != napi_uint8_array) return false;
-  *data = static_cast<uint8_t*>(p);
-  return true;
-}
 
 }  // namespace
 
@@ -89,8 +82,9 @@ napi_value seal_record_js(napi_env env, napi_callback_info info) {
   uint8_t *target, *payload, *hash_out;
   size_t target_len, payload_len, hash_len;
   double offset_d;
-  if (argc < 4 || !bytes_of(env, argv[0], &target, &target_len) || napi_get_value_double(env, argv[1], &offset_d) != napi_ok ||
-      !bytes_of(env, argv[2], &payload, &payload_len) || !bytes_of(env, argv[3], &hash_out, &hash_len)) {
+  if (argc < 4 || !typed_array_arg(env, argv[0], napi_uint8_array, &target, &target_len) || napi_get_value_double(env, argv[1], &offset_d) != napi_ok ||
+      !typed_array_arg(env, argv[2], napi_uint8_array, &payload, &payload_len) ||
+      !typed_array_arg(env, argv[3], napi_uint8_array, &hash_out, &hash_len)) {
     napi_throw_type_error(env, nullptr, "sealRecord(target: Uint8Array, offset: number, payload: Uint8Array, hashOut: Uint8Array)");
     return nullptr;
   }
