@@ -26,6 +26,7 @@ import { CollectorApprovals } from './approvals/client.js';
 import { HeartbeatSender } from './events/heartbeat.js';
 import { AgentStatusReporter, type BpfStatus } from './status.js';
 import { nativeRelay, type NativeRelay } from './native/relay.js';
+import { AuditPriority } from './native/audit-priority.js';
 import { loadNative } from './native/index.js';
 import { writeAgentState, type AgentState } from './state.js';
 
@@ -67,6 +68,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
   // change keeps the policy in force (never run without one because of a typo).
   let policy: Policy = cfg.policyFile ? loadPolicy(cfg.policyFile) : defaultPolicy();
   const relay = startRelay(cfg, log, emit);
+  const priority = relay && cfg.auditNice > 0 ? auditPriority(cfg.auditNice, relay, log) : undefined;
   // The relay repeats decisions it was told it may; a new policy starts a new epoch in which it
   // remembers none, and what it forwarded before is replayed under the policy of its own epoch.
   const policies = new Map<number, Policy>([[0, policy]]);
@@ -146,6 +148,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
     events: spool,
     handlerFor: (origin) => handlers[cfg.protocols[origin.port] ?? 'tcp']!,
     log: log.child({ component: 'proxy' }),
+    onActiveChange: priority && ((n) => (priority.proxy = n)),
   });
   await proxy.listen();
 
@@ -197,6 +200,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger): Promise<Running
         // Hooks first: from here on a watched connect either fails at once or goes direct.
         bpf.shutdown(cfg.failOpen);
         await proxy.close();
+        priority?.close();
         writeAgentState(cfg.stateDir, { ...state, running: false });
         const stopEvent = emit({
           kind: EventKind.EVENT_KIND_AGENT_STOP!,
@@ -266,6 +270,14 @@ function startRelay(cfg: AgentConfig, log: Logger, emit: (d: EventDraft) => unkn
     if (cpu >= 0) log.info({ cpu }, 'audit threads kept on one cpu; the relay thread runs anywhere');
   }
   return relay;
+}
+
+/** The main thread nicer while every session is on the relay (audit-priority.ts). */
+function auditPriority(nice: number, relay: NativeRelay, log: Logger): AuditPriority {
+  const priority = new AuditPriority({ nice, onError: (err) => log.warn({ err }, 'the main thread keeps its priority') });
+  relay.onSessionsChange = (n) => (priority.relay = n);
+  if (priority.usable) log.info({ nice }, 'the main thread runs nicer while every session is on the native relay');
+  return priority;
 }
 
 function createShipper(cfg: AgentConfig, spool: Spool, emit: (d: EventDraft) => unknown, log: Logger): Shipper {

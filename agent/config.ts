@@ -58,6 +58,12 @@ export interface AgentConfig {
    * agent/native/src/relay.cc for why; false leaves every thread to the scheduler.
    */
   pinAuditThreads: boolean;
+  /**
+   * With the native data path: how much nicer (1-19) than the agent's own the JavaScript main
+   * thread runs while every session is on the relay, so that the audit side does not take cpu time
+   * from it on a busy host; 0 never changes it. See agent/native/audit-priority.ts.
+   */
+  auditNice: number;
 }
 
 export interface CredentialConfig {
@@ -101,6 +107,7 @@ export function defaultConfig(): AgentConfig {
     dataPath: 'native',
     relayAuditDelayMs: DEFAULT_RELAY_AUDIT_DELAY_MS,
     pinAuditThreads: true,
+    auditNice: 10,
   };
 }
 
@@ -158,7 +165,7 @@ const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
   agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
   watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number', spoolCommitDelayMs: 'number',
   collector: 'string', tlsDir: 'string', policyFile: 'string', serverTls: 'string', heartbeatIntervalMs: 'number',
-  dataPath: 'string', relayAuditDelayMs: 'number', pinAuditThreads: 'boolean',
+  dataPath: 'string', relayAuditDelayMs: 'number', pinAuditThreads: 'boolean', auditNice: 'number',
 };
 
 /** Reads a YAML config file; every error names the file and line. */
@@ -258,6 +265,9 @@ export function validate(cfg: AgentConfig, where = 'config'): void {
   }
   if (!(cfg.relayAuditDelayMs >= 0 && cfg.relayAuditDelayMs <= MAX_RELAY_AUDIT_DELAY_MS)) {
     throw new ConfigError(where, `relayAuditDelayMs must be from 0 to ${MAX_RELAY_AUDIT_DELAY_MS} (ms), got ${cfg.relayAuditDelayMs}`);
+  }
+  if (!Number.isInteger(cfg.auditNice) || cfg.auditNice < 0 || cfg.auditNice > 19) {
+    throw new ConfigError(where, `auditNice must be an integer from 0 (off) to 19, got ${cfg.auditNice}`);
   }
   if (cfg.intercept.length > 64) throw new ConfigError(where, 'at most 64 intercept rules');
   if (cfg.collector && !cfg.tlsDir) throw new ConfigError(where, 'a collector needs tlsDir (the directory `runguard enroll --out` wrote)');

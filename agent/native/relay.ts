@@ -92,6 +92,8 @@ export class NativeRelay {
   private readonly clockOffset = performance.now() - Number(process.hrtime.bigint()) / 1e6;
   /** Errors thrown by a listener: logged by the owner, never allowed to stop other sessions' records. */
   onListenerError: (err: unknown) => void = () => {};
+  /** Told the number of sessions the relay holds whenever it changes (audit-priority.ts). */
+  onSessionsChange: (sessions: number) => void = () => {};
 
   constructor(private readonly addon: NativeAddon, opts: RelayOptions) {
     addon.relayStart((batch) => this.dispatch(batch), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs);
@@ -117,6 +119,7 @@ export class NativeRelay {
     this.addon.relayAdopt(id, clientFd, serverFd, precheck);
     this.listeners.set(id, { listener, sealer: events?.sealer });
     if (events) this.addon.relayEventsRegister(id, events.sealer.sink, events.sessionIdField, events.identityFields, events.tally);
+    this.onSessionsChange(this.listeners.size);
     return id;
   }
 
@@ -179,6 +182,7 @@ export class NativeRelay {
       if (kind === RecordKind.Closed) {
         this.listeners.delete(id);
         this.addon.relayEventsForget(id);
+        this.onSessionsChange(this.listeners.size);
       }
       if (!entry) continue;
       try {

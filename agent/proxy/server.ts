@@ -37,6 +37,8 @@ export interface ProxyOptions {
   handlerFor: (origin: Origin) => ProtocolHandler;
   log: Logger;
   upstreamConnectTimeoutMs?: number;
+  /** Told the number of live sessions whenever it changes. */
+  onActiveChange?: (active: number) => void;
 }
 
 const LISTEN_ADDRESSES = ['127.0.0.1', '::1'];
@@ -96,10 +98,12 @@ export class ProxyServer {
     }
     this.stats.accepted++;
     this.stats.active++;
+    this.opts.onActiveChange?.(this.stats.active);
     const done = this.runSession(client, origin, peerAddress, peerPort)
       .catch((err) => this.opts.log.error({ err }, 'session failed unexpectedly'))
       .finally(() => {
         this.stats.active--;
+        this.opts.onActiveChange?.(this.stats.active);
         this.live.delete(done);
       });
     this.live.add(done);

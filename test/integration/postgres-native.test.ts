@@ -12,6 +12,7 @@ import * as msg from '../../agent/pg/messages.js';
 import { redactedParam } from '../../agent/pg/column-literals.js';
 import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
+import { waitFor } from '../helpers/wait.js';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 
@@ -110,6 +111,32 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     const others = threads.filter((t) => t.name !== 'runguard-relay');
     assert.ok(others.length >= 5, 'main thread, V8 helpers and the libuv pool');
     for (const t of others) assert.equal(t.cpus, highest, `${t.name} is kept on cpu ${highest}`);
+  });
+
+  test('the main thread runs nicer only while every session is on the relay', async () => {
+    const pid = agent.proc!.pid!;
+    const niceOf = (tid: string | number): number => {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+    };
+    const nice = (): number => niceOf(pid);
+    const relayTid = readdirSync(`/proc/${pid}/task`).find((t) => readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === 'runguard-relay')!;
+    const base = os.getPriority(); // the agent inherits this process's
+    await waitFor('no session left from the tests before', () => nice() === base, 5000);
+    const onRelay = agent.run(['psql', '-X', '-At', url, '-c', 'SELECT pg_sleep(4)']);
+    await waitFor(() => `nice ${base + 10} while the one session is on the relay (now ${nice()})`, () => nice() === base + 10, 3000);
+    assert.equal(niceOf(relayTid), base, 'the relay thread keeps its priority');
+    // TLS from the job: the handler relays that session itself, on the main thread.
+    const onHandler = agent.run(['psql', '-X', '-At', url.replace('sslmode=disable', 'sslmode=require'), '-c', 'SELECT pg_sleep(1.5)']);
+    await waitFor(() => `nice ${base} while a session is relayed by JavaScript (now ${nice()})`, () => nice() === base, 3000);
+    const tls = await onHandler;
+    assert.equal(tls.status, 0, tls.stderr);
+    await waitFor(() => `nice ${base + 10} again once the TLS session ended (now ${nice()})`, () => nice() === base + 10, 3000);
+    const plain = await onRelay;
+    assert.equal(plain.status, 0, plain.stderr);
+    await waitFor(() => `nice ${base} once no session is left (now ${nice()})`, () => nice() === base, 3000);
+    const closes = (await agent.settledEvents()).filter((e) => e.kind === 'EVENT_KIND_CONNECTION_CLOSE').slice(-2).map((e) => e.connectionClose.relay || 'handler');
+    assert.deepEqual(closes.sort(), ['handler', 'native'], 'one session on the relay, one on the handler');
   });
 
   test('rows are masked by column and by detector exactly as the handler would, row by row', async () => {

@@ -69,3 +69,12 @@ for (const [key, byDefault] of [['spoolCommitDelayMs', DEFAULT_COMMIT_DELAY_MS],
     assert.throws(() => loadConfigFile(file(`${key}: 5000\n`)), new RegExp(`${key} must be from 0 to 1000`));
   });
 }
+
+test('config file: auditNice defaults to 10 and takes an integer from 0 (off) to 19', () => {
+  assert.equal(loadConfigFile(file('agentId: a\n')).auditNice, 10);
+  assert.equal(loadConfigFile(file('auditNice: 0\n')).auditNice, 0);
+  assert.equal(loadConfigFile(file('auditNice: 19\n')).auditNice, 19);
+  for (const bad of ['-1', '20', '2.5']) {
+    assert.throws(() => loadConfigFile(file(`auditNice: ${bad}\n`)), new RegExp(`auditNice must be an integer from 0 \\(off\\) to 19, got ${bad}`));
+  }
+});
