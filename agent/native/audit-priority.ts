@@ -4,11 +4,11 @@
 // what the relay forwarded (every 25 ms, relayAuditDelayMs), writes the spool, answers the rare
 // statement the relay cannot decide. Nothing a job waits for is on it, and at the agent's own
 // priority it takes cpu time from the relay whenever the host is busy. Measured on a 2-cpu host
-// (bench/pgbench.ts, one setting per round balanced against the bench's path order, 16 rounds of
-// 5 s): pgbench select-only through runguard went from 0.84x of pgbouncer's throughput to 0.97x
-// with the main thread at nice 10 (median 0.84 -> 0.95; a run before: 0.82 -> 0.95), TPC-B-like
-// within the noise. Not wake-up preemption: SCHED_BATCH for the same thread (no preemption at
-// wake-up, the same cpu share) changed nothing.
+// (bench/pgbench.ts, the setting toggled per round, balanced against the bench's path order, 16
+// rounds of 5 s), pgbench select-only through runguard, mean ratio to pgbouncer's throughput with
+// the main thread at nice 10 against 0, in three runs: 0.97x/0.84x, 0.95x/0.82x, 0.96x/0.83x;
+// TPC-B-like within its noise. Not wake-up preemption: SCHED_BATCH for the same thread (no
+// preemption at wake-up, the same cpu share) changed nothing.
 //
 // A session that is not on the relay (its start-up and authentication, TLS on either hop, any other
 // protocol) has its bytes forwarded by this very thread, and on a busy host a lower priority would
