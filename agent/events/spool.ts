@@ -12,6 +12,7 @@ import { fsyncDir, removeStaleHeadTmp, segmentFileName, SpoolError, writeHead } 
 import { DEFAULT_COMMIT_DELAY_MS, MAX_COMMIT_DELAY_MS } from './commit-delay.js';
 import { recoverSpool, ZERO_HASH, type SegmentState, type SpoolLogger } from './spool-recovery.js';
 import { loadNative } from '../native/index.js';
+import { Slabs } from './slabs.js';
 
 export { SpoolError } from './segment-files.js';
 export { readSpoolDir } from './read-spool-dir.js';
@@ -27,6 +28,8 @@ const GROUP_BYTES = 64 * 1024;
 // Caps one write: it bounds commit latency and how much a crash can tear (TORN_TAIL_WINDOW).
 const FLUSH_MAX_BYTES = 1024 * 1024;
 const SLAB_BYTES = 256 * 1024;
+/** Written slabs kept for reuse (slabs.ts): a commit's worth at the usual rates, 1 MiB. */
+const FREE_SLABS = 4;
 const RETRY_MS = 500;
 // The most one unsynced write can span: up to FLUSH_MAX_BYTES of groups, or one group that ends
 // with an event of the largest size. Only that much of the newest segment can be torn by a crash.
@@ -158,7 +161,8 @@ export class Spool extends EventEmitter<SpoolEvents> {
 
   private readonly queue: Group[] = [];
   private openGroup: Group | null = null;
-  private slab: Buffer = Buffer.allocUnsafeSlow(SLAB_BYTES);
+  private readonly slabs = new Slabs(SLAB_BYTES, FREE_SLABS);
+  private slab: Buffer = this.slabs.take(SLAB_BYTES);
   private slabStart = 0;
   private slabPos = 0;
 
@@ -320,7 +324,8 @@ export class Spool extends EventEmitter<SpoolEvents> {
   private reserve(bytes: number): Buffer {
     if (this.slab.length - this.slabPos >= bytes) return this.slab;
     this.cutSlab();
-    this.slab = Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, bytes));
+    this.slabs.retire(this.slab);
+    this.slab = this.slabs.take(bytes);
     this.slabStart = this.slabPos = 0;
     return this.slab;
   }
@@ -329,6 +334,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
   private cutSlab(): void {
     if (this.openGroup && this.slabPos > this.slabStart) {
       this.openGroup.chunks.push(this.slab.subarray(this.slabStart, this.slabPos));
+      this.slabs.cut(this.slab);
     }
     this.slabStart = this.slabPos;
   }
@@ -519,11 +525,12 @@ export class Spool extends EventEmitter<SpoolEvents> {
     const seg = await this.segmentFor(run[0]!.segFirstSeq);
     const fh = this.activeFh!;
     const bytes = run.reduce((n, g) => n + g.bytes, 0);
+    const chunks = run.flatMap((g) => g.chunks);
     try {
       if (writeDurable && !this.truncatePending) {
-        await writeDurable(fh, run.flatMap((g) => g.chunks), seg.bytes);
+        await writeDurable(fh, chunks, seg.bytes);
       } else {
-        await writeFully(fh, run.flatMap((g) => g.chunks), seg.bytes, bytes);
+        await writeFully(fh, chunks, seg.bytes, bytes);
         if (this.truncatePending) await fh.truncate(seg.bytes + bytes);
         this.truncatePending = false;
         await fh.datasync();
@@ -533,6 +540,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
       await this.discardUnsynced(fh, seg);
       throw new SpoolError(`spool: writing ${bytes} bytes to ${seg.path} failed: ${(err as Error).message}`, seg.path, seg.bytes);
     }
+    this.slabs.written(chunks, this.slab);
     const last = run.at(-1)!;
     seg.bytes += bytes;
     seg.lastSeq = last.lastSeq;
