@@ -123,7 +123,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     const relayTid = readdirSync(`/proc/${pid}/task`).find((t) => readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === 'runguard-relay')!;
     const base = os.getPriority(); // the agent inherits this process's
     await waitFor('no session left from the tests before', () => nice() === base, 5000);
-    const onRelay = agent.run(['psql', '-X', '-At', url, '-c', 'SELECT pg_sleep(4)']);
+    const onRelay = agent.run(['psql', '-X', '-At', url, '-c', 'SELECT pg_sleep(6)']);
     await waitFor(() => `nice ${base + 10} while the one session is on the relay (now ${nice()})`, () => nice() === base + 10, 3000);
     assert.equal(niceOf(relayTid), base, 'the relay thread keeps its priority');
     // TLS from the job: the handler relays that session itself, on the main thread.

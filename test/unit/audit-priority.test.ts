@@ -4,8 +4,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AuditPriority } from '../../agent/native/audit-priority.js';
 
@@ -66,15 +67,22 @@ test('the lowered value is capped at 19', { skip: root }, () => {
 test('without the right to raise it back, it says so and never lowers', { skip: root }, () => {
   // As nobody: lowering is allowed, raising back is not, so the probe at construction must fail
   // and the thread must keep its priority however the sessions move.
-  const module = fileURLToPath(new URL('../../agent/native/audit-priority.js', import.meta.url));
+  // A copy the child can read wherever the checkout is (a home directory is often 0700); the
+  // module imports only node:os.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'rg-audit-priority-'));
+  chmodSync(dir, 0o755);
+  const module = path.join(dir, 'audit-priority.mjs');
+  writeFileSync(module, readFileSync(fileURLToPath(new URL('../../agent/native/audit-priority.js', import.meta.url))), { mode: 0o644 });
   const script = `
     import os from 'node:os';
+import path from 'node:path';
     const { AuditPriority } = await import(${JSON.stringify(module)});
     const errors = [];
     const p = new AuditPriority({ nice: 10, onError: (e) => errors.push(e.message) });
     p.proxy = 1; p.relay = 1;
     console.log(JSON.stringify({ nice: os.getPriority(), usable: p.usable, lowered: p.lowered, errors }));`;
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { uid: 65534, gid: 65534, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { uid: 65534, gid: 65534, encoding: 'utf8', cwd: dir });
+  rmSync(dir, { recursive: true, force: true });
   assert.equal(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout) as { nice: number; usable: boolean; lowered: boolean; errors: string[] };
   assert.equal(out.nice, os.getPriority(), 'the priority it started with');
