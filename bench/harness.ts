@@ -2,6 +2,9 @@
 // cleanup registry that runs once (from the finally block or a signal), and table printing.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { statFields } from '../test/helpers/proc.js';
+
+export { statFields };
 
 const undo: { what: string; fn: () => unknown }[] = [];
 /** Children started through run() or track(): signalled first when cleaning up. */
@@ -92,14 +95,6 @@ export function table(rows: string[][], align = 'l'): string {
   }).join('\n');
 }
 
-/**
- * The fields of a /proc/PID/stat (or /proc/PID/task/TID/stat) line after the command name, which may
- * itself hold spaces and parentheses, as numbers: [0] is field 3 (state, NaN), [7] minflt, [11]
- * utime, [12] stime, [13] cutime, [14] cstime (clock ticks).
- */
-export function statFields(stat: string): number[] {
-  return stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
-}
 
 /**
  * cpu seconds of a process (all its threads); withChildren adds the children it has reaped (so the

@@ -13,6 +13,7 @@ import { redactedParam } from '../../agent/pg/column-literals.js';
 import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 import { waitFor } from '../helpers/wait.js';
+import { threadNice } from '../helpers/proc.js';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 
@@ -115,17 +116,13 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
 
   test('the main thread runs nicer only while every session is on the relay', async () => {
     const pid = agent.proc!.pid!;
-    const niceOf = (tid: string | number): number => {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
-    };
-    const nice = (): number => niceOf(pid);
+    const nice = (): number => threadNice(pid, pid);
     const relayTid = readdirSync(`/proc/${pid}/task`).find((t) => readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === 'runguard-relay')!;
     const base = os.getPriority(); // the agent inherits this process's
     await waitFor('no session left from the tests before', () => nice() === base, 5000);
     const onRelay = agent.run(['psql', '-X', '-At', url, '-c', 'SELECT pg_sleep(6)']);
     await waitFor(() => `nice ${base + 10} while the one session is on the relay (now ${nice()})`, () => nice() === base + 10, 3000);
-    assert.equal(niceOf(relayTid), base, 'the relay thread keeps its priority');
+    assert.equal(threadNice(pid, relayTid), base, 'the relay thread keeps its priority');
     // TLS from the job: the handler relays that session itself, on the main thread.
     const onHandler = agent.run(['psql', '-X', '-At', url.replace('sslmode=disable', 'sslmode=require'), '-c', 'SELECT pg_sleep(1.5)']);
     await waitFor(() => `nice ${base} while a session is relayed by JavaScript (now ${nice()})`, () => nice() === base, 3000);

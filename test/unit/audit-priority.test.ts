@@ -9,12 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AuditPriority } from '../../agent/native/audit-priority.js';
-
-/** nice of one thread of this process, from /proc (field 19 of stat). */
-function niceOf(tid: number): number {
-  const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
-}
+import { threadNice } from '../helpers/proc.js';
 
 const others = (): number[] => readdirSync('/proc/self/task').map(Number).filter((t) => t !== process.pid);
 const root = process.getuid?.() === 0 ? false : 'needs root (CAP_SYS_NICE) to raise the priority back';
@@ -28,7 +23,7 @@ test('nicer only while every live session is on the relay, and back for good on 
       p.proxy = proxy;
       p.relay = relay;
       assert.equal(p.lowered, lowered, why);
-      assert.equal(niceOf(process.pid), lowered ? base + 10 : base, why);
+      assert.equal(threadNice('self', process.pid), lowered ? base + 10 : base, why);
     };
     step(0, 0, false, 'no session');
     step(1, 0, false, 'a session starting up (JavaScript relays it)');
@@ -38,11 +33,11 @@ test('nicer only while every live session is on the relay, and back for good on 
     step(2, 3, true, 'one ended on the proxy side, its Closed record not yet dispatched');
     step(0, 0, false, 'all ended');
     step(1, 1, true, 'a new one on the relay');
-    for (const tid of others()) assert.equal(niceOf(tid), base, `thread ${tid} keeps its priority`);
+    for (const tid of others()) assert.equal(threadNice('self', tid), base, `thread ${tid} keeps its priority`);
     p.close();
-    assert.equal(niceOf(process.pid), base, 'close restores');
+    assert.equal(threadNice('self', process.pid), base, 'close restores');
     p.relay = 5;
-    assert.equal(niceOf(process.pid), base, 'and nothing changes after close');
+    assert.equal(threadNice('self', process.pid), base, 'and nothing changes after close');
     assert.deepEqual(errors, []);
   } finally {
     os.setPriority(base);
@@ -56,9 +51,9 @@ test('the lowered value is capped at 19', { skip: root }, () => {
     const p = new AuditPriority({ nice: 10, onError: (e) => assert.fail(e) });
     p.proxy = 1;
     p.relay = 1;
-    assert.equal(niceOf(process.pid), 19);
+    assert.equal(threadNice('self', process.pid), 19);
     p.close();
-    assert.equal(niceOf(process.pid), 15);
+    assert.equal(threadNice('self', process.pid), 15);
   } finally {
     os.setPriority(base);
   }
