@@ -625,7 +625,13 @@ class Relay {
     Peer& out = s.peer[side ^ 1];
     out.out.insert(out.out.end(), p + from, p + to);
     if (side == kClient && hold(s, p + from, to - from)) return;
-    if (side == kServer && s.held.active && audited(s, p + from, to - from)) return;
+    if (side == kServer && s.held.active) {
+      // The answer leaves before the relay audits it: building the statement's event is not on the
+      // job's round trip. A failed write ends the side, which releases the held request.
+      double read_ms = now_ms();
+      flush(s, kClient);
+      if (s.held.active && audited(s, p + from, to - from, read_ms)) return;
+    }
     size_t replay = from;  // start of what is not yet recorded
     size_t counted = to;   // start of the current run of counted-only messages (to: none)
     for (size_t m = from; m < to; m += 1 + be32(p + m + 1)) {
@@ -710,7 +716,7 @@ class Relay {
   }
 
   // The held request's answer, if this run is all of it and a plain one: recorded as kAudited.
-  bool audited(Session& s, const uint8_t* m, size_t n) {
+  bool audited(Session& s, const uint8_t* m, size_t n, double read_ms) {
     size_t at = 0, complete = SIZE_MAX, ready = SIZE_MAX;
     // 0: before the result (after BindComplete for a run), 1: rows, 2: after CommandComplete,
     // 3: after ReadyForQuery; -1: a run's answer before its BindComplete, -2: before ParseComplete.
@@ -734,7 +740,7 @@ class Relay {
     const uint8_t* c = m + complete + 5;
     size_t clen = (size_t)be32(m + complete + 1) - 4;
     size_t rlen = h.msg.size();
-    AuditedHead head{now_ms() - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, h.tmpl, h.text.start, h.text.end};
+    AuditedHead head{read_ms - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, h.tmpl, h.text.start, h.text.end};
     // ReadyForQuery's status: 'I', the transaction ended (pg_backend_ok checked the body is one byte).
     bool idle = m[ready + 5] == 'I';
     if (event(s, head, idle, c, clen)) {
