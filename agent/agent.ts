@@ -9,7 +9,7 @@ import { EventKind, IdentitySource, type EventDraft } from '../proto/index.js';
 import { BpfRuntime, CGROUP_PROGRAMS, EXEC_PROGRAMS, watchedCgroup } from './bpf/runtime.js';
 import type { ExecRecord } from './bpf/layout.js';
 import { cgroup2Root, cgroupId, cgroupOfPid, cgroupPath, ensureCgroup } from './cgroup.js';
-import type { AgentConfig } from './config.js';
+import { relayThreadCount, type AgentConfig } from './config.js';
 import { ProxyServer } from './proxy/server.js';
 import { tcpHandler } from './proxy/tcp.js';
 import type { ProtocolHandler } from './proxy/handler.js';
@@ -257,7 +257,8 @@ function durableUnlessStuck(spool: Spool, durable: Promise<void>): Promise<void>
 /** The native data path, when configured and loadable; otherwise sessions stay on JavaScript, said once. */
 function startRelay(cfg: AgentConfig, log: Logger, emit: (d: EventDraft) => unknown): NativeRelay | undefined {
   if (cfg.dataPath !== 'native') return undefined;
-  const relay = nativeRelay({ replayDelayMs: cfg.relayAuditDelayMs });
+  const threads = relayThreadCount(cfg);
+  const relay = nativeRelay({ replayDelayMs: cfg.relayAuditDelayMs, threads });
   if (!relay) {
     const message = `${loadNative().error ?? 'the native data path is unavailable'}; PostgreSQL sessions are relayed in JavaScript`;
     log.warn(message);
@@ -267,7 +268,7 @@ function startRelay(cfg: AgentConfig, log: Logger, emit: (d: EventDraft) => unkn
   relay.onListenerError = (err) => log.error({ err }, 'a session failed on a native relay record');
   if (cfg.pinAuditThreads) {
     const cpu = relay.pinOthers();
-    if (cpu >= 0) log.info({ cpu }, 'audit threads kept on one cpu; the relay thread runs anywhere');
+    if (cpu >= 0) log.info({ cpu, relayThreads: threads }, 'audit threads kept on one cpu; the relay threads run anywhere');
   }
   return relay;
 }

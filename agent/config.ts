@@ -53,6 +53,12 @@ export interface AgentConfig {
    */
   relayAuditDelayMs: number;
   /**
+   * With the native data path: how many relay threads share the sessions (each session stays on
+   * one). 0, the default: one per cpu the agent may run on, at most 4. Several let the others go on
+   * forwarding while one waits for a cpu; see g_relays in agent/native/src/relay.cc.
+   */
+  relayThreads: number;
+  /**
    * With the native data path on a host with two cpus or more: keep the audit side of the agent
    * (every thread but the relay's) on one cpu, the highest it may use. See relay_pin_others_js in
    * agent/native/src/relay.cc for why; false leaves every thread to the scheduler.
@@ -84,6 +90,14 @@ export interface CredentialConfig {
  */
 export const DEFAULT_RELAY_AUDIT_DELAY_MS = 25;
 export const MAX_RELAY_AUDIT_DELAY_MS = 1000;
+/** relayThreads: the most a config may ask for (as the addon's kMaxRelayThreads), and the most 0 means. */
+export const MAX_RELAY_THREADS = 64;
+export const AUTO_RELAY_THREADS_MAX = 4;
+
+/** The relay threads a config asks for: its number, or for 0 one per cpu this process may use, at most 4. */
+export function relayThreadCount(cfg: Pick<AgentConfig, 'relayThreads'>, cpus = os.availableParallelism()): number {
+  return cfg.relayThreads > 0 ? cfg.relayThreads : Math.max(1, Math.min(AUTO_RELAY_THREADS_MAX, cpus));
+}
 
 /** Everything outside loopback; the proxy's own address is always exempt in the BPF program. */
 export const DEFAULT_INTERCEPT = ['!127.0.0.0/8', '![::1]/128', '0.0.0.0/0', '[::]/0'];
@@ -106,6 +120,7 @@ export function defaultConfig(): AgentConfig {
     heartbeatIntervalMs: 10_000,
     dataPath: 'native',
     relayAuditDelayMs: DEFAULT_RELAY_AUDIT_DELAY_MS,
+    relayThreads: 0,
     pinAuditThreads: true,
     auditNice: 10,
   };
@@ -165,7 +180,7 @@ const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
   agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
   watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number', spoolCommitDelayMs: 'number',
   collector: 'string', tlsDir: 'string', policyFile: 'string', serverTls: 'string', heartbeatIntervalMs: 'number',
-  dataPath: 'string', relayAuditDelayMs: 'number', pinAuditThreads: 'boolean', auditNice: 'number',
+  dataPath: 'string', relayAuditDelayMs: 'number', relayThreads: 'number', pinAuditThreads: 'boolean', auditNice: 'number',
 };
 
 /** Reads a YAML config file; every error names the file and line. */
@@ -265,6 +280,9 @@ export function validate(cfg: AgentConfig, where = 'config'): void {
   }
   if (!(cfg.relayAuditDelayMs >= 0 && cfg.relayAuditDelayMs <= MAX_RELAY_AUDIT_DELAY_MS)) {
     throw new ConfigError(where, `relayAuditDelayMs must be from 0 to ${MAX_RELAY_AUDIT_DELAY_MS} (ms), got ${cfg.relayAuditDelayMs}`);
+  }
+  if (!Number.isInteger(cfg.relayThreads) || cfg.relayThreads < 0 || cfg.relayThreads > MAX_RELAY_THREADS) {
+    throw new ConfigError(where, `relayThreads must be an integer from 0 (one per cpu, at most ${AUTO_RELAY_THREADS_MAX}) to ${MAX_RELAY_THREADS}, got ${cfg.relayThreads}`);
   }
   if (!Number.isInteger(cfg.auditNice) || cfg.auditNice < 0 || cfg.auditNice > 19) {
     throw new ConfigError(where, `auditNice must be an integer from 0 (off) to 19, got ${cfg.auditNice}`);

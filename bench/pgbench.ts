@@ -31,7 +31,7 @@
 //   npx tsc -p . && node dist/bench/pgbench.js
 //   node dist/bench/pgbench.js [--time 15] [--warmup 3] [--clients 8] [--threads 2] [--scale 10]
 //                              [--workloads select-simple,select-prepared,tpcb] [--cpu-prof DIR]
-//                              [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--rounds N] [--relay-path]
+//                              [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--relay-threads N] [--rounds N] [--relay-path]
 //
 // --relay-path adds a fourth path, `relay`: a second agent whose only difference is that it runs the
 // port through the generic TCP handler (connection events only, no PostgreSQL parsing, no statement
@@ -44,8 +44,8 @@
 // most changes being measured, so with N > 1 every ratio is taken within a round, between runs
 // minutes apart at most, and the report gives the median ratio with the range over the rounds; the
 // per-path table shows each path's median run.
-// --spool-commit-delay-ms N and --relay-audit-delay-ms N set the agent's spoolCommitDelayMs and
-// relayAuditDelayMs (default: the agent's defaults). For the runguard path the report adds the
+// --spool-commit-delay-ms N, --relay-audit-delay-ms N and --relay-threads N set the agent's
+// spoolCommitDelayMs, relayAuditDelayMs and relayThreads (default: the agent's defaults). For the runguard path the report adds the
 // spool's cost: fdatasyncs over the run (counted with perf, if installed), events per fdatasync, and
 // the agent's cpu split between its main thread and the libuv pool threads that write and sync the
 // spool.
@@ -118,6 +118,7 @@ interface Options {
   cpuProf?: string;
   commitDelayMs?: number;
   relayAuditDelayMs?: number;
+  relayThreads?: number;
 }
 
 interface RunResult {
@@ -192,7 +193,7 @@ let interrupted = false;
 function parseArgs(argv: string[]): Options {
   const opts: Options = { time: 15, warmup: 3, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS.filter((w) => !w.optional), rounds: 1, relayPath: false };
   const usage = 'usage: pgbench.js [--time S] [--warmup S] [--clients N] [--threads N] [--scale N] ' +
-    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--rounds N] [--relay-path]`;
+    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--relay-threads N] [--rounds N] [--relay-path]`;
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i]?.replace(/^--/, '');
     if (key === 'relay-path') {
@@ -214,6 +215,10 @@ function parseArgs(argv: string[]): Options {
       if (!(n >= 0)) throw new Error(`--${key} ${value}: not a valid delay; ${usage}`);
       if (key === 'spool-commit-delay-ms') opts.commitDelayMs = n;
       else opts.relayAuditDelayMs = n;
+    } else if (key === 'relay-threads') {
+      const n = Number(value);
+      if (!Number.isInteger(n) || n < 0) throw new Error(`--${key} ${value}: not a valid count; ${usage}`);
+      opts.relayThreads = n;
     } else if (key === 'time' || key === 'warmup' || key === 'clients' || key === 'threads' || key === 'scale' || key === 'rounds') {
       const n = Number(value);
       if (!Number.isInteger(n) || n < (key === 'warmup' ? 0 : 1)) throw new Error(`--${key} ${value}: not a valid count; ${usage}`);
@@ -382,6 +387,11 @@ async function idleLoad(ms: number): Promise<number> {
 }
 
 /** cpu seconds, name, run-queue wait (ns) and timeslices of each thread of `pid`, by tid. */
+/** How many relay threads the agent runs (for the report; the agent's relayThreads, resolved). */
+function relayThreadsOf(pid: number): number {
+  return [...threadCpu(pid).values()].filter((t) => t.name === 'runguard-relay').length;
+}
+
 function threadCpu(pid: number): Map<number, ThreadStat> {
   const out = new Map<number, ThreadStat>();
   let tids: string[] = [];
@@ -443,7 +453,8 @@ async function startAgent(pg: PgServer, work: string, opts: Options, protocol: '
   // would then hold events in memory and refuse new sessions, which is not what is being measured.
   writeFileSync(config, `protocols:\n  ${pg.port}: ${protocol}\nspoolMaxBytes: ${SPOOL_MAX_BYTES}\n` +
     (opts.commitDelayMs === undefined ? '' : `spoolCommitDelayMs: ${opts.commitDelayMs}\n`) +
-    (opts.relayAuditDelayMs === undefined ? '' : `relayAuditDelayMs: ${opts.relayAuditDelayMs}\n`));
+    (opts.relayAuditDelayMs === undefined ? '' : `relayAuditDelayMs: ${opts.relayAuditDelayMs}\n`) +
+    (opts.relayThreads === undefined ? '' : `relayThreads: ${opts.relayThreads}\n`));
   const cpuProf = protocol === 'postgres' ? opts.cpuProf : undefined;
   const agent = new AgentFixture({
     intercept: [`${HOST}/32`],
@@ -735,7 +746,8 @@ async function main(): Promise<number> {
     targets.runguard.note = `bin/runguard run: BPF redirect -> agent, postgres handler, policy ${path.relative(ROOT, POLICY)}, ` +
       `one fsynced STATEMENT event per statement (state dir on ${sh('findmnt', ['-n', '-o', 'FSTYPE', '-T', a.stateDir]).out || 'an unknown filesystem'}, ` +
       `spool commit delay ${opts.commitDelayMs ?? `${DEFAULT_COMMIT_DELAY_MS} (default)`} ms, ` +
-      `relay audit delay ${opts.relayAuditDelayMs ?? `${DEFAULT_RELAY_AUDIT_DELAY_MS} (default)`} ms)` +
+      `relay audit delay ${opts.relayAuditDelayMs ?? `${DEFAULT_RELAY_AUDIT_DELAY_MS} (default)`} ms, ` +
+      `${a.proc?.pid ? relayThreadsOf(a.proc.pid) : '?'} relay threads)` +
       `${opts.cpuProf ? '; agent under the cpu profiler (slower)' : ''}`;
   } catch (err) {
     targets.runguard.unavailable = (err as Error).message;

@@ -81,6 +81,8 @@ export interface RunSink {
 export interface RelayOptions {
   /** How long forwarded messages may wait before the handler hears of them (audit, not latency; config relayAuditDelayMs). */
   replayDelayMs: number;
+  /** Relay threads, 1-64 (config relayThreads); each session stays on one. */
+  threads: number;
 }
 
 export class NativeRelay {
@@ -96,7 +98,7 @@ export class NativeRelay {
   onSessionsChange: (sessions: number) => void = () => {};
 
   constructor(private readonly addon: NativeAddon, opts: RelayOptions) {
-    addon.relayStart((batch) => this.dispatch(batch), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs);
+    addon.relayStart((batch) => this.dispatch(batch), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs, opts.threads);
   }
 
   /**

@@ -13,7 +13,7 @@ import { redactedParam } from '../../agent/pg/column-literals.js';
 import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 import { waitFor } from '../helpers/wait.js';
-import { threadNice } from '../helpers/proc.js';
+import { statFields, threadNice } from '../helpers/proc.js';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 
@@ -34,6 +34,20 @@ rules:
     action: deny
 `;
 
+const RELAY_THREADS = 2;
+
+/** The agent's relay threads by tid, and cpu time each has used (clock ticks). */
+function relayThreads(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    if (!stat.includes('(runguard-relay)')) continue;
+    const f = statFields(stat);
+    out.set(tid, f[11]! + f[12]!);
+  }
+  return out;
+}
+
 describe('the native relay repeats only decisions that still hold', { skip }, () => {
   let pg: PgServer;
   let agent: AgentFixture;
@@ -52,7 +66,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     writeFileSync(path.join(work, 'allow.yaml'), ALLOW);
     writeFileSync(path.join(work, 'deny.yaml'), DENY);
     const config = path.join(work, 'agent.yaml');
-    writeFileSync(config, `protocols:\n  ${pg.port}: postgres\nserverTls: disable\n`);
+    writeFileSync(config, `protocols:\n  ${pg.port}: postgres\nserverTls: disable\nrelayThreads: ${RELAY_THREADS}\n`);
     pg.admin("CREATE TABLE contacts (id int PRIMARY KEY, note text, secret_note text); GRANT SELECT ON contacts TO PUBLIC");
     pg.admin("INSERT INTO contacts SELECT i, CASE WHEN i % 3 = 0 THEN 'mail u' || i || '@example.com' ELSE 'plain ' || i END, 's' || i FROM generate_series(1, 3000) i");
     agent = new AgentFixture({ intercept: ['127.0.0.2/32'], extraArgs: ['--config', config, '--policy', policy] });
@@ -98,7 +112,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     return (JSON.parse(r.stdout.trim()) as { received: string[] }).received.map((h) => Buffer.from(h, 'hex').toString('latin1'));
   }
 
-  test('the audit side of the agent stays on one cpu; the relay thread may run on any', () => {
+  test('the audit side of the agent stays on one cpu; the relay threads may run on any', () => {
     const pid = agent.proc!.pid!;
     const threads = readdirSync(`/proc/${pid}/task`).map((tid) => {
       const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
@@ -106,23 +120,38 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     });
     const all = /^Cpus_allowed_list:\s*(.*)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]!;
     const relay = threads.filter((t) => t.name === 'runguard-relay');
-    assert.equal(relay.length, 1, 'one relay thread');
-    assert.equal(relay[0]!.cpus, all, 'the relay thread keeps every cpu the host allows');
+    assert.equal(relay.length, RELAY_THREADS, 'relayThreads relay threads');
+    for (const t of relay) assert.equal(t.cpus, all, 'a relay thread keeps every cpu the host allows');
     const highest = all.split(',').at(-1)!.split('-').at(-1)!;
     const others = threads.filter((t) => t.name !== 'runguard-relay');
     assert.ok(others.length >= 5, 'main thread, V8 helpers and the libuv pool');
     for (const t of others) assert.equal(t.cpus, highest, `${t.name} is kept on cpu ${highest}`);
   });
 
+  test('concurrent sessions are spread over the relay threads', async () => {
+    const pid = agent.proc!.pid!;
+    const script = path.join(work, 'select1.sql');
+    writeFileSync(script, 'SELECT 1;\n');
+    const before = relayThreads(pid);
+    // Two clients at once, each busy for the whole run: on one thread, the other would stay idle.
+    const r = await agent.run(['pgbench', '-n', '-c', String(RELAY_THREADS), '-j', String(RELAY_THREADS), '-T', '3', '-f', script, url]);
+    assert.equal(r.status, 0, r.stderr);
+    const used = [...relayThreads(pid)].map(([tid, ticks]) => ticks - (before.get(tid) ?? 0));
+    assert.equal(used.length, RELAY_THREADS);
+    const most = Math.max(...used);
+    assert.ok(most >= 10, `the relay threads forwarded the run (cpu ticks ${used.join(', ')})`);
+    for (const u of used) assert.ok(u >= most / 4, `every relay thread carries a session (cpu ticks ${used.join(', ')})`);
+  });
+
   test('the main thread runs nicer only while every session is on the relay', async () => {
     const pid = agent.proc!.pid!;
     const nice = (): number => threadNice(pid, pid);
-    const relayTid = readdirSync(`/proc/${pid}/task`).find((t) => readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === 'runguard-relay')!;
+    const relayTids = [...relayThreads(pid).keys()];
     const base = os.getPriority(); // the agent inherits this process's
     await waitFor('no session left from the tests before', () => nice() === base, 5000);
     const onRelay = agent.run(['psql', '-X', '-At', url, '-c', 'SELECT pg_sleep(6)']);
     await waitFor(() => `nice ${base + 10} while the one session is on the relay (now ${nice()})`, () => nice() === base + 10, 3000);
-    assert.equal(threadNice(pid, relayTid), base, 'the relay thread keeps its priority');
+    for (const tid of relayTids) assert.equal(threadNice(pid, tid), base, 'the relay threads keep their priority');
     // TLS from the job: the handler relays that session itself, on the main thread.
     const onHandler = agent.run(['psql', '-X', '-At', url.replace('sslmode=disable', 'sslmode=require'), '-c', 'SELECT pg_sleep(1.5)']);
     await waitFor(() => `nice ${base} while a session is relayed by JavaScript (now ${nice()})`, () => nice() === base, 3000);

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfigFile, parseInterceptRule, DEFAULT_INTERCEPT, DEFAULT_RELAY_AUDIT_DELAY_MS } from '../../agent/config.js';
+import { loadConfigFile, parseInterceptRule, relayThreadCount, DEFAULT_INTERCEPT, DEFAULT_RELAY_AUDIT_DELAY_MS } from '../../agent/config.js';
 import { DEFAULT_COMMIT_DELAY_MS } from '../../agent/events/commit-delay.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'rg-config-'));
@@ -77,4 +77,17 @@ test('config file: auditNice defaults to 10 and takes an integer from 0 (off) to
   for (const bad of ['-1', '20', '2.5']) {
     assert.throws(() => loadConfigFile(file(`auditNice: ${bad}\n`)), new RegExp(`auditNice must be an integer from 0 \\(off\\) to 19, got ${bad}`));
   }
+});
+
+test('config file: relayThreads is 0 (one per cpu, at most 4) by default and takes an integer up to 64', () => {
+  assert.equal(loadConfigFile(file('agentId: a\n')).relayThreads, 0);
+  assert.equal(loadConfigFile(file('relayThreads: 1\n')).relayThreads, 1);
+  assert.equal(loadConfigFile(file('relayThreads: 64\n')).relayThreads, 64);
+  for (const bad of ['-1', '65', '1.5']) {
+    assert.throws(() => loadConfigFile(file(`relayThreads: ${bad}\n`)), new RegExp(`relayThreads must be an integer from 0 \\(one per cpu, at most 4\\) to 64, got ${bad}`));
+  }
+  assert.equal(relayThreadCount({ relayThreads: 0 }, 1), 1);
+  assert.equal(relayThreadCount({ relayThreads: 0 }, 2), 2);
+  assert.equal(relayThreadCount({ relayThreads: 0 }, 32), 4);
+  assert.equal(relayThreadCount({ relayThreads: 3 }, 1), 3, 'an explicit count is taken as it is');
 });

@@ -102,7 +102,7 @@ function relayForTest(real: NativeAddon): { relay: NativeRelay; deliver: (batch:
     relayAdopt: { value: () => {} },
     relayClose: { value: () => {} },
   }) as NativeAddon;
-  const relay = new NativeRelay(fake, { replayDelayMs: 0 });
+  const relay = new NativeRelay(fake, { replayDelayMs: 0, threads: 1 });
   relay.onListenerError = (err) => {
     throw err;
   };

@@ -1,7 +1,7 @@
 // The native PostgreSQL data path (see relay.h for what it is for and how it divides the work with
-// the JavaScript handler). One epoll thread; every session's state is touched by that thread only.
-// JavaScript talks to it through a command queue (mutex + eventfd) and hears back through one
-// thread-safe function that delivers records in batches.
+// the JavaScript handler). A few epoll threads (Relay), each owning its sessions: a session's state
+// is touched by its thread only. JavaScript talks to each through a command queue (mutex + eventfd)
+// and hears back through one thread-safe function that delivers every thread's records in batches.
 #include "relay.h"
 
 #include <errno.h>
@@ -90,6 +90,7 @@ constexpr size_t kReadChunk = 64 * 1024;
 constexpr double kCloseGraceMs = 1000;
 // A run of messages the handler only counts is sent to it as a count from this size on.
 constexpr size_t kMinSkip = 4096;
+constexpr uint32_t kMaxRelayThreads = 64;
 
 double now_ms() {
   struct timespec ts;
@@ -299,7 +300,6 @@ class Relay {
     return v;
   }
 
-  uint32_t forget_epoch() { return ++epoch_requested_; }
 
  private:
   napi_threadsafe_function tsfn_;
@@ -321,7 +321,6 @@ class Relay {
   bool urgent_ = false;         // batch_ holds something JavaScript must see now
   double replay_since_ = 0;     // when the oldest unsent replay record was made (0: none)
   uint32_t epoch_ = 0;
-  std::atomic<uint32_t> epoch_requested_{0};
   std::string key_, shape_;  // reused per message: no allocation once grown
   std::vector<uint8_t> audit_;  // a kAudited or kEvent payload being built
   bool stopping_ = false;
@@ -1049,11 +1048,59 @@ class Relay {
 
 // ---- JavaScript bindings -------------------------------------------------------------------------
 
-Relay* g_relay = nullptr;
+// Several relay threads, each with its own sessions: while one is preempted (often by the very
+// process its send just woke) or busy with a long read, the others go on forwarding theirs, where a
+// single thread would hold every session up. A session stays on the thread that adopted it. The
+// bindings below run on the JavaScript thread only, so these need no lock.
+std::vector<Relay*> g_relays;
+struct Owner {
+  Relay* relay;
+  size_t index;
+};
+std::unordered_map<uint32_t, Owner> g_owner;  // live sessions (adopted, not yet closed)
+std::vector<size_t> g_load;                   // live sessions per relay thread
+uint32_t g_epoch = 0;                         // the last forget epoch handed out
+
+// The thread with the fewest live sessions takes a new one (the first such, so a lone session
+// always lands on the same thread).
+Relay* place(uint32_t id) {
+  size_t best = 0;
+  for (size_t i = 1; i < g_relays.size(); i++) {
+    if (g_load[i] < g_load[best]) best = i;
+  }
+  g_load[best]++;
+  g_owner[id] = Owner{g_relays[best], best};
+  return g_relays[best];
+}
+
+// A session's thread; null once it is closed (what JavaScript sends after that is moot, as it is to
+// the relay itself).
+Relay* relay_for(uint32_t id) {
+  auto it = g_owner.find(id);
+  return it == g_owner.end() ? nullptr : it->second.relay;
+}
+
+bool is_relay_thread(pid_t tid) {
+  for (Relay* r : g_relays) {
+    if (r->tid() == tid) return true;
+  }
+  return false;
+}
 
 void call_js(napi_env env, napi_value cb, void*, void*) {
-  if (env == nullptr || g_relay == nullptr) return;
-  std::vector<uint8_t>* v = g_relay->take();
+  if (env == nullptr || g_relays.empty()) return;
+  // Every shard's records in one batch: one JavaScript call, whichever thread signalled.
+  std::vector<uint8_t>* v = nullptr;
+  for (Relay* r : g_relays) {
+    std::vector<uint8_t>* part = r->take();
+    if (!v || v->empty()) {
+      delete v;
+      v = part;
+    } else {
+      v->insert(v->end(), part->begin(), part->end());
+      delete part;
+    }
+  }
   if (v->empty()) {
     delete v;
     return;
@@ -1093,20 +1140,25 @@ bool args(napi_env env, napi_callback_info info, napi_value (&argv)[N]) {
   return napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) == napi_ok && argc == N;
 }
 
-void cleanup(void*) {
-  delete g_relay;
-  g_relay = nullptr;
+void stop_all() {
+  for (Relay* r : g_relays) delete r;
+  g_relays.clear();
+  g_owner.clear();
+  g_load.clear();
 }
+
+void cleanup(void*) { stop_all(); }
 
 }  // namespace
 
 napi_value relay_start_js(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  uint32_t max_message;
+  napi_value argv[4];
+  uint32_t max_message, threads;
   double delay;
-  if (!args(env, info, argv) || !get_u32(env, argv[1], &max_message) || napi_get_value_double(env, argv[2], &delay) != napi_ok)
-    return throw_error(env, "relayStart(onBatch, maxMessageLength, replayDelayMs)");
-  if (g_relay) return throw_error(env, "the native relay is already started");
+  if (!args(env, info, argv) || !get_u32(env, argv[1], &max_message) || napi_get_value_double(env, argv[2], &delay) != napi_ok ||
+      !get_u32(env, argv[3], &threads) || threads < 1 || threads > kMaxRelayThreads)
+    return throw_error(env, "relayStart(onBatch, maxMessageLength, replayDelayMs, threads 1-64)");
+  if (!g_relays.empty()) return throw_error(env, "the native relay is already started");
   napi_value name;
   napi_create_string_utf8(env, "runguard-relay", NAPI_AUTO_LENGTH, &name);
   napi_threadsafe_function tsfn;
@@ -1114,11 +1166,13 @@ napi_value relay_start_js(napi_env env, napi_callback_info info) {
     return throw_error(env, "cannot create the relay's callback");
   // The relay never keeps the process alive by itself: the agent's own sockets and timers do.
   napi_unref_threadsafe_function(env, tsfn);
-  g_relay = new Relay(tsfn, max_message, delay);
-  if (!g_relay->ok()) {
-    delete g_relay;
-    g_relay = nullptr;
-    return throw_error(env, "cannot create the relay's epoll or eventfd descriptor");
+  for (uint32_t i = 0; i < threads; i++) {
+    g_relays.push_back(new Relay(tsfn, max_message, delay));
+    g_load.push_back(0);
+    if (!g_relays.back()->ok()) {
+      stop_all();
+      return throw_error(env, "cannot create the relay's epoll or eventfd descriptor");
+    }
   }
   napi_add_env_cleanup_hook(env, cleanup, nullptr);
   return nullptr;
@@ -1128,7 +1182,7 @@ napi_value relay_adopt_js(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   uint32_t id, cfd, sfd;
   std::vector<uint8_t> precheck;
-  if (!g_relay) return throw_error(env, "the native relay is not started");
+  if (g_relays.empty()) return throw_error(env, "the native relay is not started");
   if (!args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &cfd) || !get_u32(env, argv[2], &sfd) ||
       !get_bytes(env, argv[3], &precheck))
     return throw_error(env, "relayAdopt(id, clientFd, serverFd, precheck)");
@@ -1144,7 +1198,8 @@ napi_value relay_adopt_js(napi_env env, napi_callback_info info) {
   Command cmd(Command::kAdopt);
   cmd.id = id, cmd.a = c, cmd.b = s;
   cmd.extra = std::move(precheck);
-  g_relay->push(std::move(cmd));
+  if (relay_for(id)) return throw_error(env, "relayAdopt: that session id is already live");
+  place(id)->push(std::move(cmd));
   return nullptr;
 }
 
@@ -1153,11 +1208,11 @@ napi_value relay_write_js(napi_env env, napi_callback_info info) {
   uint32_t id;
   bool live;
   Command cmd(Command::kWrite);
-  if (!g_relay || !args(env, info, argv) || !get_u32(env, argv[0], &id) || napi_get_value_bool(env, argv[1], &live) != napi_ok ||
+  if (g_relays.empty() || !args(env, info, argv) || !get_u32(env, argv[0], &id) || napi_get_value_bool(env, argv[1], &live) != napi_ok ||
       !get_bytes(env, argv[2], &cmd.up) || !get_bytes(env, argv[3], &cmd.down))
     return throw_error(env, "relayWrite(id, serverLive, toServer, toClient)");
   cmd.id = id, cmd.server_live = live;
-  g_relay->push(std::move(cmd));
+  if (Relay* r = relay_for(id)) r->push(std::move(cmd));
   return nullptr;
 }
 
@@ -1166,7 +1221,7 @@ napi_value relay_resume_js(napi_env env, napi_callback_info info) {
   uint32_t id, side, cache, tag, plain, tmpl;
   bool allow, live;
   Command cmd(Command::kResume);
-  if (!g_relay || !args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &side) || side > 1 ||
+  if (g_relays.empty() || !args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &side) || side > 1 ||
       !get_u32(env, argv[2], &cache) || cache > 2 || napi_get_value_bool(env, argv[3], &allow) != napi_ok ||
       napi_get_value_bool(env, argv[4], &live) != napi_ok || !get_u32(env, argv[5], &tag) || !get_u32(env, argv[6], &plain) ||
       !get_u32(env, argv[7], &tmpl) || !get_bytes(env, argv[8], &cmd.extra) || !get_bytes(env, argv[9], &cmd.up) ||
@@ -1174,26 +1229,32 @@ napi_value relay_resume_js(napi_env env, napi_callback_info info) {
     return throw_error(env, "relayResume(id, side, cache, allowName, serverLive, tag, plainResult, template, templatePieces, toServer, toClient)");
   cmd.id = id, cmd.a = (int)side, cmd.b = (int)cache, cmd.allow = allow, cmd.server_live = live, cmd.tag = tag, cmd.plain = plain;
   cmd.tmpl = tmpl;
-  g_relay->push(std::move(cmd));
+  if (Relay* r = relay_for(id)) r->push(std::move(cmd));
   return nullptr;
 }
 
 napi_value relay_close_js(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   uint32_t id;
-  if (!g_relay || !args(env, info, argv) || !get_u32(env, argv[0], &id)) return throw_error(env, "relayClose(id)");
+  if (g_relays.empty() || !args(env, info, argv) || !get_u32(env, argv[0], &id)) return throw_error(env, "relayClose(id)");
+  auto it = g_owner.find(id);
+  if (it == g_owner.end()) return nullptr;
   Command cmd(Command::kClose);
   cmd.id = id;
-  g_relay->push(std::move(cmd));
+  it->second.relay->push(std::move(cmd));
+  g_load[it->second.index]--;
+  g_owner.erase(it);
   return nullptr;
 }
 
 napi_value relay_forget_js(napi_env env, napi_callback_info) {
-  if (!g_relay) return throw_error(env, "the native relay is not started");
-  Command cmd(Command::kForget);
-  uint32_t epoch = g_relay->forget_epoch();
-  cmd.a = (int)epoch;
-  g_relay->push(std::move(cmd));
+  if (g_relays.empty()) return throw_error(env, "the native relay is not started");
+  uint32_t epoch = ++g_epoch;
+  for (Relay* r : g_relays) {
+    Command cmd(Command::kForget);
+    cmd.a = (int)epoch;
+    r->push(std::move(cmd));
+  }
   napi_value v;
   napi_create_uint32(env, epoch, &v);
   return v;
@@ -1201,15 +1262,15 @@ napi_value relay_forget_js(napi_env env, napi_callback_info) {
 
 // The agent's audit work (the JavaScript main thread, V8's helpers, libuv's pool that writes and
 // syncs the spool) comes in bursts: a relay batch every few milliseconds. Left free, the scheduler
-// moves those threads onto whichever cpu the relay, the jobs and their servers are using (the likely
+// moves those threads onto whichever cpu the relays, the jobs and their servers are using (the likely
 // reason why, measured, the host then sat 6-9% idle and PostgreSQL switched twice as often per
-// statement); kept on one cpu, the relay (left free here) and everything else go on around them.
+// statement); kept on one cpu, the relay threads (left free here) and everything else go on around them.
 // On a 2-cpu host this took pgbench select-only through runguard from 0.74-0.85x of pgbouncer's
 // throughput to 0.76-0.98x, the host to 96-98% busy, and the added p50 from +0.2 to +0.05 ms
 // (bench/pgbench.ts, README). The cpu is the highest one this thread may run on; threads created
 // later inherit the pin from their creator.
 napi_value relay_pin_others_js(napi_env env, napi_callback_info) {
-  if (!g_relay) return throw_error(env, "the native relay is not started");
+  if (g_relays.empty()) return throw_error(env, "the native relay is not started");
   cpu_set_t allowed;
   CPU_ZERO(&allowed);
   int cpu = -1;
@@ -1233,7 +1294,7 @@ napi_value relay_pin_others_js(napi_env env, napi_callback_info) {
     while (struct dirent* e = readdir(d)) {
       pid_t tid = (pid_t)atoi(e->d_name);
       // A thread that exits meanwhile is no error: it no longer needs a cpu.
-      if (tid > 0 && tid != g_relay->tid()) sched_setaffinity(tid, sizeof one, &one);
+      if (tid > 0 && !is_relay_thread(tid)) sched_setaffinity(tid, sizeof one, &one);
     }
     closedir(d);
   }

@@ -17,7 +17,8 @@
 #pragma once
 #include <node_api.h>
 
-// JS: relayStart(onBatch(buf), maxMessageLength, replayDelayMs)
+// JS: relayStart(onBatch(buf), maxMessageLength, replayDelayMs, threads): `threads` relay threads
+// (1-64), each with its own epoll and sessions; a new session goes to the one with the fewest.
 napi_value relay_start_js(napi_env env, napi_callback_info info);
 // JS: relayAdopt(id, clientFd, serverFd, precheck | null): the relay takes duplicates of both
 // descriptors; `precheck` is the session redactor's, packed (statement_event.h), null for none.
@@ -32,6 +33,7 @@ napi_value relay_resume_js(napi_env env, napi_callback_info info);
 napi_value relay_close_js(napi_env env, napi_callback_info info);
 // JS: relayForget(): every session forgets the decisions it remembered (the policy changed).
 napi_value relay_forget_js(napi_env env, napi_callback_info info);
-// JS: relayPinOthers() => cpu: keeps every other thread of the process (the audit side) on the
-// highest cpu this thread may use, and returns it; -1 (nothing pinned) with fewer than two cpus.
+// JS: relayPinOthers() => cpu: keeps every thread of the process but the relay threads (the audit
+// side) on the highest cpu this thread may use, and returns it; -1 (nothing pinned) with fewer than
+// two cpus.
 napi_value relay_pin_others_js(napi_env env, napi_callback_info info);
