@@ -79,15 +79,17 @@ test('config file: auditNice defaults to 10 and takes an integer from 0 (off) to
   }
 });
 
-test('config file: relayThreads is 0 (one per cpu, at most 4) by default and takes an integer up to 64', () => {
+test('config file: relayThreads is 0 (one per 4 cpus, 1 to 4) by default and takes an integer up to 64', () => {
   assert.equal(loadConfigFile(file('agentId: a\n')).relayThreads, 0);
   assert.equal(loadConfigFile(file('relayThreads: 1\n')).relayThreads, 1);
   assert.equal(loadConfigFile(file('relayThreads: 64\n')).relayThreads, 64);
   for (const bad of ['-1', '65', '1.5']) {
-    assert.throws(() => loadConfigFile(file(`relayThreads: ${bad}\n`)), new RegExp(`relayThreads must be an integer from 0 \\(one per cpu, at most 4\\) to 64, got ${bad}`));
+    assert.throws(() => loadConfigFile(file(`relayThreads: ${bad}\n`)), new RegExp(`relayThreads must be an integer from 0 \\(one per 4 cpus, 1 to 4\\) to 64, got ${bad}`));
   }
   assert.equal(relayThreadCount({ relayThreads: 0 }, 1), 1);
-  assert.equal(relayThreadCount({ relayThreads: 0 }, 2), 2);
+  assert.equal(relayThreadCount({ relayThreads: 0 }, 2), 1);
+  assert.equal(relayThreadCount({ relayThreads: 0 }, 7), 1);
+  assert.equal(relayThreadCount({ relayThreads: 0 }, 8), 2);
   assert.equal(relayThreadCount({ relayThreads: 0 }, 32), 4);
   assert.equal(relayThreadCount({ relayThreads: 3 }, 1), 3, 'an explicit count is taken as it is');
 });

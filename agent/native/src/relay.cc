@@ -1050,7 +1050,9 @@ class Relay {
 
 // Several relay threads, each with its own sessions: while one is preempted (often by the very
 // process its send just woke) or busy with a long read, the others go on forwarding theirs, where a
-// single thread would hold every session up. A session stays on the thread that adopted it. The
+// single thread would hold every session up. The price: each thread sleeps and wakes for fewer
+// messages, so more threads than the host has cpus to spare cost more than they save (see
+// relayThreadCount in agent/config.ts). A session stays on the thread that adopted it. The
 // bindings below run on the JavaScript thread only, so these need no lock.
 std::vector<Relay*> g_relays;
 struct Owner {
