@@ -300,7 +300,6 @@ class Relay {
     return v;
   }
 
-
  private:
   napi_threadsafe_function tsfn_;
   const uint32_t max_message_;
@@ -1188,6 +1187,7 @@ napi_value relay_adopt_js(napi_env env, napi_callback_info info) {
   if (!args(env, info, argv) || !get_u32(env, argv[0], &id) || !get_u32(env, argv[1], &cfd) || !get_u32(env, argv[2], &sfd) ||
       !get_bytes(env, argv[3], &precheck))
     return throw_error(env, "relayAdopt(id, clientFd, serverFd, precheck)");
+  if (relay_for(id)) return throw_error(env, "relayAdopt: that session id is already live");
   // Duplicates, so that the JavaScript sockets can be closed without ending the connections.
   int c = fcntl(cfd, F_DUPFD_CLOEXEC, 3);
   int s = c < 0 ? -1 : fcntl(sfd, F_DUPFD_CLOEXEC, 3);
@@ -1200,7 +1200,6 @@ napi_value relay_adopt_js(napi_env env, napi_callback_info info) {
   Command cmd(Command::kAdopt);
   cmd.id = id, cmd.a = c, cmd.b = s;
   cmd.extra = std::move(precheck);
-  if (relay_for(id)) return throw_error(env, "relayAdopt: that session id is already live");
   place(id)->push(std::move(cmd));
   return nullptr;
 }
