@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSpoolDir } from '../../agent/events/read-spool-dir.js';
 import { eventToJson } from '../../proto/index.js';
+import { agentProxyPort } from './ports.js';
 import { waitFor } from './wait.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -80,7 +81,7 @@ export class AgentFixture {
     this.stateDir = opts.reuse?.stateDir ?? mkdtempSync(path.join(os.tmpdir(), 'rg-agent-'));
     this.pinDir = opts.reuse?.pinDir ?? `/sys/fs/bpf/runguard-test-${id}`;
     this.jobCgroup = opts.reuse?.jobCgroup ?? `runguard-test-${id}.jobs`;
-    this.proxyPort = opts.reuse?.proxyPort ?? 20000 + ((process.pid * 7 + counter * 131) % 20000);
+    this.proxyPort = opts.reuse?.proxyPort ?? agentProxyPort(process.pid * 7 + counter * 131);
   }
 
   args(): string[] {

@@ -2,7 +2,6 @@
 // an enrolled agent made with the real CLI, free loopback ports, bounded waits, and `runguard verify`.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { readSpoolDir } from '../../agent/events/read-spool-dir.js';
@@ -29,19 +28,8 @@ export async function initPki(root: string, agentId: string): Promise<Pki> {
   return { caDir, agentDir, pub: path.join(caDir, 'checkpoint.pub') };
 }
 
-/** A loopback port nobody listens on right now. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 export { sleep, waitFor } from './wait.js';
+export { freePort } from './ports.js';
 
 /**
  * Sends `signal` to the process (by its pid) and waits up to `graceMs` for it to exit. If it is
