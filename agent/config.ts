@@ -54,8 +54,9 @@ export interface AgentConfig {
   relayAuditDelayMs: number;
   /**
    * With the native data path: how many relay threads share the sessions (each session stays on
-   * one). 0, the default: one per 4 cpus the agent may run on, 1 to 4 (CPUS_PER_AUTO_RELAY_THREAD). Several let the others go on
-   * forwarding while one waits for a cpu; see g_relays in agent/native/src/relay.cc.
+   * one). 0, the default: one per 4 cpus the agent may run on, 1 to 4 (CPUS_PER_AUTO_RELAY_THREAD).
+   * Several let the others go on forwarding while one waits for a cpu; see g_relays in
+   * agent/native/src/relay.cc.
    */
   relayThreads: number;
   /**
@@ -98,8 +99,8 @@ export const AUTO_RELAY_THREADS_MAX = 4;
  * nothing to read, and each sleep and wake-up costs it more than the forwarding of a statement; split
  * over fewer threads, the same sessions give each thread more to do per epoll turn. On the 2-cpu
  * bench host (perf, epoll_waits per message sent) one thread slept 0.27 times in TPC-B and 0.37 in
- * select-only prepared (pgbouncer 0.37 and 0.39), two threads 0.48 and 0.52. A further thread pays off only where
- * one cannot keep up, on a host with cpus to spare for it.
+ * select-only prepared (pgbouncer 0.37 and 0.39), two threads 0.48 and 0.52. A further thread pays
+ * off only where one cannot keep up, on a host with cpus to spare for it.
  */
 export const CPUS_PER_AUTO_RELAY_THREAD = 4;
 
