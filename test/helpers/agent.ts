@@ -100,7 +100,7 @@ export class AgentFixture {
     const [cmd, ...pre] = launcher;
     const proc = spawn(cmd!, [...pre, ...this.args()], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     this.proc = proc;
-    await new Promise<void>((resolve, reject) => {
+    const running = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`agent did not start in 20 s:\n${this.log}`)), 20_000);
       const onData = (d: Buffer) => {
         this.log += d.toString();
@@ -116,6 +116,14 @@ export class AgentFixture {
         reject(new Error(`agent exited with ${code} before running:\n${this.log}`));
       });
     });
+    try {
+      await running;
+    } catch (err) {
+      // The caller never gets a fixture to clean up: what the agent pinned and created before it
+      // failed (maps, the job cgroup) goes now, and the start's error is the one reported.
+      await this.cleanup().catch(() => undefined);
+      throw err;
+    }
     return this;
   }
 
