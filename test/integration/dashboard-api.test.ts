@@ -4,14 +4,13 @@
 // lost, and the background self-verify catching a tampered leaf.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { RUNGUARD, runProcess } from '../helpers/agent.js';
 import { CollectorProcess, freePort, initPki, saveArtifact, waitFor, type Pki } from '../helpers/collector.js';
 import { seedLog } from '../helpers/synthetic-log.js';
 import { leafHash, verifyInclusion } from '../../collector/merkle/index.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const PASSWORD = 'admin-password-1';
 
@@ -45,7 +44,7 @@ describe('dashboard API', () => {
   };
 
   before(async () => {
-    const work = mkdtempSync(path.join(os.tmpdir(), 'rg-dash-api-'));
+    const work = tempDir('rg-dash-api-');
     pki = await initPki(work, 'seed-agent');
     dataDir = path.join(work, 'data');
     seeded = seedLog({ dataDir, agentDir: pki.agentDir, events: 6000, statementsPerJob: 30, spanMs: 6 * 3600_000 });

@@ -6,8 +6,7 @@
 // in test-artifacts/screenshots/.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { chmodSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { AgentFixture, ROOT, RUNGUARD, runProcess, type ProcResult } from '../helpers/agent.js';
@@ -15,6 +14,7 @@ import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 import { CollectorProcess, freePort, initPki, saveArtifact, waitFor, type Pki } from '../helpers/collector.js';
 import { launchBrowser, screenshot } from '../helpers/browser.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 const PASSWORD = 'dba-password-42';
@@ -65,7 +65,7 @@ describe('the dashboard in a browser', { skip }, () => {
     const why = bpfUnavailableReason();
     if (why) throw new Error(`eBPF required but unavailable: ${why}`);
     pg = startPostgres();
-    work = mkdtempSync(path.join(os.tmpdir(), 'rg-dashboard-'));
+    work = tempDir('rg-dashboard-');
     chmodSync(work, 0o755);
     pki = await initPki(work, 'test-agent');
     const dataDir = path.join(work, 'data');

@@ -4,14 +4,14 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
 import { AgentFixture, ROOT } from '../helpers/agent.js';
 import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 import * as msg from '../../agent/pg/messages.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 const RAW_CLIENT = path.join(ROOT, 'test/fixtures/raw-client.py');
@@ -68,7 +68,7 @@ describe('malformed PostgreSQL messages end the session, never the agent', { ski
     });
     await new Promise<void>((r) => fake.listen(0, '127.0.0.3', () => r()));
     fakePort = (fake.address() as net.AddressInfo).port;
-    const work = mkdtempSync(path.join(os.tmpdir(), 'rg-pgfuzz-'));
+    const work = tempDir('rg-pgfuzz-');
     const config = path.join(work, 'agent.yaml');
     writeFileSync(config, `protocols:\n  ${pg.port}: postgres\n  ${fakePort}: postgres\nserverTls: disable\n`);
     agent = new AgentFixture({ intercept: ['127.0.0.2/32', '127.0.0.3/32'], extraArgs: ['--config', config] });

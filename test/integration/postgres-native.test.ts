@@ -4,7 +4,7 @@
 // every session reaches the relay once authenticated.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AgentFixture, ROOT } from '../helpers/agent.js';
@@ -14,6 +14,7 @@ import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 import { waitFor } from '../helpers/wait.js';
 import { statFields, threadNice } from '../helpers/proc.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 
@@ -59,7 +60,7 @@ describe('the native relay repeats only decisions that still hold', { skip }, ()
     const why = bpfUnavailableReason();
     if (why) throw new Error(`eBPF required but unavailable: ${why}`);
     pg = startPostgres({ ssl: false });
-    work = mkdtempSync(path.join(os.tmpdir(), 'rg-pgnative-'));
+    work = tempDir('rg-pgnative-');
     url = `postgresql://postgres@127.0.0.2:${pg.port}/postgres?sslmode=disable`;
     policy = path.join(work, 'policy.yaml');
     writeFileSync(policy, ALLOW);

@@ -4,14 +4,14 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { AgentFixture, ROOT, RUNGUARD, runProcess, type ProcResult } from '../helpers/agent.js';
 import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 import { CollectorProcess, freePort, initPki, shipperState, waitFor } from '../helpers/collector.js';
 import Database from 'better-sqlite3';
+import { tempDir } from '../helpers/tmp.js';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 const SECRET = 'sup3r-s3cret-deploy-token-value';
@@ -44,7 +44,7 @@ for (const variant of VARIANTS) describe(`PostgreSQL through the agent: ${varian
     const why = bpfUnavailableReason();
     if (why) throw new Error(`eBPF required but unavailable: ${why}`);
     pg = startPostgres();
-    work = mkdtempSync(path.join(os.tmpdir(), 'rg-pgtest-'));
+    work = tempDir('rg-pgtest-');
     url = `postgresql://postgres@127.0.0.2:${pg.port}/postgres`;
     const passwordFile = path.join(work, 'scram.pass');
     writeFileSync(passwordFile, pg.passwords.scram_user + '\n', { mode: 0o600 });

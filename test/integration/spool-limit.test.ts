@@ -4,8 +4,7 @@
 // writes what it holds. Real agent, real eBPF, real collector.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { AgentFixture, ROOT } from '../helpers/agent.js';
 import { readSpoolDir } from '../../agent/events/read-spool-dir.js';
@@ -13,6 +12,7 @@ import { eventToJson } from '../../proto/index.js';
 import { echoServer, type EchoServer } from '../helpers/servers.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 import { CollectorProcess, freePort, initPki, shipperState, waitFor } from '../helpers/collector.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 const CLIENT = path.join(ROOT, 'test/fixtures/tcp-client.py');
@@ -26,7 +26,7 @@ describe('a full spool', { skip }, () => {
     const why = bpfUnavailableReason();
     if (why) throw new Error(`eBPF required but unavailable: ${why}`);
     server = await echoServer('127.0.0.2');
-    const work = mkdtempSync(path.join(os.tmpdir(), 'rg-spoolfull-'));
+    const work = tempDir('rg-spoolfull-');
     const pki = await initPki(work, 'test-agent');
     collector = new CollectorProcess({ dataDir: path.join(work, 'collector'), tlsDir: pki.caDir, grpcPort: await freePort(), httpPort: await freePort() });
     const config = path.join(work, 'agent.yaml');
@@ -81,7 +81,7 @@ describe('an agent stopped while its spool is full', { skip }, () => {
   test('stops at once and writes everything it holds, its stop event last, past the limit', async () => {
     const why = bpfUnavailableReason();
     if (why) throw new Error(`eBPF required but unavailable: ${why}`);
-    const work = mkdtempSync(path.join(os.tmpdir(), 'rg-spoolstop-'));
+    const work = tempDir('rg-spoolstop-');
     const config = path.join(work, 'agent.yaml');
     writeFileSync(config, 'spoolMaxBytes: 65536\n');
     // No collector: nothing will ever make room, as on a host whose collector is gone for good.

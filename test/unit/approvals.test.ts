@@ -2,8 +2,6 @@
 // deny-at-once, expiry, decided requests, persistence across a restart; and the user store.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { pino } from 'pino';
@@ -11,6 +9,7 @@ import { ApprovalError, ApprovalRegistry, toUpdate } from '../../collector/appro
 import { UserStore, type User } from '../../collector/approvals/users.js';
 import { approvalWebhookPayload } from '../../collector/approvals/webhook.js';
 import type { ApprovalRequestMsg } from '../../proto/services.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const log = pino({ level: 'silent' });
 const req = (id: string, extra: Partial<ApprovalRequestMsg> = {}): ApprovalRequestMsg => ({
@@ -59,7 +58,7 @@ test('approval rules: group, role, self-approval, N distinct approvers, deny at 
 });
 
 test('approval requests expire at their deadline and survive a restart while pending', async () => {
-  const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'rg-appr-')), 'a.db');
+  const file = path.join(tempDir('rg-appr-'), 'a.db');
   let reg = new ApprovalRegistry(new Database(file), log);
   reg.open('a1', req('ap-fast', { timeoutMs: 100 }));
   reg.open('a1', req('ap-slow', { timeoutMs: 60_000 }));
@@ -74,7 +73,7 @@ test('approval requests expire at their deadline and survive a restart while pen
 });
 
 test('an agent cancels its own pending request only: it leaves the queue, stays cancelled, and deciding it is a 409', () => {
-  const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'rg-appr-cancel-')), 'a.db');
+  const file = path.join(tempDir('rg-appr-cancel-'), 'a.db');
   let reg = new ApprovalRegistry(new Database(file), log);
   const changes: string[] = [];
   reg.on('change', (rec) => changes.push(`${rec.id}:${rec.state}`));
@@ -117,7 +116,7 @@ test('an agent cancels its own pending request only: it leaves the queue, stays 
 });
 
 test('users: scrypt-hashed passwords, roles and groups; the webhook payload names the request', () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'rg-users-'));
+  const dir = tempDir('rg-users-');
   const users = UserStore.forDataDir(dir);
   users.add({ name: 'dan', roles: ['approver'], groups: ['dba'] }, 'correct horse');
   assert.deepEqual(users.authenticate('dan', 'correct horse'), { name: 'dan', roles: ['approver'], groups: ['dba'] });

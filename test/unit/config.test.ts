@@ -1,12 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfigFile, parseInterceptRule, relayThreadCount, DEFAULT_INTERCEPT, DEFAULT_RELAY_AUDIT_DELAY_MS } from '../../agent/config.js';
 import { DEFAULT_COMMIT_DELAY_MS } from '../../agent/events/commit-delay.js';
+import { tempDir } from '../helpers/tmp.js';
 
-const dir = mkdtempSync(path.join(os.tmpdir(), 'rg-config-'));
+const dir = tempDir('rg-config-');
 function file(text: string): string {
   const f = path.join(dir, `c${Math.random().toString(36).slice(2)}.yaml`);
   writeFileSync(f, text);

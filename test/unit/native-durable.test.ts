@@ -2,10 +2,10 @@
 // many buffers (more than one pwritev takes), and failures come back as errno errors, not throws.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { loadNative, type NativeAddon } from '../../agent/native/index.js';
+import { tempDir } from '../helpers/tmp.js';
 
 function addon(): NativeAddon {
   const n = loadNative();
@@ -17,7 +17,7 @@ const commit = (fd: number, bufs: Buffer[], position: number) =>
   new Promise<NodeJS.ErrnoException | null>((resolve) => addon().writeDurable(fd, bufs, position, resolve));
 
 test('writes every buffer in order at the offset, past IOV_MAX buffers, and leaves the bytes before it', async () => {
-  const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'rg-durable-')), 'seg');
+  const file = path.join(tempDir('rg-durable-'), 'seg');
   writeFileSync(file, 'HEAD');
   // 3000 buffers of varied sizes (empty ones too): over IOV_MAX (1024), so the job loops.
   const bufs = Array.from({ length: 3000 }, (_, i) => Buffer.alloc(i % 7, 97 + (i % 26)));
@@ -31,7 +31,7 @@ test('writes every buffer in order at the offset, past IOV_MAX buffers, and leav
 });
 
 test('a failed write is an errno error naming the call', async () => {
-  const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'rg-durable-')), 'ro');
+  const file = path.join(tempDir('rg-durable-'), 'ro');
   writeFileSync(file, '');
   const fd = openSync(file, 'r');
   try {

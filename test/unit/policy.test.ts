@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -10,13 +9,14 @@ import {
   reloadPolicy, watchPolicy, type OperationContext, type PolicyLogger,
 } from '../../agent/policy/index.js';
 import { parseIpWords } from '../../agent/policy/policy.js';
+import { tempDir } from '../helpers/tmp.js';
 
 // Compile-time check: a pino Logger is a PolicyLogger.
 const _pinoFits: (l: Logger) => PolicyLogger = (l) => l;
 void _pinoFits;
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-const dir = mkdtempSync(path.join(os.tmpdir(), 'rg-policy-'));
+const dir = tempDir('rg-policy-');
 
 function ctx(over: {
   protocol?: OperationContext['protocol'];

@@ -3,18 +3,18 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { openSync, closeSync, writeSync } from 'node:fs';
-import { appendFile, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { appendFile, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AuditEventType, EventKind, type EventDraft } from '../../proto/index.js';
 import { readSpoolDir, Spool, SpoolError, type SpoolLogger, type SpoolOptions, type SpoolRecord, type SpoolState } from '../../agent/events/spool.js';
+import { tempDir as newTempDir } from '../helpers/tmp.js';
 
 const AGENT = 'agent-test-1';
 
 async function tempDir(): Promise<string> {
-  return mkdtemp(path.join(os.tmpdir(), 'rg-spool-'));
+  return newTempDir('rg-spool-');
 }
 
 function draft(i: number): EventDraft {
