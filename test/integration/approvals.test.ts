@@ -5,13 +5,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { AgentFixture, RUNGUARD, runProcess, type ProcResult } from '../helpers/agent.js';
 import { startPostgres, type PgServer } from '../helpers/postgres.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 import { CollectorProcess, freePort, initPki, saveArtifact, shipperState, sleep, verifyJson, waitFor, type Pki } from '../helpers/collector.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const skip = process.env.RUNGUARD_REQUIRE_BPF === '1' ? false : bpfUnavailableReason();
 const PASSWORD = 'approver-password-1';
@@ -78,7 +78,7 @@ describe('just-in-time approvals through the collector', { skip }, () => {
     pg = startPostgres();
     url = `postgresql://postgres@127.0.0.2:${pg.port}/postgres`;
     pg.admin('CREATE TABLE accounts (id int); CREATE TABLE expiring (id int); CREATE TABLE ledger (id int)');
-    work = mkdtempSync(path.join(os.tmpdir(), 'rg-approvals-'));
+    work = tempDir('rg-approvals-');
     pki = await initPki(work, 'test-agent');
     dataDir = path.join(work, 'data');
     // The approvers: two DBAs, one outsider, and one named like the job's actor.
