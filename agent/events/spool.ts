@@ -277,7 +277,11 @@ export class Spool extends EventEmitter<SpoolEvents> {
     into.bytes += bytes;
     this.nextSeq = seq + records;
     this.bufferedBytes += bytes;
-    this.armFlushTimer();
+    // A run is a relay batch: the statements of the last relayAuditDelayMs, and the next batch is
+    // that far away. Waiting the commit delay for company would add nothing to this commit but a
+    // wake-up of the main thread (and the delay to the run's durability); what else arrives in
+    // this turn still goes along.
+    this.flushAtTurnEnd();
     if (this.state === 'ok' && this.diskBytes + this.bufferedBytes > this.maxBytes) this.refreshState();
     return records;
   }

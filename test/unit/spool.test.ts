@@ -7,7 +7,8 @@ import { appendFile, readdir, readFile, rm, stat, truncate, writeFile } from 'no
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { AuditEventType, EventKind, type EventDraft } from '../../proto/index.js';
+import { AuditEventType, EventKind, encodeEvent, type EventDraft } from '../../proto/index.js';
+import { sealRecord } from '../../agent/events/record-format.js';
 import { readSpoolDir, Spool, SpoolError, type SpoolLogger, type SpoolOptions, type SpoolRecord, type SpoolState } from '../../agent/events/spool.js';
 import { tempDir as newTempDir } from '../helpers/tmp.js';
 
@@ -202,6 +203,35 @@ test('commit delay: events nobody awaits wait for company and share one write+fd
     assert.equal(spool.metrics.fsyncs, 1);
     assert.equal(spool.metrics.eventsWritten, 6);
     assert.deepEqual((await collect(spool.readFrom(1))).map((r) => r.seq), [1, 2, 3, 4, 5, 6]);
+  } finally {
+    await spool.close();
+  }
+});
+
+test('commit delay: a run (a relay batch) is committed at the end of its turn, with what else came in it', async () => {
+  // The relay's batches come relayAuditDelayMs apart: nothing would join a run during the delay.
+  const spool = await open(await tempDir(), { commitDelayMs: 1000 });
+  try {
+    spool.append(draft(0)); // earlier in the turn, nobody awaits it: it goes along
+    const writer = {
+      bytes: 0,
+      write(slab: Buffer, pos: number, room: number, _max: number, seq: number, chainHash: Buffer): number {
+        let at = pos;
+        for (let i = 0; i < 3; i++) {
+          const payload = encodeEvent({ agentId: AGENT, seq: seq + i, prevHash: Buffer.from(chainHash), kind: EventKind.EVENT_KIND_AGENT_NOTICE, notice: { level: 'info', code: 'run', message: `run ${i}` } });
+          assert.ok(at + 8 + payload.length <= pos + room);
+          at = sealRecord(slab, at, payload, chainHash);
+        }
+        this.bytes = at - pos;
+        return 3;
+      },
+    };
+    assert.equal(spool.appendRun(writer), 3);
+    await durableBy(spool, 4, 800); // before the 1000 ms delay
+    assert.equal(spool.metrics.fsyncs, 1, 'one commit for the event and the run');
+    const records = await collect(spool.readFrom(1));
+    assert.deepEqual(records.map((r) => r.seq), [1, 2, 3, 4]);
+    assertChain(records, 1, null);
   } finally {
     await spool.close();
   }
