@@ -8,7 +8,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AuditEventType, EventKind, encodeEvent, type EventDraft } from '../../proto/index.js';
-import { sealRecord } from '../../agent/events/record-format.js';
+import { HEADER_BYTES, sealRecord } from '../../agent/events/record-format.js';
 import { readSpoolDir, Spool, SpoolError, type SpoolLogger, type SpoolOptions, type SpoolRecord, type SpoolState } from '../../agent/events/spool.js';
 import { tempDir as newTempDir } from '../helpers/tmp.js';
 
@@ -219,7 +219,7 @@ test('commit delay: a run (a relay batch) is committed at the end of its turn, w
         let at = pos;
         for (let i = 0; i < 3; i++) {
           const payload = encodeEvent({ agentId: AGENT, seq: seq + i, prevHash: Buffer.from(chainHash), kind: EventKind.EVENT_KIND_AGENT_NOTICE, notice: { level: 'info', code: 'run', message: `run ${i}` } });
-          assert.ok(at + 8 + payload.length <= pos + room);
+          assert.ok(at + HEADER_BYTES + payload.length <= pos + room);
           at = sealRecord(slab, at, payload, chainHash);
         }
         this.bytes = at - pos;
