@@ -7,6 +7,7 @@ import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freePort } from '../test/helpers/ports.js';
 import type { PgServer } from '../test/helpers/postgres.js';
 import { onCleanup, sh, stopChild, track } from './harness.js';
 
@@ -14,17 +15,6 @@ export interface Bouncer {
   port: number;
   pid: number;
   version: string;
-}
-
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen({ host, port: 0 }, () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function canConnect(host: string, port: number): Promise<boolean> {
