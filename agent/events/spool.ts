@@ -72,6 +72,12 @@ export interface RunWriter {
    */
   write(slab: Buffer, pos: number, room: number, maxEventBytes: number, seq: number, chainHash: Buffer, timeMs: number): number;
   readonly bytes: number;
+  /**
+   * After a write: the framed size (header included) of the record it stopped at when only room
+   * was lacking, so that the spool makes room and calls again; 0 when it stopped for another
+   * reason (the record is not the writer's to seal, or there are no more).
+   */
+  readonly needs: number;
 }
 
 export interface SpoolStats {
@@ -258,32 +264,65 @@ export class Spool extends EventEmitter<SpoolEvents> {
 
   /**
    * Lets `writer` seal a run of events into the slab in one go, where append() would take them one
-   * at a time: it gets the room that needs no segment cut, no new slab and no group commit, so the
-   * bookkeeping after it is append()'s for the run as a whole; an event that does not fit is the
-   * writer's to append() itself. Returns how many it wrote (none once the spool is closing).
+   * at a time. Each call gets the room that needs no segment cut, no new slab and no group commit,
+   * so the bookkeeping after it is append()'s for the calls' records as a whole; where the writer
+   * stops for want of room, the spool makes it (the cuts append() would make for that record) and
+   * calls again. The writer's records then never leave the native path at a group, slab or segment
+   * boundary (a relay batch crosses a few: it holds up to a few hundred KiB). Returns how many it
+   * wrote (none once the spool is closing).
    */
   appendRun(writer: RunWriter): number {
-    if (this.closing) return 0;
-    const group = this.openGroup;
-    const room = Math.min(this.slab.length - this.slabPos, this.segmentBytes - this.tailSegBytes, GROUP_BYTES - 1 - (group ? group.bytes : 0));
-    if (room <= HEADER_BYTES) return 0;
-    const seq = this.nextSeq;
-    const records = writer.write(this.slab, this.slabPos, room, this.maxEventBytes, seq, this.chainHash, Date.now());
-    if (records === 0) return 0;
-    const bytes = writer.bytes;
-    const into = this.groupFor(seq, bytes);
-    this.slabPos += bytes;
-    into.lastSeq = seq + records - 1;
-    into.bytes += bytes;
-    this.nextSeq = seq + records;
-    this.bufferedBytes += bytes;
+    let total = 0;
+    // The record the spool last made room for (0: none): a fresh group takes it even if it is over
+    // a group's size, as append() would, and is then full.
+    let madeRoom = 0;
+    while (!this.closing) {
+      const group = this.openGroup;
+      const groupRoom = group ? GROUP_BYTES - 1 - group.bytes : Math.max(GROUP_BYTES - 1, madeRoom);
+      const room = Math.max(0, Math.min(this.slab.length - this.slabPos, this.segmentBytes - this.tailSegBytes, groupRoom));
+      const seq = this.nextSeq;
+      const records = writer.write(this.slab, this.slabPos, room, this.maxEventBytes, seq, this.chainHash, Date.now());
+      if (records > 0) {
+        const bytes = writer.bytes;
+        const into = this.groupFor(seq, bytes);
+        this.slabPos += bytes;
+        into.lastSeq = seq + records - 1;
+        into.bytes += bytes;
+        this.nextSeq = seq + records;
+        this.bufferedBytes += bytes;
+        total += records;
+        madeRoom = 0;
+      } else if (madeRoom) {
+        break; // the writer did not take the room it asked for
+      }
+      const needs = writer.needs;
+      if (needs === 0) break;
+      this.makeRoom(needs);
+      madeRoom = needs;
+    }
+    if (total === 0) return 0;
     // A run is a relay batch: the statements of the last relayAuditDelayMs, and the next batch is
     // that far away. Waiting the commit delay for company would add nothing to this commit but a
     // wake-up of the main thread (and the delay to the run's durability); what else arrives in
     // this turn still goes along.
     this.flushAtTurnEnd();
     if (this.state === 'ok' && this.diskBytes + this.bufferedBytes > this.maxBytes) this.refreshState();
-    return records;
+    return total;
+  }
+
+  /**
+   * The cuts append() makes for a record of `recordBytes` at a boundary: the open group closed
+   * (append() would close it just after the record; either way the files hold the same bytes),
+   * the segment cut where the record would overflow it, and a new slab.
+   */
+  private makeRoom(recordBytes: number): void {
+    if (this.openGroup && this.openGroup.bytes + recordBytes > GROUP_BYTES - 1) this.seal();
+    if (this.tailSegBytes > 0 && this.tailSegBytes + recordBytes > this.segmentBytes) {
+      this.seal();
+      this.tailSegFirstSeq = this.nextSeq;
+      this.tailSegBytes = 0;
+    }
+    this.reserve(recordBytes);
   }
 
   async appendDurable(draft: EventDraft | SelfEncodingEvent): Promise<number> {

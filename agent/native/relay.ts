@@ -202,9 +202,10 @@ export class NativeRelay {
  */
 export class EventSealer implements RunWriter {
   bytes = 0;
+  needs = 0;
   private batch: Buffer = Buffer.alloc(0);
   private offset = 0;
-  private readonly out = new Float64Array(3);
+  private readonly out = new Float64Array(4);
   private readonly agentField: Uint8Array;
 
   /** `sink` tells this sealer's sessions from those of another spool (another agent in the process). */
@@ -226,6 +227,7 @@ export class EventSealer implements RunWriter {
       EventKind.EVENT_KIND_STATEMENT!, out);
     this.offset = out[0]!;
     this.bytes = out[2]! - pos;
+    this.needs = out[3]!;
     return out[1]!;
   }
 }

@@ -66,6 +66,8 @@ function fields(n: number): SessionFields {
 class HandlerPath implements RelayListener {
   readonly tally = newEventTally();
   readonly encoder: SessionEventEncoder;
+  /** Statement events this path appended (the sealer left them to it). */
+  appended = 0;
   constructor(private readonly spool: Spool, fixed: SessionFields) {
     this.encoder = new SessionEventEncoder(fixed);
   }
@@ -86,6 +88,7 @@ class HandlerPath implements RelayListener {
     t[Tally.Summarised]! += 1;
     t[Tally.Encoded]! += 1;
     const requestId = String((t[Tally.RequestSeq]! += 1));
+    this.appended++;
     this.spool.append(this.encoder.event({ kind: STATEMENT, requestId, statementField: bytes.subarray(fieldAt) }));
   }
 }
@@ -142,7 +145,7 @@ async function bothWays(batches: Rec[][], sessions: number, opts: { nowMs: numbe
       for (const batch of batches) deliver(Buffer.concat(batch.map((r) => frame({ ...r, id: ids[r.id - 1]! }))));
       for (const id of ids) relay.close(id);
       await spool.close();
-      result.push({ files: await spoolFiles(dir), tallies: handlers.map((h) => [...h.tally]), dir });
+      result.push({ files: await spoolFiles(dir), tallies: handlers.map((h) => [...h.tally]), dir, appended: handlers.reduce((n, h) => n + h.appended, 0) });
     }
     const [handler, native] = result as [(typeof result)[0], (typeof result)[0]];
     return { handler, native, cleanup: () => rm(root, { recursive: true, force: true }) };
@@ -182,6 +185,23 @@ test('a batch of plain statement events: the sealer writes what the handler path
   }
 });
 
+test('a batch that crosses many groups, slabs and segments is sealed whole: the handler appends none of it', { skip }, async () => {
+  // About 700 KiB of events into 20,000-byte segments: every kind of spool cut, dozens of times.
+  const batch: Rec[] = [];
+  for (let i = 0; i < 2500; i++) {
+    batch.push({ id: 1 + (i % 3), kind: RecordKind.Event, side: RelaySide.Client, payload: eventPayload(40, 90, 0, Buffer.alloc(0), statementField(`SELECT ${'x'.repeat(i % 400)}`)) });
+  }
+  const { handler, native, cleanup } = await bothWays([batch], 3, { nowMs: 1_764_000_000_321, segmentBytes: 20_000, sealed: () => true });
+  try {
+    assert.ok(native.files.size > 30, `${native.files.size} files`);
+    assertSame(handler, native);
+    assert.equal(handler.appended, 2500);
+    assert.equal(native.appended, 0, 'no statement left to the handler at a cut');
+  } finally {
+    await cleanup();
+  }
+});
+
 test('records the handler must see stop the run; the rest of the batch is sealed after them', { skip }, async () => {
   const plain = (id: number, text: string) => ({ id, kind: RecordKind.Event, side: RelaySide.Client, payload: eventPayload(10, 20, 0, Buffer.alloc(0), statementField(text)) });
   const bind = Buffer.from('\0\0\0\0\0\0\0\0', 'latin1');
@@ -218,28 +238,31 @@ test('a record cut short, or one claiming more bytes than the batch has, is not 
   try {
     const slab = Buffer.alloc(4096);
     const chain = Buffer.alloc(32);
-    const out = new Float64Array(3);
+    const out = new Float64Array(4);
     const whole = frame({ id: 9001, kind: RecordKind.Event, side: RelaySide.Client, payload: eventPayload(1, 1, 0, Buffer.alloc(0), statementField('x')) });
     const seal = (batch: Buffer, room = slab.length, max = 1 << 20, sink = 77) => {
       real.relayEventsSeal(sink, batch, 0, slab, 0, room, max, chain, Buffer.alloc(0), 1, 1000, STATEMENT, out);
       return [...out];
     };
-    assert.deepEqual(seal(whole.subarray(0, whole.length - 1)), [0, 0, 0], 'truncated');
+    assert.deepEqual(seal(whole.subarray(0, whole.length - 1)), [0, 0, 0, 0], 'truncated');
     const lying = Buffer.from(whole);
     lying.writeUInt32LE(1 << 30, 12);
-    assert.deepEqual(seal(lying), [0, 0, 0], 'length past the batch');
+    assert.deepEqual(seal(lying), [0, 0, 0, 0], 'length past the batch');
     const short = frame({ id: 9001, kind: RecordKind.Event, side: RelaySide.Client, payload: Buffer.alloc(12) });
-    assert.deepEqual(seal(short), [0, 0, 0], 'shorter than its head');
+    assert.deepEqual(seal(short), [0, 0, 0, 0], 'shorter than its head');
     const bindPastEnd = frame({ id: 9001, kind: RecordKind.Event, side: RelaySide.Client, payload: eventPayload(1, 1, EVENT_PORTAL_ENDED, Buffer.alloc(0), Buffer.alloc(0)) });
     bindPastEnd.writeUInt32LE(99, 24 + 16);
-    assert.deepEqual(seal(bindPastEnd), [0, 0, 0], 'bind length past the record');
-    assert.deepEqual(seal(whole, 10), [0, 0, 0], 'no room');
-    assert.deepEqual(seal(whole, slab.length, 10), [0, 0, 0], 'over the largest event');
-    assert.deepEqual(seal(whole, slab.length, 1 << 20, 78), [0, 0, 0], 'another spool');
+    assert.deepEqual(seal(bindPastEnd), [0, 0, 0, 0], 'bind length past the record');
+    const [stop, none, at, needs] = seal(whole, 10);
+    assert.deepEqual([stop, none, at], [0, 0, 0], 'no room');
+    assert.ok(needs! > 8, `no room: says what the record needs (${needs})`);
+    assert.deepEqual(seal(whole, slab.length, 10), [0, 0, 0, 0], 'over the largest event');
+    assert.deepEqual(seal(whole, slab.length, 1 << 20, 78), [0, 0, 0, 0], 'another spool');
     assert.equal(tally[Tally.RequestSeq], 0, 'nothing counted for what was not sealed');
-    const [end, n, pos] = seal(whole);
-    assert.deepEqual([end, n], [whole.length, 1]);
+    const [end, n, pos, after] = seal(whole);
+    assert.deepEqual([end, n, after], [whole.length, 1, 0]);
     assert.ok(pos! > 8 && slab.readUInt32LE(0) === pos! - 8, 'one framed record');
+    assert.equal(pos, needs, 'the room it asked for is the room it took');
     assert.equal(tally[Tally.RequestSeq], 1);
   } finally {
     real.relayEventsForget(9001);

@@ -215,6 +215,7 @@ test('commit delay: a run (a relay batch) is committed at the end of its turn, w
     spool.append(draft(0)); // earlier in the turn, nobody awaits it: it goes along
     const writer = {
       bytes: 0,
+      needs: 0,
       write(slab: Buffer, pos: number, room: number, _max: number, seq: number, chainHash: Buffer): number {
         let at = pos;
         for (let i = 0; i < 3; i++) {
@@ -232,6 +233,96 @@ test('commit delay: a run (a relay batch) is committed at the end of its turn, w
     const records = await collect(spool.readFrom(1));
     assert.deepEqual(records.map((r) => r.seq), [1, 2, 3, 4]);
     assertChain(records, 1, null);
+  } finally {
+    await spool.close();
+  }
+});
+
+/** A notice of about `size` bytes, encoded for `seq` after `prevHash`: the same payload whichever path appends it. */
+function sizedNotice(i: number, size: number, seq: number, prevHash: Uint8Array): Uint8Array {
+  return encodeEvent({ agentId: AGENT, seq, prevHash: Buffer.from(prevHash), kind: EventKind.EVENT_KIND_AGENT_NOTICE, notice: { level: 'info', code: 'run', message: `${i}:`.padEnd(size, 'x') } });
+}
+
+test('a run crosses group, slab and segment boundaries in one appendRun, leaving the files append() leaves', async () => {
+  // Sizes that cross 64 KiB groups, 256 KiB slabs and 100,000-byte segments many times, some
+  // records nearly a segment; the writer seals what fits and says what the next one needs.
+  const sizes = Array.from({ length: 400 }, (_, i) => (i % 50 === 7 ? 90_000 : 300 + ((i * 7919) % 4000)));
+  const dirs = [await tempDir(), await tempDir()];
+  const [viaAppend, viaRun] = [await open(dirs[0]!, { segmentBytes: 100_000 }), await open(dirs[1]!, { segmentBytes: 100_000 })];
+  try {
+    for (let i = 0; i < sizes.length; i++) viaAppend.append({ kind: EventKind.EVENT_KIND_AGENT_NOTICE!, encode: (env) => sizedNotice(i, sizes[i]!, env.seq, env.prevHash) });
+    let next = 0;
+    let calls = 0;
+    const writer = {
+      bytes: 0,
+      needs: 0,
+      write(slab: Buffer, pos: number, room: number, max: number, seq: number, chainHash: Buffer): number {
+        calls++;
+        let at = pos;
+        let n = 0;
+        this.needs = 0;
+        while (next < sizes.length) {
+          const payload = sizedNotice(next, sizes[next]!, seq + n, chainHash);
+          assert.ok(payload.length <= max);
+          if (at + HEADER_BYTES + payload.length > pos + room) {
+            this.needs = HEADER_BYTES + payload.length;
+            break;
+          }
+          at = sealRecord(slab, at, payload, chainHash);
+          next++;
+          n++;
+        }
+        this.bytes = at - pos;
+        return n;
+      },
+    };
+    assert.equal(viaRun.appendRun(writer), sizes.length, 'every record in one run');
+    assert.ok(calls > 20, `the spool made room and called again (${calls} calls)`);
+    await Promise.all([viaAppend.close(), viaRun.close()]);
+    const files = async (dir: string) => {
+      const names = (await readdir(dir)).filter((n) => n.endsWith('.seg')).sort();
+      return Promise.all(names.map(async (n) => [n, await readFile(path.join(dir, n))] as const));
+    };
+    const [a, r] = [await files(dirs[0]!), await files(dirs[1]!)];
+    assert.ok(a.length > 5, `${a.length} segments`);
+    assert.deepEqual(r.map(([n]) => n), a.map(([n]) => n), 'the same segment cuts');
+    for (let i = 0; i < a.length; i++) assert.ok(r[i]![1].equals(a[i]![1]), `${a[i]![0]}: byte-identical`);
+    const reopened = await open(dirs[1]!, { segmentBytes: 100_000 });
+    try {
+      const records = await collect(reopened.readFrom(1));
+      assert.equal(records.length, sizes.length);
+      assertChain(records, 1, null);
+    } finally {
+      await reopened.close();
+    }
+  } finally {
+    await Promise.all([viaAppend.close(), viaRun.close()]);
+  }
+});
+
+test('a writer that does not take the room it asked for ends the run there', async () => {
+  const spool = await open(await tempDir(), { segmentBytes: 1 << 20 });
+  try {
+    let calls = 0;
+    const writer = {
+      bytes: 0,
+      needs: 0,
+      write(slab: Buffer, pos: number, room: number, _max: number, seq: number, chainHash: Buffer): number {
+        calls++;
+        this.needs = 2000;
+        if (calls > 1) {
+          assert.ok(room >= 2000, `room made: ${room}`);
+          this.bytes = 0;
+          return 0;
+        }
+        this.bytes = sealRecord(slab, pos, sizedNotice(0, 500, seq, chainHash), chainHash) - pos;
+        return 1;
+      },
+    };
+    assert.equal(spool.appendRun(writer), 1);
+    assert.equal(calls, 2, 'one call after making room, then no loop');
+    assert.equal(await spool.appendDurable(draft(1)), 2);
+    assertChain(await collect(spool.readFrom(1)), 1, null);
   } finally {
     await spool.close();
   }

@@ -117,11 +117,11 @@ napi_value relay_events_seal_js(napi_env env, napi_callback_info info) {
       !typed_array_arg(env, a[2], napi_uint8_array, &slab_v, &slab_len) || !safe_uint_arg(env, a[3], &pos_d) || !safe_uint_arg(env, a[4], &room_d) ||
       !safe_uint_arg(env, a[5], &max_d) || !typed_array_arg(env, a[6], napi_uint8_array, &chain_v, &chain_len) ||
       !typed_array_arg(env, a[7], napi_uint8_array, &agent_v, &agent_len) || !safe_uint_arg(env, a[8], &seq_d) || !safe_uint_arg(env, a[9], &time_d) ||
-      !safe_uint_arg(env, a[10], &kind_d) || kind_d > 0x7fffffff || !typed_array_arg(env, a[11], napi_float64_array, &out_v, &out_len) || out_len < 3 ||
+      !safe_uint_arg(env, a[10], &kind_d) || kind_d > 0x7fffffff || !typed_array_arg(env, a[11], napi_float64_array, &out_v, &out_len) || out_len < 4 ||
       chain_len < kHash) {
     napi_throw_type_error(env, nullptr,
                           "relayEventsSeal(sink, batch, offset, slab, pos, room, maxEventBytes, chainHash, agentIdField, seq, timeMs, kind, "
-                          "out: Float64Array(3))");
+                          "out: Float64Array(4))");
     return nullptr;
   }
   if (!seal_ready()) {
@@ -151,6 +151,9 @@ napi_value relay_events_seal_js(napi_env env, napi_callback_info info) {
   const size_t time_len = (size_t)(t - time_field);
   const size_t kind_len = kind ? 1 + varint_len(kind) : 0;
   uint64_t written = 0;
+  // The framed size of a record that stopped the run for want of room alone: the spool makes room
+  // (a new group, slab or segment) and calls again, where the handler would append it itself.
+  size_t needs = 0;
   auto& table = sessions();
 
   while (batch_len - off >= sizeof(RecordHeader)) {
@@ -185,7 +188,11 @@ napi_value relay_events_seal_js(napi_env env, napi_callback_info info) {
     const size_t digits_len = decimal(request, digits);
     const size_t seq_len = seq ? 1 + varint_len(seq) : 0;
     const size_t len = agent_len + seq_len + 2 + kHash + time_len + kind_len + f.session_id.size() + 2 + digits_len + f.identity.size() + field_len;
-    if (len > max_event || end - pos < kRecordHeader + len) break;
+    if (len > max_event) break;
+    if (end - pos < kRecordHeader + len) {
+      needs = kRecordHeader + len;
+      break;
+    }
     // proto/session-events.ts SessionEventEncoder.encode's field order, byte for byte.
     uint8_t* rec = slab + pos;
     uint8_t* p = rec + kRecordHeader;
@@ -214,5 +221,6 @@ napi_value relay_events_seal_js(napi_env env, napi_callback_info info) {
   out[0] = (double)off;
   out[1] = (double)written;
   out[2] = (double)pos;
+  out[3] = (double)needs;
   return nullptr;
 }

@@ -33,5 +33,6 @@ napi_value relay_events_forget_js(napi_env env, napi_callback_info info);
 // seq, timeMs, kind, out: Float64Array): seals kEvent records (and counts kSkip ones) of sessions
 // registered with `sink` from batch[offset], as records of seq, seq + 1, ... into slab[pos, pos + room), chaining
 // from and updating chainHash; stops at the first record it leaves to the handler or that does not
-// fit. out[0] = the batch offset it stopped at, out[1] = records written, out[2] = the slab position after.
+// fit. out[0] = the batch offset it stopped at, out[1] = records written, out[2] = the slab position after,
+// out[3] = the framed size of the record it stopped at if only room was lacking (else 0).
 napi_value relay_events_seal_js(napi_env env, napi_callback_info info);
