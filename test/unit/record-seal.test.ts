@@ -30,6 +30,24 @@ test('sealRecord: native and JS write the same record and hash at any offset', (
   }));
 });
 
+test('sealRecord (native): the crc is zlib\'s at every length, alignment and size, folded or not', () => {
+  // The native crc folds 16-byte blocks with carry-less multiplication from 64 bytes on and leaves
+  // the tail to zlib: every length up to 1,100 crosses each boundary (64, lanes of 16, tails of
+  // 0-15), at three alignments of the payload, then a megabyte.
+  const seal = native();
+  const data = Buffer.alloc((1 << 20) + 3);
+  for (let i = 0, x = 12345; i < data.length; i++) data[i] = (x = (x * 1103515245 + 12345) >>> 0) >>> 24;
+  const check = (payload: Buffer) => {
+    const out = Buffer.alloc(HEADER_BYTES + payload.length);
+    seal(out, 0, payload, Buffer.alloc(32));
+    assert.equal(out.readUInt32LE(4), crc32(payload), `length ${payload.length} at ${payload.byteOffset}`);
+  };
+  for (let n = 0; n <= 1100; n++) for (let at = 0; at < 3; at++) check(data.subarray(at, at + n));
+  check(data.subarray(3));
+  check(Buffer.alloc(4096)); // all zero: the state alone carries the crc
+  check(Buffer.alloc(4096, 0xff));
+});
+
 test('sealRecord: a payload that is a view into a larger buffer is sealed as the view', () => {
   const seal = native();
   const big = Buffer.from('0123456789abcdefghij');

