@@ -317,11 +317,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
    */
   private makeRoom(recordBytes: number): void {
     if (this.openGroup && this.openGroup.bytes + recordBytes > GROUP_BYTES - 1) this.seal();
-    if (this.tailSegBytes > 0 && this.tailSegBytes + recordBytes > this.segmentBytes) {
-      this.seal();
-      this.tailSegFirstSeq = this.nextSeq;
-      this.tailSegBytes = 0;
-    }
+    this.cutSegmentFor(this.nextSeq, recordBytes);
     this.reserve(recordBytes);
   }
 
@@ -347,11 +343,7 @@ export class Spool extends EventEmitter<SpoolEvents> {
   // ---- append side: groups and the slab ----
 
   private groupFor(seq: number, recordBytes: number): Group {
-    if (this.tailSegBytes > 0 && this.tailSegBytes + recordBytes > this.segmentBytes) {
-      this.seal();
-      this.tailSegFirstSeq = seq;
-      this.tailSegBytes = 0;
-    }
+    this.cutSegmentFor(seq, recordBytes);
     this.tailSegBytes += recordBytes;
     if (this.openGroup) return this.openGroup;
     const group: Group = {
@@ -361,6 +353,15 @@ export class Spool extends EventEmitter<SpoolEvents> {
     this.queue.push(group);
     this.openGroup = group;
     return group;
+  }
+
+  /** Starts a new segment at `seq` if a record of `recordBytes` would overflow the tail one. */
+  private cutSegmentFor(seq: number, recordBytes: number): void {
+    if (this.tailSegBytes > 0 && this.tailSegBytes + recordBytes > this.segmentBytes) {
+      this.seal();
+      this.tailSegFirstSeq = seq;
+      this.tailSegBytes = 0;
+    }
   }
 
   /** Room for `bytes` at slabPos. Records are copied into shared slabs, so a flush is one writev. */
