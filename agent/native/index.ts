@@ -11,7 +11,7 @@ export interface NativeAddon {
   /** Test hook: what the native message checks make of one message body (see src/pgmsg.h). */
   checkMessage(direction: 'frontend' | 'backend', type: number, body: Buffer): Record<string, unknown> | null;
   // The relay (src/relay.h; agent/native/relay.ts wraps these).
-  relayStart(onBatch: (batch: Buffer) => void, maxMessageLength: number, replayDelayMs: number, threads: number): void;
+  relayStart(onBatch: (batch: Buffer, length: number) => void, maxMessageLength: number, replayDelayMs: number, threads: number): void;
   relayAdopt(id: number, clientFd: number, serverFd: number, precheck: Buffer | null): void;
   relayWrite(id: number, serverLive: boolean, toServer: Buffer | null, toClient: Buffer | null): void;
   relayResume(id: number, side: number, cache: number, allowName: boolean, serverLive: boolean, tag: number, plainResult: number, template: number,

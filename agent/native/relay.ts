@@ -45,13 +45,15 @@ export const EVENT_PARSED_UNNAMED = 2;
 
 export interface RelayListener {
   /**
-   * One record: `bytes` is a view into the batch (the batch is not reused: views may be kept).
-   * `ms` is when the relay handled it, on performance.now()'s clock; `epoch` counts policy changes.
+   * One record: `bytes` is the listener's to keep (a view into a copy of the batch, not into the
+   * buffer the addon reuses). `ms` is when the relay handled it, on performance.now()'s clock;
+   * `epoch` counts policy changes.
    */
   onRelayRecord(kind: RecordKind, side: RelaySide, bytes: Buffer, ms: number, epoch: number): void;
 }
 
 const HEADER = 24; // src/relay_records.h RecordHeader
+const EMPTY = Buffer.alloc(0);
 
 /** Slots of a session's event tally (src/relay_events.h TallySlot). */
 export const enum Tally { RequestSeq = 0, BytesUp = 1, BytesDown = 2, Summarised = 3, Encoded = 4, UnnamedPortal = 5 }
@@ -98,7 +100,7 @@ export class NativeRelay {
   onSessionsChange: (sessions: number) => void = () => {};
 
   constructor(private readonly addon: NativeAddon, opts: RelayOptions) {
-    addon.relayStart((batch) => this.dispatch(batch), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs, opts.threads);
+    addon.relayStart((batch, length) => this.dispatch(batch, length), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs, opts.threads);
   }
 
   /**
@@ -160,24 +162,36 @@ export class NativeRelay {
     return this.listeners.size;
   }
 
-  private dispatch(batch: Buffer): void {
-    const view = new DataView(batch.buffer, batch.byteOffset, batch.length);
-    for (let off = 0; off + HEADER <= batch.length; ) {
+  /**
+   * The records in batch[0, length). The addon copies every batch into the same buffer (src/relay.cc
+   * call_js), so nothing may keep a view of it past this call: runs sealed into the spool are copied
+   * there, and the first record a listener hears of has the rest of the batch copied, once, for the
+   * listeners to keep.
+   */
+  private dispatch(batch: Buffer, length: number): void {
+    let view = new DataView(batch.buffer, batch.byteOffset, length);
+    let own = false;
+    for (let off = 0; off + HEADER <= length; ) {
       const id = view.getUint32(off, true);
       const kind = view.getUint8(off + 4) as RecordKind;
       const entry = this.listeners.get(id);
       if (entry?.sealer && (kind === RecordKind.Event || kind === RecordKind.Skip)) {
         // A run of records (of any sessions sealing into the same spool) in one call, up to the
         // first that the listener must see.
-        const next = entry.sealer.sealFrom(batch, off);
+        const next = entry.sealer.sealFrom(batch, off, length);
         if (next !== off) {
           off = next;
           continue;
         }
       }
+      const len = view.getUint32(off + 12, true);
+      if (entry && !own) {
+        batch = Buffer.from(batch.subarray(0, length));
+        view = new DataView(batch.buffer, batch.byteOffset, length);
+        own = true;
+      }
       const side = view.getUint8(off + 5) as RelaySide;
       const epoch = view.getUint32(off + 8, true);
-      const len = view.getUint32(off + 12, true);
       const ms = view.getFloat64(off + 16, true) + this.clockOffset;
       const bytes = batch.subarray(off + HEADER, off + HEADER + len);
       off += HEADER + len;
@@ -203,7 +217,7 @@ export class NativeRelay {
 export class EventSealer implements RunWriter {
   bytes = 0;
   needs = 0;
-  private batch: Buffer = Buffer.alloc(0);
+  private batch: Buffer = EMPTY;
   private offset = 0;
   private readonly out = new Float64Array(4);
   private readonly agentField: Uint8Array;
@@ -213,11 +227,18 @@ export class EventSealer implements RunWriter {
     this.agentField = agentIdField(agentId);
   }
 
-  /** Seals from `offset` on; returns the offset of the first record left to the listeners. */
-  sealFrom(batch: Buffer, offset: number): number {
-    this.batch = batch;
+  /**
+   * Seals from `offset` on, in batch[0, length); returns the offset of the first record left to
+   * the listeners. Keeps no reference to `batch` past the call (the addon reuses it).
+   */
+  sealFrom(batch: Buffer, offset: number, length: number): number {
+    this.batch = length === batch.length ? batch : batch.subarray(0, length);
     this.offset = offset;
-    this.spool.appendRun(this);
+    try {
+      this.spool.appendRun(this);
+    } finally {
+      this.batch = EMPTY;
+    }
     return this.offset;
   }
 

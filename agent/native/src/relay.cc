@@ -86,6 +86,8 @@ constexpr size_t kHighWater = 4 * 1024 * 1024;
 // Stop reading every socket while this much of what was forwarded waits for JavaScript: the audit
 // keeps up with the relay or the relay slows down, and memory stays bounded.
 constexpr size_t kMaxBacklog = 64 * 1024 * 1024;
+// A batch vector of more than this (a backlog's) is freed once delivered rather than kept for reuse.
+constexpr size_t kKeptBatchBytes = 4 * 1024 * 1024;
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr double kCloseGraceMs = 1000;
 // A run of messages the handler only counts is sent to it as a count from this size on.
@@ -285,19 +287,32 @@ class Relay {
     (void)r;  // EAGAIN only when the counter is already non-zero: the thread is woken anyway
   }
 
-  // Called on the JavaScript thread by the thread-safe function: everything batched so far.
-  std::vector<uint8_t>* take() {
-    auto* v = new std::vector<uint8_t>();
+  // Called on the JavaScript thread by the thread-safe function: everything batched so far, added
+  // to handed() (the records of a call that could not be delivered stay first). The two vectors
+  // trade places, so once both have grown neither thread allocates for a batch, and memory is only
+  // ever freed by the thread that allocated it.
+  size_t take() {
     bool was_full;
     {
       std::lock_guard<std::mutex> g(out_mu_);
-      v->swap(outgoing_);
+      if (handed_.empty()) handed_.swap(outgoing_);
+      else handed_.insert(handed_.end(), outgoing_.begin(), outgoing_.end()), outgoing_.clear();
       signalled_ = false;
       was_full = full_;
       full_ = false;
     }
     if (was_full) push(Command(Command::kDrained));  // the loop reads again
-    return v;
+    return handed_.size();
+  }
+
+  // What take() collected, until delivered() (JavaScript thread only).
+  const std::vector<uint8_t>& handed() const { return handed_; }
+
+  // JavaScript has had handed(); its capacity goes back to the loop with the next take(), unless a
+  // backlog grew it past what a batch needs (the loop's own vector then grows again if it must).
+  void delivered() {
+    if (handed_.capacity() > kKeptBatchBytes) std::vector<uint8_t>().swap(handed_);
+    else handed_.clear();
   }
 
  private:
@@ -311,6 +326,7 @@ class Relay {
   std::deque<Command> cmds_;
   std::mutex out_mu_;
   std::vector<uint8_t> outgoing_;  // guarded by out_mu_
+  std::vector<uint8_t> handed_;    // JavaScript thread's: see take()
   bool signalled_ = false;         // guarded by out_mu_: a call to JavaScript is on its way
   bool full_ = false;              // guarded by out_mu_: outgoing_ passed kMaxBacklog
   bool backlogged_ = false;        // the loop's copy of full_: no socket is read meanwhile
@@ -1088,33 +1104,44 @@ bool is_relay_thread(pid_t tid) {
   return false;
 }
 
+// The Buffer every batch is copied into, grown but never replaced otherwise: a fresh one per batch
+// (40 a second of 100-300 KiB under load) was ArrayBuffer churn that made V8 run a mark-compact
+// every second or two. JavaScript may read it only during the call (agent/native/relay.ts dispatch).
+napi_ref g_batch_ref = nullptr;
+uint8_t* g_batch_data = nullptr;
+size_t g_batch_cap = 0;
+constexpr size_t kMinBatchBuffer = 256 * 1024;
+
+bool batch_buffer(napi_env env, size_t need, napi_value* out) {
+  if (need <= g_batch_cap) return napi_get_reference_value(env, g_batch_ref, out) == napi_ok && *out != nullptr;
+  size_t cap = std::max(need + need / 2, kMinBatchBuffer);
+  void* data;
+  napi_ref ref;
+  if (napi_create_buffer(env, cap, &data, out) != napi_ok || napi_create_reference(env, *out, 1, &ref) != napi_ok) return false;
+  if (g_batch_ref) napi_delete_reference(env, g_batch_ref);
+  g_batch_ref = ref, g_batch_data = static_cast<uint8_t*>(data), g_batch_cap = cap;
+  return true;
+}
+
 void call_js(napi_env env, napi_value cb, void*, void*) {
   if (env == nullptr || g_relays.empty()) return;
   // Every shard's records in one batch: one JavaScript call, whichever thread signalled.
-  std::vector<uint8_t>* v = nullptr;
+  size_t total = 0;
+  for (Relay* r : g_relays) total += r->take();
+  if (total == 0) return;
+  napi_value args[2];
+  // Without a buffer the records stay with their relays and go with the next call: never dropped.
+  if (!batch_buffer(env, total, &args[0]) || napi_create_double(env, (double)total, &args[1]) != napi_ok) return;
+  size_t at = 0;
   for (Relay* r : g_relays) {
-    std::vector<uint8_t>* part = r->take();
-    if (!v || v->empty()) {
-      delete v;
-      v = part;
-    } else {
-      v->insert(v->end(), part->begin(), part->end());
-      delete part;
-    }
+    const std::vector<uint8_t>& part = r->handed();
+    if (!part.empty()) memcpy(g_batch_data + at, part.data(), part.size());
+    at += part.size();
+    r->delivered();
   }
-  if (v->empty()) {
-    delete v;
-    return;
-  }
-  napi_value buf, undefined;
-  if (napi_create_external_buffer(
-          env, v->size(), v->data(), [](napi_env, void*, void* hint) { delete static_cast<std::vector<uint8_t>*>(hint); },
-          v, &buf) != napi_ok) {
-    napi_create_buffer_copy(env, v->size(), v->data(), nullptr, &buf);
-    delete v;
-  }
+  napi_value undefined;
   napi_get_undefined(env, &undefined);
-  napi_call_function(env, undefined, cb, 1, &buf, nullptr);
+  napi_call_function(env, undefined, cb, 2, args, nullptr);
 }
 
 napi_value throw_error(napi_env env, const char* msg) {
@@ -1144,6 +1171,8 @@ bool args(napi_env env, napi_callback_info info, napi_value (&argv)[N]) {
 void stop_all() {
   for (Relay* r : g_relays) delete r;
   g_relays.clear();
+  // The buffer's reference goes with the environment (this runs as its cleanup hook or before any batch).
+  g_batch_ref = nullptr, g_batch_data = nullptr, g_batch_cap = 0;
   g_owner.clear();
   g_load.clear();
 }
