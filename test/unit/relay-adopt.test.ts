@@ -4,27 +4,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
-import net from 'node:net';
-import { once } from 'node:events';
 import { loadNative } from '../../agent/native/index.js';
+import { fdOf, socketPair as pair } from '../helpers/socket-pair.js';
 
 const { addon } = loadNative();
 const skip = addon ? false : 'the native addon is not built';
 
-const fdOf = (sock: net.Socket) => (sock as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
 const openFds = () => readdirSync('/proc/self/fd').length;
-
-/** Two connected loopback sockets: the ends a session's client and server hops would be. */
-async function pair(): Promise<{ a: net.Socket; b: net.Socket; close: () => void }> {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  const a = net.connect(port, '127.0.0.1');
-  const [b] = (await once(server, 'connection')) as [net.Socket];
-  await once(a, 'connect');
-  return { a, b, close: () => { a.destroy(); b.destroy(); server.close(); } };
-}
 
 test('a live session id is adopted once; a second adoption is refused and keeps no descriptor', { skip }, async () => {
   const native = addon!;

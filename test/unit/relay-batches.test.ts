@@ -3,27 +3,12 @@
 // batch (a fresh ArrayBuffer per batch made V8 run a mark-compact every second or two under load).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadNative } from '../../agent/native/index.js';
+import { fdOf, socketPair } from '../helpers/socket-pair.js';
 
 const { addon } = loadNative();
 const skip = addon ? false : 'the native addon is not built';
-
-const fdOf = (sock: net.Socket) => (sock as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
-
-/** Two connected loopback sockets: the ends a session's client and server hops would be. */
-async function pair(): Promise<{ a: net.Socket; b: net.Socket; close: () => void }> {
-  const server = net.createServer({ pauseOnConnect: true });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  const a = net.connect(port, '127.0.0.1');
-  const [b] = (await once(server, 'connection')) as [net.Socket];
-  await once(a, 'connect');
-  return { a, b, close: () => { a.destroy(); b.destroy(); server.close(); } };
-}
 
 /** A DataRow of one text column. */
 function dataRow(value: string): Buffer {
@@ -53,8 +38,8 @@ test('relay batches: every forwarded record arrives in order, in one reused buff
       off += 24 + len;
     }
   }, 1 << 20, 1, 1);
-  const client = await pair();
-  const server = await pair();
+  const client = await socketPair({ pauseOnConnect: true });
+  const server = await socketPair({ pauseOnConnect: true });
   try {
     // The relay reads the session's sockets (the accepted ends) from now on: the agent closes its
     // own, this test keeps them paused (pauseOnConnect) and uses the far ends only.
