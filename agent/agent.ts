@@ -258,7 +258,7 @@ function durableUnlessStuck(spool: Spool, durable: Promise<void>): Promise<void>
 function startRelay(cfg: AgentConfig, log: Logger, emit: (d: EventDraft) => unknown): NativeRelay | undefined {
   if (cfg.dataPath !== 'native') return undefined;
   const threads = relayThreadCount(cfg);
-  const relay = nativeRelay({ replayDelayMs: cfg.relayAuditDelayMs, threads });
+  const relay = nativeRelay({ replayDelayMs: cfg.relayAuditDelayMs, threads, batchSends: cfg.relayBatchSends });
   if (!relay) {
     const message = `${loadNative().error ?? 'the native data path is unavailable'}; PostgreSQL sessions are relayed in JavaScript`;
     log.warn(message);
@@ -266,6 +266,11 @@ function startRelay(cfg: AgentConfig, log: Logger, emit: (d: EventDraft) => unkn
     return undefined;
   }
   relay.onListenerError = (err) => log.error({ err }, 'a session failed on a native relay record');
+  if (cfg.relayBatchSends && relay.sendStats().batchedThreads < threads) {
+    const message = 'io_uring is unavailable to the agent (kernel.io_uring_disabled or a seccomp profile): the relay sends one message at a time';
+    log.warn(message);
+    emit({ kind: EventKind.EVENT_KIND_AGENT_NOTICE!, notice: { level: 'warn', code: 'relay_unbatched', message } });
+  }
   if (cfg.pinAuditThreads) {
     const cpu = relay.pinOthers();
     if (cpu >= 0) log.info({ cpu, relayThreads: threads }, 'audit threads kept on one cpu; the relay threads run anywhere');

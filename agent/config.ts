@@ -66,6 +66,14 @@ export interface AgentConfig {
    */
   pinAuditThreads: boolean;
   /**
+   * With the native data path: each relay loop turn sends what it read, for every session, in one
+   * io_uring call (agent/native/src/send_batch.h), so that waking one session's receiver does not
+   * hand it the cpu before the others' bytes are sent. Where the kernel refuses io_uring
+   * (kernel.io_uring_disabled, a seccomp profile) the relay sends one at a time and the agent says
+   * so; false always does.
+   */
+  relayBatchSends: boolean;
+  /**
    * With the native data path: how much nicer (1-19) than the agent's own the JavaScript main
    * thread runs while every session is on the relay, so that the audit side does not take cpu time
    * from it on a busy host; 0 never changes it. See agent/native/audit-priority.ts.
@@ -133,6 +141,7 @@ export function defaultConfig(): AgentConfig {
     relayAuditDelayMs: DEFAULT_RELAY_AUDIT_DELAY_MS,
     relayThreads: 0,
     pinAuditThreads: true,
+    relayBatchSends: true,
     auditNice: 10,
   };
 }
@@ -191,7 +200,7 @@ const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'strings'> = {
   agentId: 'string', stateDir: 'string', pinDir: 'string', proxyPort: 'number', jobCgroupParent: 'string',
   watchCgroups: 'strings', intercept: 'strings', failOpen: 'boolean', spoolMaxBytes: 'number', spoolCommitDelayMs: 'number',
   collector: 'string', tlsDir: 'string', policyFile: 'string', serverTls: 'string', heartbeatIntervalMs: 'number',
-  dataPath: 'string', relayAuditDelayMs: 'number', relayThreads: 'number', pinAuditThreads: 'boolean', auditNice: 'number',
+  dataPath: 'string', relayAuditDelayMs: 'number', relayThreads: 'number', pinAuditThreads: 'boolean', relayBatchSends: 'boolean', auditNice: 'number',
 };
 
 /** Reads a YAML config file; every error names the file and line. */

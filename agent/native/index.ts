@@ -5,13 +5,24 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+/** The relay threads' sends (src/relay.h relayStats, src/send_batch.h). */
+export interface RelaySendStats {
+  threads: number;
+  /** Threads that send each loop turn's output in one io_uring call; the others send one at a time. */
+  batchedThreads: number;
+  batchedTurns: number;
+  batchedSends: number;
+  /** The most sends one turn made. */
+  largestTurn: number;
+}
+
 export interface NativeAddon {
   /** The statement shape key of SQL bytes (see src/shape.h), or null where the scanner gives up; `span` gets its statement text's [start, end). */
   shape(sql: Buffer, span?: Uint32Array): Buffer | null;
   /** Test hook: what the native message checks make of one message body (see src/pgmsg.h). */
   checkMessage(direction: 'frontend' | 'backend', type: number, body: Buffer): Record<string, unknown> | null;
   // The relay (src/relay.h; agent/native/relay.ts wraps these).
-  relayStart(onBatch: (batch: Buffer, length: number) => void, maxMessageLength: number, replayDelayMs: number, threads: number): void;
+  relayStart(onBatch: (batch: Buffer, length: number) => void, maxMessageLength: number, replayDelayMs: number, threads: number, batchSends: boolean): void;
   relayAdopt(id: number, clientFd: number, serverFd: number, precheck: Buffer | null): void;
   relayWrite(id: number, serverLive: boolean, toServer: Buffer | null, toClient: Buffer | null): void;
   relayResume(id: number, side: number, cache: number, allowName: boolean, serverLive: boolean, tag: number, plainResult: number, template: number,
@@ -20,6 +31,10 @@ export interface NativeAddon {
   statementEvent(precheck: Buffer, pieces: Buffer, text: Buffer, complete: Buffer, durationMs: number, values?: Buffer): Buffer | null;
   relayClose(id: number): void;
   relayForget(): number;
+  /** Test hook: one batch of sends, each result as send(2) gives it: bytes or -errno (src/send_batch.h). */
+  sendBatch(fds: number[], buffers: Buffer[], useRing: boolean): { batched: boolean; results: number[] };
+  /** How the relay threads send (src/relay.h relayStats). */
+  relayStats(): RelaySendStats;
   /** Pins every thread but the relay's to one cpu (src/relay.h); the cpu, or -1 with fewer than two. */
   relayPinOthers(): number;
   // The relay's own STATEMENT events sealed into the spool (src/relay_events.h; relay.ts EventSealer).

@@ -5,7 +5,7 @@ import { agentIdField, type StatementTemplate } from '../../proto/session-events
 import { EventKind } from '../../proto/index.js';
 import type { RunWriter } from '../events/spool.js';
 import { DEFAULT_MAX_MESSAGE_LENGTH } from '../pg/frames.js';
-import { loadNative, type NativeAddon } from './index.js';
+import { loadNative, type NativeAddon, type RelaySendStats } from './index.js';
 
 export const enum RelaySide { Client = 0, Server = 1 }
 
@@ -85,6 +85,8 @@ export interface RelayOptions {
   replayDelayMs: number;
   /** Relay threads, 1-64 (config relayThreads); each session stays on one. */
   threads: number;
+  /** Each loop turn's sends in one io_uring call where the kernel allows (config relayBatchSends). */
+  batchSends: boolean;
 }
 
 export class NativeRelay {
@@ -100,7 +102,7 @@ export class NativeRelay {
   onSessionsChange: (sessions: number) => void = () => {};
 
   constructor(private readonly addon: NativeAddon, opts: RelayOptions) {
-    addon.relayStart((batch, length) => this.dispatch(batch, length), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs, opts.threads);
+    addon.relayStart((batch, length) => this.dispatch(batch, length), DEFAULT_MAX_MESSAGE_LENGTH, opts.replayDelayMs, opts.threads, opts.batchSends);
   }
 
   /**
@@ -151,6 +153,11 @@ export class NativeRelay {
   /** The policy changed: no session may repeat an earlier decision. Returns the new epoch. */
   forget(): number {
     return this.addon.relayForget();
+  }
+
+  /** How the relay threads send: batched through io_uring or one send(2) at a time. */
+  sendStats(): RelaySendStats {
+    return this.addon.relayStats();
   }
 
   /** Keeps every other thread of the process on one cpu (src/relay.h relayPinOthers); the cpu, or -1. */

@@ -14,7 +14,7 @@ const openFds = () => readdirSync('/proc/self/fd').length;
 
 test('a live session id is adopted once; a second adoption is refused and keeps no descriptor', { skip }, async () => {
   const native = addon!;
-  native.relayStart(() => {}, 1 << 20, 25, 2);
+  native.relayStart(() => {}, 1 << 20, 25, 2, true);
   const client = await pair();
   const server = await pair();
   try {

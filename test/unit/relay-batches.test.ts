@@ -1,6 +1,8 @@
 // The relay threads' batches as JavaScript receives them (agent/native/src/relay.cc call_js): every
 // record forwarded, in order, and all of them in one Buffer that the addon reuses from batch to
 // batch (a fresh ArrayBuffer per batch made V8 run a mark-compact every second or two under load).
+// The relay here sends one message at a time (batchSends false: the path taken where io_uring is
+// refused); relay-send-batch.test.ts covers the batched sends.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -37,7 +39,7 @@ test('relay batches: every forwarded record arrives in order, in one reused buff
       if (batch[off + 4] === 1 /* kReplay */) replayed.push(Buffer.from(batch.subarray(off + 24, off + 24 + len)));
       off += 24 + len;
     }
-  }, 1 << 20, 1, 1);
+  }, 1 << 20, 1, 1, false);
   const client = await socketPair({ pauseOnConnect: true });
   const server = await socketPair({ pauseOnConnect: true });
   try {
@@ -63,6 +65,9 @@ test('relay batches: every forwarded record arrives in order, in one reused buff
     assert.ok(Buffer.concat(replayed).equals(Buffer.concat(sent)), 'the replay records hold every message, in order');
     assert.ok(batches >= 20, `${batches} batches`);
     assert.equal(buffers.size, 1, `${batches} batches came in ${buffers.size} buffers`);
+    const stats = native.relayStats();
+    assert.equal(stats.batchedThreads, 0, 'asked not to, the relay sends one at a time');
+    assert.equal(stats.batchedTurns, 0);
     native.relayClose(1);
   } finally {
     client.close();

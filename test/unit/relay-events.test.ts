@@ -105,7 +105,7 @@ function relayForTest(real: NativeAddon): { relay: NativeRelay; deliver: (batch:
     relayAdopt: { value: () => {} },
     relayClose: { value: () => {} },
   }) as NativeAddon;
-  const relay = new NativeRelay(fake, { replayDelayMs: 0, threads: 1 });
+  const relay = new NativeRelay(fake, { replayDelayMs: 0, threads: 1, batchSends: false });
   relay.onListenerError = (err) => {
     throw err;
   };

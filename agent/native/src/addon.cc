@@ -20,6 +20,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"relayClose", nullptr, relay_close_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayForget", nullptr, relay_forget_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayPinOthers", nullptr, relay_pin_others_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"relayStats", nullptr, relay_stats_js, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"sendBatch", nullptr, send_batch_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayEventsRegister", nullptr, relay_events_register_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayEventsForget", nullptr, relay_events_forget_js, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"relayEventsSeal", nullptr, relay_events_seal_js, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -3,6 +3,7 @@
 // is touched by its thread only. JavaScript talks to each through a command queue (mutex + eventfd)
 // and hears back through one thread-safe function that delivers every thread's records in batches.
 #include "relay.h"
+#include "send_batch.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -89,6 +90,9 @@ constexpr size_t kMaxBacklog = 64 * 1024 * 1024;
 // A batch vector of more than this (a backlog's) is freed once delivered rather than kept for reuse.
 constexpr size_t kKeptBatchBytes = 4 * 1024 * 1024;
 constexpr size_t kReadChunk = 64 * 1024;
+// Output of a loop turn goes out in one batch (SendBatch) unless this much is already queued for a
+// socket: bulk data (COPY, large results) is sent as it is read, as before.
+constexpr size_t kEagerFlush = kReadChunk;
 constexpr double kCloseGraceMs = 1000;
 // A run of messages the handler only counts is sent to it as a count from this size on.
 constexpr size_t kMinSkip = 4096;
@@ -142,6 +146,8 @@ struct Peer {
   bool failed = false;    // a write or read failed (reported with kEnd)
   bool waiting = false;   // a kLive record of this side's input awaits the handler's answer
   bool broken = false;    // framing failed: the rest went to the handler, which ends the session
+  bool deferred = false;  // in this loop turn's send batch (Relay::defer_flush)
+  bool blocked = false;   // the last send found no room: wait for EPOLLOUT rather than try again
   uint32_t registered = 0;  // the epoll events currently asked for
   size_t pending() const { return out.size() - out_off; }
 };
@@ -188,6 +194,7 @@ struct Session {
   // The last Q, Parse or Bind relayed on a remembered decision found nothing outstanding on the
   // server side.
   bool alone = false;
+  bool to_settle = false;  // in the loop turn's list of sessions to settle
   // The last Q or Parse relayed on a remembered decision: that decision's template (see
   // remembered()), and a Q's statement's text.
   uint32_t hit_tmpl = 0;
@@ -216,6 +223,10 @@ struct Session {
     size_t bind_at = 0, bind_len = 0, values_at = 0, values_len = 0;
     std::vector<uint8_t> msg;  // the whole request: the Q, or Parse/Bind to Sync
   } held;
+  // The held request's answer, read in this loop turn and audited after its sends (relay_run).
+  std::vector<uint8_t> answer;
+  double answer_ms = 0;
+  bool answer_pending = false;
 };
 
 // kAudited payload, native byte order: f64 duration in ms (ReadyForQuery's read minus the
@@ -249,8 +260,8 @@ struct Command {
 
 class Relay {
  public:
-  Relay(napi_threadsafe_function tsfn, uint32_t max_message, double replay_delay_ms)
-      : tsfn_(tsfn), max_message_(max_message), replay_delay_ms_(replay_delay_ms) {
+  Relay(napi_threadsafe_function tsfn, uint32_t max_message, double replay_delay_ms, bool batch_sends)
+      : tsfn_(tsfn), max_message_(max_message), replay_delay_ms_(replay_delay_ms), sends_(batch_sends) {
     epfd_ = epoll_create1(EPOLL_CLOEXEC);
     evfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     struct epoll_event ev = {};
@@ -340,10 +351,25 @@ class Relay {
   std::vector<uint8_t> audit_;  // a kAudited or kEvent payload being built
   bool stopping_ = false;
   size_t closing_ = 0;  // sessions JavaScript closed that still have output to write
+  // This loop turn's deferred sends and the sessions it touched (settled after the sends).
+  bool deferring_ = false;
+  std::vector<std::pair<Session*, Side>> turn_;
+  std::vector<Session*> settle_;
+  std::vector<Session*> audits_;  // sessions whose held request's answer is audited after the sends
+  SendBatch sends_;
+
+ public:
+  // For relayStats (read on the JavaScript thread): loop turns that sent a batch, the sends in
+  // them, the most in one turn.
+  std::atomic<uint64_t> turns_{0}, sends_count_{0}, largest_turn_{0};
+  bool batched() const { return sends_.batched(); }
+
+ private:
 
   // ---- records ----
 
   void record(Session& s, RecordKind kind, Side side, const uint8_t* p, size_t n) {
+    audit_answer(s);
     if (s.held.active) release(s);
     append_record(s, kind, side, p, n, epoch_, now_ms());
   }
@@ -420,9 +446,17 @@ class Relay {
         if (it == sessions_.end()) continue;
         Session& s = *it->second;
         if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) flush(s, side);
+        // Without a ring every send is its own syscall anyway: sent at once, as they come.
+        deferring_ = sends_.batched();
         if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) read_side(s, side);
-        settle(s);
+        deferring_ = false;
+        if (!s.to_settle) s.to_settle = true, settle_.push_back(&s);
       }
+      send_turn();
+      for (Session* s : audits_) audit_answer(*s);
+      audits_.clear();
+      for (Session* s : settle_) s->to_settle = false, settle(*s);
+      settle_.clear();
       now = now_ms();
       reap(now);
       deliver(now);
@@ -444,6 +478,7 @@ class Relay {
         stopping_ = true;
         // The last delivery takes every forwarded statement along, held ones too.
         for (auto& [id, s] : sessions_) {
+          audit_answer(*s);
           if (s->held.active) release(*s);
         }
         continue;
@@ -529,7 +564,7 @@ class Relay {
       }
       p.in_len += (size_t)r;
       handle(s, side);
-      flush(s, (Side)(side ^ 1));  // what was relayed goes out before the next read
+      defer_flush(s, (Side)(side ^ 1));  // what was relayed goes out before the next read, or with this turn's batch
       if ((size_t)r < kReadChunk) break;  // the kernel had no more: the next epoll turn says when
     }
   }
@@ -634,6 +669,7 @@ class Relay {
   // the few messages it would save.
   void relay_run(Session& s, Side side, size_t from, size_t to) {
     if (to <= from) return;
+    audit_answer(s);
     Peer& in = s.peer[side];
     const uint8_t* p = in.in.data();
     Peer& out = s.peer[side ^ 1];
@@ -641,11 +677,34 @@ class Relay {
     if (side == kClient && hold(s, p + from, to - from)) return;
     if (side == kServer && s.held.active) {
       // The answer leaves before the relay audits it: building the statement's event is not on the
-      // job's round trip. A failed write ends the side, which releases the held request.
+      // job's round trip. In a loop turn, the audit waits for the turn's sends (a copy of the
+      // answer, which handle() is about to drop); anything else the session records first audits
+      // it (audit_answer), so that records keep their order. A failed write ends the side, which
+      // releases the held request.
       double read_ms = now_ms();
-      flush(s, kClient);
+      defer_flush(s, kClient);
+      if (deferring_ && s.held.active) {
+        s.answer.assign(p + from, p + to);
+        s.answer_ms = read_ms;
+        s.answer_pending = true;
+        audits_.push_back(&s);
+        return;
+      }
       if (s.held.active && audited(s, p + from, to - from, read_ms)) return;
     }
+    record_run(s, side, p, from, to);
+  }
+
+  // The held request's answer that waited for the loop turn's sends, audited now.
+  void audit_answer(Session& s) {
+    if (!s.answer_pending) return;
+    s.answer_pending = false;
+    if (s.held.active && audited(s, s.answer.data(), s.answer.size(), s.answer_ms)) return;
+    record_run(s, kServer, s.answer.data(), 0, s.answer.size());
+  }
+
+  // Records p[from, to), whole messages relayed from `side` (see relay_run).
+  void record_run(Session& s, Side side, const uint8_t* p, size_t from, size_t to) {
     size_t replay = from;  // start of what is not yet recorded
     size_t counted = to;   // start of the current run of counted-only messages (to: none)
     for (size_t m = from; m < to; m += 1 + be32(p + m + 1)) {
@@ -997,28 +1056,72 @@ class Relay {
 
   void flush(Session& s, Side side) {
     Peer& p = s.peer[side];
+    p.blocked = false;
     while (p.pending() > 0 && !p.failed) {
       ssize_t w = send(p.fd, p.out.data() + p.out_off, p.pending(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (w < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-        if (errno == EINTR) continue;
-        end(s, side, errno);
-        p.out.clear();
-        p.out_off = 0;
-        break;
-      }
-      p.out_off += (size_t)w;
+      if (w < 0 && errno == EINTR) continue;
+      if (!sent_bytes(s, side, w < 0 ? -errno : w)) break;
     }
+  }
+
+  // Accounts for one send's result (bytes, or -errno); false when the socket takes no more now.
+  bool sent_bytes(Session& s, Side side, long result) {
+    Peer& p = s.peer[side];
+    if (result == -EAGAIN || result == -EWOULDBLOCK) {
+      p.blocked = true;
+      return false;
+    }
+    if (result < 0) {
+      end(s, side, (int)-result);
+      p.out.clear();
+      p.out_off = 0;
+      return false;
+    }
+    p.out_off += (size_t)result;
     if (p.out_off == p.out.size()) {
       p.out.clear();
       p.out_off = 0;
     }
+    return true;
+  }
+
+  // While a loop turn reads, what it relays waits for the turn's one batch of sends (see
+  // send_batch.h): a send that wakes the receiving process would otherwise often hand it the cpu
+  // before the relay forwards the other sessions' bytes it already holds.
+  void defer_flush(Session& s, Side side) {
+    Peer& p = s.peer[side];
+    if (!deferring_ || p.pending() >= kEagerFlush) return flush(s, side);
+    if (p.deferred || p.pending() == 0 || p.failed) return;
+    p.deferred = true;
+    turn_.push_back({&s, side});
+  }
+
+  void send_turn() {
+    if (turn_.empty()) return;
+    for (size_t i = 0; i < turn_.size(); i++) {
+      Peer& p = turn_[i].first->peer[turn_[i].second];
+      p.deferred = false;
+      if (p.pending() > 0 && !p.failed) sends_.add(p.fd, p.out.data() + p.out_off, p.pending(), i);
+    }
+    if (!sends_.empty()) {
+      std::vector<SendBatch::Entry>& done = sends_.run();
+      turns_.fetch_add(1, std::memory_order_relaxed);
+      sends_count_.fetch_add(done.size(), std::memory_order_relaxed);
+      if (done.size() > largest_turn_.load(std::memory_order_relaxed)) largest_turn_.store(done.size(), std::memory_order_relaxed);
+      for (const SendBatch::Entry& e : done) {
+        auto [s, side] = turn_[e.tag];
+        s->peer[side].blocked = false;
+        sent_bytes(*s, side, e.result == -EINTR ? 0 : e.result);  // interrupted: settle() sends again
+      }
+      sends_.clear();
+    }
+    turn_.clear();
   }
 
   // Writes what is queued and asks epoll for exactly what each socket now waits for.
   void settle(Session& s) {
     for (int side = 0; side < 2; side++) {
-      if (s.peer[side].pending()) flush(s, (Side)side);
+      if (s.peer[side].pending() && !s.peer[side].blocked) flush(s, (Side)side);
     }
     for (int side = 0; side < 2; side++) {
       Peer& p = s.peer[side];
@@ -1182,12 +1285,13 @@ void cleanup(void*) { stop_all(); }
 }  // namespace
 
 napi_value relay_start_js(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
+  napi_value argv[5];
   uint32_t max_message, threads;
   double delay;
+  bool batch_sends;
   if (!args(env, info, argv) || !get_u32(env, argv[1], &max_message) || napi_get_value_double(env, argv[2], &delay) != napi_ok ||
-      !get_u32(env, argv[3], &threads) || threads < 1 || threads > kMaxRelayThreads)
-    return throw_error(env, "relayStart(onBatch, maxMessageLength, replayDelayMs, threads 1-64)");
+      !get_u32(env, argv[3], &threads) || threads < 1 || threads > kMaxRelayThreads || napi_get_value_bool(env, argv[4], &batch_sends) != napi_ok)
+    return throw_error(env, "relayStart(onBatch, maxMessageLength, replayDelayMs, threads 1-64, batchSends)");
   if (!g_relays.empty()) return throw_error(env, "the native relay is already started");
   napi_value name;
   napi_create_string_utf8(env, "runguard-relay", NAPI_AUTO_LENGTH, &name);
@@ -1197,7 +1301,7 @@ napi_value relay_start_js(napi_env env, napi_callback_info info) {
   // The relay never keeps the process alive by itself: the agent's own sockets and timers do.
   napi_unref_threadsafe_function(env, tsfn);
   for (uint32_t i = 0; i < threads; i++) {
-    g_relays.push_back(new Relay(tsfn, max_message, delay));
+    g_relays.push_back(new Relay(tsfn, max_message, delay, batch_sends));
     g_load.push_back(0);
     if (!g_relays.back()->ok()) {
       stop_all();
@@ -1288,6 +1392,59 @@ napi_value relay_forget_js(napi_env env, napi_callback_info) {
   napi_value v;
   napi_create_uint32(env, epoch, &v);
   return v;
+}
+
+napi_value relay_stats_js(napi_env env, napi_callback_info) {
+  uint64_t turns = 0, sends = 0, largest = 0;
+  uint32_t rings = 0;
+  for (Relay* r : g_relays) {
+    turns += r->turns_.load(std::memory_order_relaxed);
+    sends += r->sends_count_.load(std::memory_order_relaxed);
+    largest = std::max<uint64_t>(largest, r->largest_turn_.load(std::memory_order_relaxed));
+    rings += r->batched();
+  }
+  napi_value o, v;
+  napi_create_object(env, &o);
+  napi_create_uint32(env, (uint32_t)g_relays.size(), &v), napi_set_named_property(env, o, "threads", v);
+  napi_create_uint32(env, rings, &v), napi_set_named_property(env, o, "batchedThreads", v);
+  napi_create_double(env, (double)turns, &v), napi_set_named_property(env, o, "batchedTurns", v);
+  napi_create_double(env, (double)sends, &v), napi_set_named_property(env, o, "batchedSends", v);
+  napi_create_double(env, (double)largest, &v), napi_set_named_property(env, o, "largestTurn", v);
+  return o;
+}
+
+// Test hook: one SendBatch run over the given sockets and buffers (see send_batch.h).
+napi_value send_batch_js(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  bool use_ring;
+  uint32_t n = 0, m = 0;
+  if (!args(env, info, argv) || napi_get_array_length(env, argv[0], &n) != napi_ok || napi_get_array_length(env, argv[1], &m) != napi_ok ||
+      n != m || napi_get_value_bool(env, argv[2], &use_ring) != napi_ok)
+    return throw_error(env, "sendBatch(fds, buffers, useRing)");
+  SendBatch batch(use_ring);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value fd_v, buf_v;
+    int32_t fd;
+    void* data;
+    size_t len;
+    napi_get_element(env, argv[0], i, &fd_v);
+    napi_get_element(env, argv[1], i, &buf_v);
+    if (napi_get_value_int32(env, fd_v, &fd) != napi_ok || napi_get_buffer_info(env, buf_v, &data, &len) != napi_ok)
+      return throw_error(env, "sendBatch: fds are numbers, buffers Buffers");
+    batch.add(fd, static_cast<const uint8_t*>(data), len, i);
+  }
+  bool batched = batch.batched();
+  napi_value o, results, v;
+  napi_create_object(env, &o);
+  napi_create_array_with_length(env, n, &results);
+  for (const SendBatch::Entry& e : batch.run()) {
+    napi_create_double(env, (double)e.result, &v);
+    napi_set_element(env, results, (uint32_t)e.tag, v);
+  }
+  napi_get_boolean(env, batched, &v);
+  napi_set_named_property(env, o, "batched", v);
+  napi_set_named_property(env, o, "results", results);
+  return o;
 }
 
 // The agent's audit work (the JavaScript main thread, V8's helpers, libuv's pool that writes and

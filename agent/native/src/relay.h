@@ -17,8 +17,10 @@
 #pragma once
 #include <node_api.h>
 
-// JS: relayStart(onBatch(buf), maxMessageLength, replayDelayMs, threads): `threads` relay threads
-// (1-64), each with its own epoll and sessions; a new session goes to the one with the fewest.
+// JS: relayStart(onBatch(buf), maxMessageLength, replayDelayMs, threads, batchSends): `threads`
+// relay threads (1-64), each with its own epoll and sessions; a new session goes to the one with the
+// fewest. batchSends: each loop turn's sends go out in one io_uring call where the kernel allows
+// (send_batch.h); otherwise, or false, one send(2) each as soon as there is something to send.
 napi_value relay_start_js(napi_env env, napi_callback_info info);
 // JS: relayAdopt(id, clientFd, serverFd, precheck | null): the relay takes duplicates of both
 // descriptors; `precheck` is the session redactor's, packed (statement_event.h), null for none.
@@ -33,6 +35,12 @@ napi_value relay_resume_js(napi_env env, napi_callback_info info);
 napi_value relay_close_js(napi_env env, napi_callback_info info);
 // JS: relayForget(): every session forgets the decisions it remembered (the policy changed).
 napi_value relay_forget_js(napi_env env, napi_callback_info info);
+// JS: relayStats() => { threads, batchedThreads (those sending through io_uring), batchedTurns,
+// batchedSends, largestTurn (the most sends in one turn) }.
+napi_value relay_stats_js(napi_env env, napi_callback_info info);
+// Test hook, JS: sendBatch(fds, buffers, useRing) => { batched, results }: one SendBatch run, each
+// result as send(2) would give it (bytes, or -errno).
+napi_value send_batch_js(napi_env env, napi_callback_info info);
 // JS: relayPinOthers() => cpu: keeps every thread of the process but the relay threads (the audit
 // side) on the highest cpu this thread may use, and returns it; -1 (nothing pinned) with fewer than
 // two cpus.
