@@ -7,22 +7,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadNative } from '../../agent/native/index.js';
+import { dataRow } from '../../agent/pg/messages.js';
 import { fdOf, socketPair } from '../helpers/socket-pair.js';
 
 const { addon } = loadNative();
 const skip = addon ? false : 'the native addon is not built';
 
-/** A DataRow of one text column. */
-function dataRow(value: string): Buffer {
-  const v = Buffer.from(value);
-  const m = Buffer.alloc(11 + v.length);
-  m[0] = 0x44; // 'D'
-  m.writeUInt32BE(10 + v.length, 1);
-  m.writeUInt16BE(1, 5);
-  m.writeUInt32BE(v.length, 7);
-  v.copy(m, 11);
-  return m;
-}
 
 test('relay batches: every forwarded record arrives in order, in one reused buffer', { skip }, async () => {
   const native = addon!;
@@ -53,7 +43,7 @@ test('relay batches: every forwarded record arrives in order, in one reused buff
     const sent: Buffer[] = [];
     let sentBytes = 0;
     for (let i = 0; i < 60; i++) {
-      const rows = Buffer.concat([dataRow(`row ${i}`), dataRow(`second row ${i}`)]);
+      const rows = Buffer.concat([dataRow([`row ${i}`]), dataRow([`second row ${i}`])]);
       sent.push(rows);
       sentBytes += rows.length;
       server.a.write(rows);

@@ -9,6 +9,7 @@ import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadNative } from '../../agent/native/index.js';
+import { dataRow } from '../../agent/pg/messages.js';
 import { fdOf, socketPair } from '../helpers/socket-pair.js';
 
 const { addon } = loadNative();
@@ -60,17 +61,6 @@ test('a batch of sends gives each socket what send(2) would, through the ring an
   }
 });
 
-/** A DataRow of one text column: what the relay forwards from the server without asking the handler. */
-function dataRow(value: string): Buffer {
-  const v = Buffer.from(value);
-  const m = Buffer.alloc(11 + v.length);
-  m[0] = 0x44; // 'D'
-  m.writeUInt32BE(10 + v.length, 1);
-  m.writeUInt16BE(1, 5);
-  m.writeUInt32BE(v.length, 7);
-  v.copy(m, 11);
-  return m;
-}
 
 test('sessions whose sends share loop turns get every byte, in order', { skip, timeout: 60_000 }, async () => {
   const native = addon!;
@@ -93,7 +83,7 @@ test('sessions whose sends share loop turns get every byte, in order', { skip, t
     for (let round = 0; round < ROUNDS; round++) {
       // Every server answers at once: the relay reads several in one epoll_wait and sends them together.
       for (const [i, s] of sessions.entries()) {
-        const row = dataRow(`session ${i} row ${round}`);
+        const row = dataRow([`session ${i} row ${round}`]);
         s.sent.push(row);
         s.sentBytes += row.length;
         s.server.a.write(row);
