@@ -66,9 +66,9 @@ export interface AgentConfig {
    */
   pinAuditThreads: boolean;
   /**
-   * With the native data path: each relay loop turn sends what it read, for every session, in one
-   * io_uring call (agent/native/src/send_batch.h), so that waking one session's receiver does not
-   * hand it the cpu before the others' bytes are sent. Where the kernel refuses io_uring
+   * With the native data path: each relay loop turn sends the requests it read, for every session,
+   * to their servers in one io_uring call (agent/native/src/send_batch.h), so that waking one
+   * session's backend does not hand it the cpu before the others' requests are sent. Where the kernel refuses io_uring
    * (kernel.io_uring_disabled, a seccomp profile) the relay sends one at a time and the agent says
    * so; false always does.
    */

@@ -1,7 +1,7 @@
 // The relay's batched sends (agent/native/src/send_batch.h): one io_uring call per loop turn gives
 // each socket exactly what send(2) would have, errors included, and the relay's sessions get every
-// byte in order when their sends share turns. Where the kernel refuses io_uring (checked below) the
-// same assertions hold for the plain path the batch falls back to.
+// byte in order when their requests to servers share turns. Where the kernel refuses io_uring
+// (checked below) the same assertions hold for the plain path the batch falls back to.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -9,7 +9,7 @@ import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadNative } from '../../agent/native/index.js';
-import { dataRow } from '../../agent/pg/messages.js';
+import { copyData, dataRow } from '../../agent/pg/messages.js';
 import { fdOf, socketPair } from '../helpers/socket-pair.js';
 
 const { addon } = loadNative();
@@ -62,7 +62,7 @@ test('a batch of sends gives each socket what send(2) would, through the ring an
 });
 
 
-test('sessions whose sends share loop turns get every byte, in order', { skip, timeout: 60_000 }, async () => {
+test('requests to servers share loop turns, answers go at once, every byte in order', { skip, timeout: 60_000 }, async () => {
   const native = addon!;
   native.relayStart(() => {}, 1 << 20, 1, 1, true);
   const SESSIONS = 8;
@@ -70,34 +70,49 @@ test('sessions whose sends share loop turns get every byte, in order', { skip, t
   const sessions = await Promise.all(Array.from({ length: SESSIONS }, async () => ({
     client: await socketPair({ pauseOnConnect: true }),
     server: await socketPair({ pauseOnConnect: true }),
-    received: [] as Buffer[],
+    received: [] as Buffer[], // by the client
     receivedBytes: 0,
-    sent: [] as Buffer[],
+    sent: [] as Buffer[], // by the server
     sentBytes: 0,
+    upReceived: [] as Buffer[], // by the server
+    upReceivedBytes: 0,
+    upSent: [] as Buffer[], // by the client
+    upSentBytes: 0,
   })));
   try {
     sessions.forEach((s, i) => {
       native.relayAdopt(i + 1, fdOf(s.client.b), fdOf(s.server.b), null);
       s.client.a.on('data', (d: Buffer) => { s.received.push(d); s.receivedBytes += d.length; });
+      s.server.a.on('data', (d: Buffer) => { s.upReceived.push(d); s.upReceivedBytes += d.length; });
     });
     for (let round = 0; round < ROUNDS; round++) {
-      // Every server answers at once: the relay reads several in one epoll_wait and sends them together.
+      // Every client and server writes at once: the relay reads several in one epoll_wait. CopyData
+      // from a client is a message it forwards without asking the handler, as a DataRow from a server.
       for (const [i, s] of sessions.entries()) {
+        const up = copyData(Buffer.from(`session ${i} data ${round}`));
+        s.upSent.push(up);
+        s.upSentBytes += up.length;
+        s.client.a.write(up);
         const row = dataRow([`session ${i} row ${round}`]);
         s.sent.push(row);
         s.sentBytes += row.length;
         s.server.a.write(row);
       }
-      for (let wait = 0; sessions.some((s) => s.receivedBytes < s.sentBytes) && wait < 500; wait++) await sleep(1);
+      const behind = () => sessions.some((s) => s.receivedBytes < s.sentBytes || s.upReceivedBytes < s.upSentBytes);
+      for (let wait = 0; behind() && wait < 500; wait++) await sleep(1);
     }
-    sessions.forEach((s, i) => assert.ok(Buffer.concat(s.received).equals(Buffer.concat(s.sent)), `session ${i}: every row, in order`));
+    sessions.forEach((s, i) => {
+      assert.ok(Buffer.concat(s.received).equals(Buffer.concat(s.sent)), `session ${i}: every row, in order`);
+      assert.ok(Buffer.concat(s.upReceived).equals(Buffer.concat(s.upSent)), `session ${i}: every CopyData, in order`);
+    });
     const stats = native.relayStats();
     if (!ringAllowed) {
       assert.equal(stats.batchedThreads, 0, 'without io_uring the relay sends one at a time');
       return;
     }
     assert.equal(stats.batchedThreads, 1);
-    assert.equal(stats.batchedSends, SESSIONS * ROUNDS, 'each row went out in a batched send');
+    // Only the requests are batched: one batched send per CopyData, none for the rows.
+    assert.equal(stats.batchedSends, SESSIONS * ROUNDS, 'each request went out in a batched send, no answer did');
     assert.ok(stats.largestTurn >= 2, `some turn sent for several sessions (largest: ${stats.largestTurn})`);
     assert.ok(stats.batchedTurns < stats.batchedSends, `${stats.batchedSends} sends in ${stats.batchedTurns} turns`);
     sessions.forEach((_, i) => native.relayClose(i + 1));

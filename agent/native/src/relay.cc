@@ -1085,12 +1085,15 @@ class Relay {
     return true;
   }
 
-  // While a loop turn reads, what it relays waits for the turn's one batch of sends (see
-  // send_batch.h): a send that wakes the receiving process would otherwise often hand it the cpu
-  // before the relay forwards the other sessions' bytes it already holds.
+  // While a loop turn reads, what it relays to servers waits for the turn's one batch of sends
+  // (see send_batch.h): a send that wakes a backend would otherwise often hand it the cpu before
+  // the relay forwards the other sessions' bytes it already holds. Answers to clients go out at
+  // once, as they are read: batching those too was measured slower for select-only simple (0.84x,
+  // 0.92x of pgbouncer against 0.96x, 1.05x; prepared and TPC-B within noise), since an answer
+  // then waited for every other event of the turn.
   void defer_flush(Session& s, Side side) {
     Peer& p = s.peer[side];
-    if (!deferring_ || p.pending() >= kEagerFlush) return flush(s, side);
+    if (!deferring_ || side != kServer || p.pending() >= kEagerFlush) return flush(s, side);
     if (p.deferred || p.pending() == 0 || p.failed) return;
     p.deferred = true;
     turn_.push_back({&s, side});

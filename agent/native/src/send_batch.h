@@ -5,7 +5,8 @@
 // 30-80 us, before it forwards the next session's bytes that were already in hand from the same
 // epoll_wait. Measured with sched tracepoints, the relay (and pgbouncer alike) spent a third of its
 // time preempted that way. Submitting every send of one loop turn together means one return to user
-// space, so at most one such handover per turn; the wakeups all happen inside the one call.
+// space, so at most one such handover per turn; the wakeups all happen inside the one call. The relay
+// batches its sends to servers only (relay.cc defer_flush says why).
 //
 // Each send is non-blocking (MSG_DONTWAIT: io_uring then fails it with -EAGAIN instead of waiting
 // for room), so the call never sleeps and the results are exactly what send(2) would have returned.
