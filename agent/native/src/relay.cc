@@ -90,8 +90,8 @@ constexpr size_t kMaxBacklog = 64 * 1024 * 1024;
 // A batch vector of more than this (a backlog's) is freed once delivered rather than kept for reuse.
 constexpr size_t kKeptBatchBytes = 4 * 1024 * 1024;
 constexpr size_t kReadChunk = 64 * 1024;
-// Output of a loop turn goes out in one batch (SendBatch) unless this much is already queued for a
-// socket: bulk data (COPY, large results) is sent as it is read, as before.
+// A loop turn's requests to servers go out in one batch (SendBatch, defer_flush) unless this much is
+// already queued for a socket: bulk data (COPY) is sent as it is read, as before.
 constexpr size_t kEagerFlush = kReadChunk;
 constexpr double kCloseGraceMs = 1000;
 // A run of messages the handler only counts is sent to it as a count from this size on.
@@ -1088,9 +1088,10 @@ class Relay {
   // While a loop turn reads, what it relays to servers waits for the turn's one batch of sends
   // (see send_batch.h): a send that wakes a backend would otherwise often hand it the cpu before
   // the relay forwards the other sessions' bytes it already holds. Answers to clients go out at
-  // once, as they are read: batching those too was measured slower for select-only simple (0.84x,
-  // 0.92x of pgbouncer against 0.96x, 1.05x; prepared and TPC-B within noise), since an answer
-  // then waited for every other event of the turn.
+  // once, as they are read: batching those too made select-only simple slower (0.84x and 0.92x of
+  // pgbouncer against 0.96x and 1.05x in one series), since an answer then waited for every other
+  // event of the turn; in the same series prepared gave 1.09x against 0.95x and TPC-B 0.98x against
+  // 0.94x, one run each (README, known limits).
   void defer_flush(Session& s, Side side) {
     Peer& p = s.peer[side];
     if (!deferring_ || side != kServer || p.pending() >= kEagerFlush) return flush(s, side);
