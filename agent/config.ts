@@ -68,9 +68,9 @@ export interface AgentConfig {
   /**
    * With the native data path: each relay loop turn sends the requests it read, for every session,
    * to their servers in one io_uring call (agent/native/src/send_batch.h), so that waking one
-   * session's backend does not hand it the cpu before the others' requests are sent. Where the kernel refuses io_uring
-   * (kernel.io_uring_disabled, a seccomp profile) the relay sends one at a time and the agent says
-   * so; false always does.
+   * session's backend does not hand it the cpu before the others' requests are sent; answers to
+   * clients go out as they are read. Where the kernel refuses io_uring (kernel.io_uring_disabled, a
+   * seccomp profile) the relay sends one at a time and the agent says so; false always does.
    */
   relayBatchSends: boolean;
   /**

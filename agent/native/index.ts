@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 /** The relay threads' sends (src/relay.h relayStats, src/send_batch.h). */
 export interface RelaySendStats {
   threads: number;
-  /** Threads that send each loop turn's output in one io_uring call; the others send one at a time. */
+  /** Threads that send each loop turn's requests to servers in one io_uring call; the others send one at a time. */
   batchedThreads: number;
   batchedTurns: number;
   batchedSends: number;

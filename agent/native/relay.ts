@@ -85,7 +85,7 @@ export interface RelayOptions {
   replayDelayMs: number;
   /** Relay threads, 1-64 (config relayThreads); each session stays on one. */
   threads: number;
-  /** Each loop turn's sends in one io_uring call where the kernel allows (config relayBatchSends). */
+  /** Each loop turn's requests to servers in one io_uring call where the kernel allows (config relayBatchSends). */
   batchSends: boolean;
 }
 

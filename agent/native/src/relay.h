@@ -19,8 +19,9 @@
 
 // JS: relayStart(onBatch(buf), maxMessageLength, replayDelayMs, threads, batchSends): `threads`
 // relay threads (1-64), each with its own epoll and sessions; a new session goes to the one with the
-// fewest. batchSends: each loop turn's sends go out in one io_uring call where the kernel allows
-// (send_batch.h); otherwise, or false, one send(2) each as soon as there is something to send.
+// fewest. batchSends: each loop turn's requests to servers go out in one io_uring call where the
+// kernel allows (send_batch.h), answers to clients as they are read; otherwise, or false, one
+// send(2) each as soon as there is something to send.
 napi_value relay_start_js(napi_env env, napi_callback_info info);
 // JS: relayAdopt(id, clientFd, serverFd, precheck | null): the relay takes duplicates of both
 // descriptors; `precheck` is the session redactor's, packed (statement_event.h), null for none.
