@@ -34,7 +34,16 @@ const NAV: [string, string][] = [['#/', 'Overview'], ['#/jobs', 'Jobs'], ['#/eve
 
 let user: User | null = null;
 let leaving: (() => void)[] = [];
+/** Bumped by every navigation: a view that answers after the user moved on must not draw. */
+let generation = 0;
 const main = () => document.getElementById('main')!;
+
+/** Ends the current view: its cleanups run, and whatever it still had in flight lands nowhere. */
+function leave(): number {
+  for (const fn of leaving) fn();
+  leaving = [];
+  return ++generation;
+}
 
 async function start(): Promise<void> {
   whenSignedOut(() => {
@@ -55,6 +64,7 @@ async function start(): Promise<void> {
 }
 
 function showLogin(message?: string): void {
+  leave();
   replace(document.getElementById('nav')!);
   replace(document.getElementById('who')!);
   const error = h('p', { class: 'error', role: 'alert' }, message ?? '');
@@ -98,8 +108,7 @@ function renderChrome(current: string): void {
 }
 
 async function route(): Promise<void> {
-  for (const fn of leaving) fn();
-  leaving = [];
+  const gen = leave();
   if (!user) return showLogin();
   const raw = location.hash.replace(/^#/, '') || '/';
   const [path, qs] = raw.split('?', 2) as [string, string | undefined];
@@ -108,17 +117,22 @@ async function route(): Promise<void> {
   const el = main();
   if (!found) return replace(el, h('p', { class: 'error' }, `no page ${path}`));
   const m = found[0].exec(path)!;
-  replace(el, h('p', { class: 'muted' }, 'loading…'));
+  // Each view draws into its own container. A view still awaiting its data when the user moves on
+  // (the overview's queries, say, after a quick click on Approvals) then draws into a detached
+  // element instead of over the page the user went to.
+  const view = h('div', { class: 'view' }, h('p', { class: 'muted' }, 'loading…'));
+  replace(el, view);
   const ctx: ViewContext = {
-    main: el, user, params: new URLSearchParams(qs ?? ''),
-    onLeave: (fn) => leaving.push(fn),
+    main: view, user, params: new URLSearchParams(qs ?? ''),
+    // A cleanup registered after the user left (a live feed started late) runs at once.
+    onLeave: (fn) => (gen === generation ? leaving.push(fn) : fn()),
     go: (hash) => { location.hash = hash; },
   };
   try {
     await found[1](ctx, m[1] ? decodeURIComponent(m[1]) : '');
   } catch (err) {
-    if (err instanceof ApiError && err.status === 401) return;
-    replace(el, h('p', { class: 'error', role: 'alert' }, (err as Error).message));
+    if (gen !== generation || (err instanceof ApiError && err.status === 401)) return;
+    replace(view, h('p', { class: 'error', role: 'alert' }, (err as Error).message));
   }
 }
 
