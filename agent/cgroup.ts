@@ -2,7 +2,7 @@
 //
 // Hybrid hosts mount the v2 hierarchy at /sys/fs/cgroup/unified and the v1 controllers beside it;
 // pure v2 hosts at /sys/fs/cgroup. Read /proc/self/mounts, never assume.
-import { mkdirSync, openSync, readFileSync, rmdirSync, statSync, existsSync } from 'node:fs';
+import { mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, statSync, existsSync, type Dirent } from 'node:fs';
 import path from 'node:path';
 
 export function parseCgroup2Mount(mounts: string): string | undefined {
@@ -83,6 +83,26 @@ export function removeCgroup(absPath: string): boolean {
     if (code === 'EBUSY') return false;
     throw err;
   }
+}
+
+/**
+ * Removes a cgroup and the empty cgroups below it, deepest first: a job whose `runguard run` was
+ * killed before it could remove its own cgroup leaves one behind, and that alone keeps the parent.
+ * Returns false, leaving them in place, while processes still live anywhere below.
+ */
+export function removeCgroupTree(absPath: string): boolean {
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(absPath, { withFileTypes: true });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw err;
+  }
+  let empty = true;
+  for (const e of entries) {
+    if (e.isDirectory() && !removeCgroupTree(path.join(absPath, e.name))) empty = false;
+  }
+  return empty && removeCgroup(absPath);
 }
 
 export function isPopulated(absPath: string): boolean {

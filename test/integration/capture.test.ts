@@ -3,11 +3,13 @@
 // and real servers on 127.0.0.2 and ::1.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { AgentFixture, ROOT, runProcess, type ProcResult } from '../helpers/agent.js';
+import { AgentFixture, ROOT, RUNGUARD, runProcess, type ProcResult } from '../helpers/agent.js';
+import { waitFor } from '../helpers/wait.js';
+import { cgroupPath } from '../../agent/cgroup.js';
 import { echoServer, type EchoServer } from '../helpers/servers.js';
 import { bpfUnavailableReason } from '../helpers/env.js';
 
@@ -219,6 +221,51 @@ describe('fail-open', { skip }, () => {
     } finally {
       await agent.cleanup();
       await server.close();
+    }
+  });
+});
+
+describe('cleanup', { skip }, () => {
+  test('agent --cleanup removes the cgroups of jobs whose `runguard run` was killed, and keeps those still running', async () => {
+    const agent = await new AgentFixture({ intercept: ['127.0.0.2/32'] }).start();
+    const jobs = cgroupPath(agent.jobCgroup);
+    const started: ChildProcess[] = [];
+    try {
+      // Two jobs; `runguard run` and the job share a process group, as under a runner that kills
+      // the whole group on a timeout: nothing is left to remove the job's cgroup.
+      for (let i = 0; i < 2; i++) {
+        started.push(spawn(RUNGUARD, ['run', '--state-dir', agent.stateDir, '--', 'sleep', '600'], { stdio: 'ignore', detached: true }));
+      }
+      const jobDirs = () => readdirSync(jobs).filter((n) => n.startsWith('job-'));
+      await waitFor('two job cgroups with a process in each', async () =>
+        jobDirs().length === 2 && jobDirs().every((d) => readFileSync(path.join(jobs, d, 'cgroup.procs'), 'utf8').trim() !== ''), 10_000, 50);
+      const [killed, running] = started as [ChildProcess, ChildProcess];
+      process.kill(-killed.pid!, 'SIGKILL');
+      await waitFor('the killed job cgroup empty and left behind', async () =>
+        jobDirs().filter((d) => readFileSync(path.join(jobs, d, 'cgroup.procs'), 'utf8').trim() === '').length === 1, 10_000, 50);
+      assert.equal(await agent.stop(), 0);
+
+      const cleanup = () => spawnSync(RUNGUARD, ['agent', '--cleanup', '--state-dir', agent.stateDir, '--pin-dir', agent.pinDir, '--job-cgroup', agent.jobCgroup], { encoding: 'utf8' });
+      const busy = cleanup();
+      assert.equal(busy.status, 0, busy.stderr);
+      assert.match(busy.stdout, /still has jobs in it; left in place/);
+      assert.equal(jobDirs().length, 1, 'the empty job cgroup is gone, the running one stays');
+      assert.notEqual(readFileSync(path.join(jobs, jobDirs()[0]!, 'cgroup.procs'), 'utf8').trim(), '');
+
+      process.kill(-running.pid!, 'SIGKILL');
+      await waitFor('the second job cgroup empty', async () =>
+        jobDirs().every((d) => readFileSync(path.join(jobs, d, 'cgroup.procs'), 'utf8').trim() === ''), 10_000, 50);
+      const done = cleanup();
+      assert.equal(done.status, 0, done.stderr);
+      assert.match(done.stdout, /removed cgroup/);
+      assert.equal(existsSync(jobs), false);
+    } finally {
+      for (const c of started) {
+        try {
+          process.kill(-c.pid!, 'SIGKILL');
+        } catch { /* already gone */ }
+      }
+      await agent.cleanup();
     }
   });
 });
