@@ -126,7 +126,10 @@ async function route(): Promise<void> {
     main: view, user, params: new URLSearchParams(qs ?? ''),
     // A cleanup registered after the user left (a live feed started late) runs at once.
     onLeave: (fn) => (gen === generation ? leaving.push(fn) : fn()),
-    go: (hash) => { location.hash = hash; },
+    // Nor may it navigate: a late answer (Verify now's POST) must not take the user back.
+    go: (hash) => {
+      if (gen === generation) location.hash = hash;
+    },
   };
   try {
     await found[1](ctx, m[1] ? decodeURIComponent(m[1]) : '');
