@@ -86,23 +86,27 @@ export function removeCgroup(absPath: string): boolean {
 }
 
 /**
- * Removes a cgroup and the empty cgroups below it, deepest first: a job whose `runguard run` was
- * killed before it could remove its own cgroup leaves one behind, and that alone keeps the parent.
- * Returns false, leaving them in place, while processes still live anywhere below.
+ * Removes the agent's job cgroup parent, with the empty job cgroups directly under it first: a job
+ * whose `runguard run` was killed before it could remove its own cgroup leaves one behind, and that
+ * alone keeps the parent. Only direct children without cgroups of their own are touched (a job may
+ * have made some); returns false, leaving the parent, while any child remains.
  */
-export function removeCgroupTree(absPath: string): boolean {
+export function removeJobCgroups(parent: string): boolean {
   let entries: Dirent[];
   try {
-    entries = readdirSync(absPath, { withFileTypes: true });
+    entries = readdirSync(parent, { withFileTypes: true });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
     throw err;
   }
   let empty = true;
   for (const e of entries) {
-    if (e.isDirectory() && !removeCgroupTree(path.join(absPath, e.name))) empty = false;
+    if (!e.isDirectory()) continue;
+    const job = path.join(parent, e.name);
+    const leaf = !readdirSync(job, { withFileTypes: true }).some((c) => c.isDirectory());
+    if (!leaf || !removeCgroup(job)) empty = false;
   }
-  return empty && removeCgroup(absPath);
+  return empty && removeCgroup(parent);
 }
 
 export function isPopulated(absPath: string): boolean {

@@ -5,7 +5,7 @@ import { parseArgs, UsageError } from './args.js';
 import { startAgent } from '../agent.js';
 import { readAgentState } from '../state.js';
 import { removePins } from '../bpf/runtime.js';
-import { cgroupPath, removeCgroupTree } from '../cgroup.js';
+import { cgroupPath, removeJobCgroups } from '../cgroup.js';
 
 const FLAGS = {
   config: 'string', 'state-dir': 'string', intercept: 'strings', 'watch-cgroup': 'strings', 'proxy-port': 'string',
@@ -58,7 +58,7 @@ export async function agentCommand(argv: string[]): Promise<number> {
     }
     const removed = removePins(prev?.pinDir ?? cfg.pinDir);
     const jobs = prev?.jobCgroup ?? cgroupPath(cfg.jobCgroupParent);
-    const cgRemoved = removeCgroupTree(jobs);
+    const cgRemoved = removeJobCgroups(jobs);
     process.stdout.write(`${removed.length ? removed.map((r) => `removed ${r}`).join('\n') + '\n' : 'no pinned hooks or maps\n'}`);
     process.stdout.write(cgRemoved ? `removed cgroup ${jobs}\n` : `cgroup ${jobs} still has jobs in it; left in place\n`);
     return 0;

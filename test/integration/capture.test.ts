@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { AgentFixture, ROOT, RUNGUARD, runProcess, type ProcResult } from '../helpers/agent.js';
@@ -245,12 +245,18 @@ describe('cleanup', { skip }, () => {
         jobDirs().filter((d) => readFileSync(path.join(jobs, d, 'cgroup.procs'), 'utf8').trim() === '').length === 1, 10_000, 50);
       assert.equal(await agent.stop(), 0);
 
+      // A job cgroup with cgroups of its own (a job may make some) is not the agent's to take apart.
+      const nested = path.join(jobs, 'job-nested');
+      mkdirSync(path.join(nested, 'inner'), { recursive: true });
       const cleanup = () => spawnSync(RUNGUARD, ['agent', '--cleanup', '--state-dir', agent.stateDir, '--pin-dir', agent.pinDir, '--job-cgroup', agent.jobCgroup], { encoding: 'utf8' });
       const busy = cleanup();
       assert.equal(busy.status, 0, busy.stderr);
       assert.match(busy.stdout, /still has jobs in it; left in place/);
-      assert.equal(jobDirs().length, 1, 'the empty job cgroup is gone, the running one stays');
-      assert.notEqual(readFileSync(path.join(jobs, jobDirs()[0]!, 'cgroup.procs'), 'utf8').trim(), '');
+      const left = jobDirs().filter((d) => d !== 'job-nested');
+      assert.equal(left.length, 1, 'the empty job cgroup is gone, the running one stays');
+      assert.notEqual(readFileSync(path.join(jobs, left[0]!, 'cgroup.procs'), 'utf8').trim(), '');
+      assert.ok(existsSync(path.join(nested, 'inner')), 'a job cgroup with cgroups below it stays');
+      rmdirSync(path.join(nested, 'inner'));
 
       process.kill(-running.pid!, 'SIGKILL');
       await waitFor('the second job cgroup empty', async () =>
