@@ -237,12 +237,11 @@ describe('cleanup', { skip }, () => {
         started.push(spawn(RUNGUARD, ['run', '--state-dir', agent.stateDir, '--', 'sleep', '600'], { stdio: 'ignore', detached: true }));
       }
       const jobDirs = () => readdirSync(jobs).filter((n) => n.startsWith('job-'));
-      await waitFor('two job cgroups with a process in each', async () =>
-        jobDirs().length === 2 && jobDirs().every((d) => readFileSync(path.join(jobs, d, 'cgroup.procs'), 'utf8').trim() !== ''), 10_000, 50);
+      const procs = (job: string) => readFileSync(path.join(jobs, job, 'cgroup.procs'), 'utf8').trim();
+      await waitFor('two job cgroups with a process in each', async () => jobDirs().length === 2 && jobDirs().every((d) => procs(d) !== ''), 10_000, 50);
       const [killed, running] = started as [ChildProcess, ChildProcess];
       process.kill(-killed.pid!, 'SIGKILL');
-      await waitFor('the killed job cgroup empty and left behind', async () =>
-        jobDirs().filter((d) => readFileSync(path.join(jobs, d, 'cgroup.procs'), 'utf8').trim() === '').length === 1, 10_000, 50);
+      await waitFor('the killed job cgroup empty and left behind', async () => jobDirs().filter((d) => procs(d) === '').length === 1, 10_000, 50);
       assert.equal(await agent.stop(), 0);
 
       // A job cgroup with cgroups of its own (a job may make some) is not the agent's to take apart.
@@ -254,13 +253,12 @@ describe('cleanup', { skip }, () => {
       assert.match(busy.stdout, /still has jobs in it; left in place/);
       const left = jobDirs().filter((d) => d !== 'job-nested');
       assert.equal(left.length, 1, 'the empty job cgroup is gone, the running one stays');
-      assert.notEqual(readFileSync(path.join(jobs, left[0]!, 'cgroup.procs'), 'utf8').trim(), '');
+      assert.notEqual(procs(left[0]!), '');
       assert.ok(existsSync(path.join(nested, 'inner')), 'a job cgroup with cgroups below it stays');
       rmdirSync(path.join(nested, 'inner'));
 
       process.kill(-running.pid!, 'SIGKILL');
-      await waitFor('the second job cgroup empty', async () =>
-        jobDirs().every((d) => readFileSync(path.join(jobs, d, 'cgroup.procs'), 'utf8').trim() === ''), 10_000, 50);
+      await waitFor('the second job cgroup empty', async () => jobDirs().every((d) => procs(d) === ''), 10_000, 50);
       const done = cleanup();
       assert.equal(done.status, 0, done.stderr);
       assert.match(done.stdout, /removed cgroup/);
