@@ -40,6 +40,11 @@
 //
 // --rounds N (default 1) runs each workload's paths N times (roundOrder: runguard and pgbouncer
 // always back to back, first in turn).
+// --aa adds an A/A calibration: pgbouncer is measured a second time in every round (`pgbouncer-again`,
+// the same pgbouncer, on the other side of the pgbouncer run from runguard), and the report gives
+// pgbouncer-again/pgbouncer by round next to runguard/pgbouncer. Two runs of one and the same path
+// differ only by the host's drift, so that ratio's spread is what noise alone does to a ratio of
+// two back-to-back runs here: a runguard/pgbouncer round inside it says nothing about runguard.
 // This host's throughput drifts by 10-30% from minute to minute (a shared virtual machine), more than
 // most changes being measured, so with N > 1 every ratio is taken within a round, between runs
 // minutes apart at most, and the report gives the median ratio with the range over the rounds; the
@@ -80,7 +85,7 @@ const PROF_HOOK = path.join(ROOT, 'dist/bench/agent-cpu-prof.js');
 /** pgbench talks plaintext on every path: see the header. */
 const CLIENT_ENV = { PGSSLMODE: 'disable', PGCONNECT_TIMEOUT: '10' };
 
-type PathName = 'direct' | 'runguard' | 'pgbouncer' | 'relay';
+type PathName = 'direct' | 'runguard' | 'pgbouncer' | 'pgbouncer-again' | 'relay';
 const PATHS: PathName[] = ['direct', 'runguard', 'pgbouncer'];
 
 interface Workload {
@@ -115,6 +120,8 @@ interface Options {
   rounds: number;
   /** Adds the `relay` path: a second agent with the generic TCP handler on the port (--relay-path). */
   relayPath: boolean;
+  /** Adds the `pgbouncer-again` path: pgbouncer measured twice per round, an A/A calibration (--aa). */
+  aa: boolean;
   cpuProf?: string;
   commitDelayMs?: number;
   relayAuditDelayMs?: number;
@@ -191,13 +198,14 @@ let interrupted = false;
 // Processes
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { time: 15, warmup: 3, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS.filter((w) => !w.optional), rounds: 1, relayPath: false };
+  const opts: Options = { time: 15, warmup: 3, clients: 8, threads: 2, scale: 10, workloads: WORKLOADS.filter((w) => !w.optional), rounds: 1, relayPath: false, aa: false };
   const usage = 'usage: pgbench.js [--time S] [--warmup S] [--clients N] [--threads N] [--scale N] ' +
-    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--relay-threads N] [--rounds N] [--relay-path]`;
+    `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--relay-threads N] [--rounds N] [--relay-path] [--aa]`;
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i]?.replace(/^--/, '');
-    if (key === 'relay-path') {
-      opts.relayPath = true;
+    if (key === 'relay-path' || key === 'aa') {
+      if (key === 'aa') opts.aa = true;
+      else opts.relayPath = true;
       continue;
     }
     const value = argv[++i];
@@ -238,9 +246,11 @@ function parseArgs(argv: string[]): Options {
  * result, always run back to back, so that the host's drift between them is that of one run; which
  * of the two goes first alternates from round to round (ABBA over two rounds cancels a steady
  * drift), and the other paths go before them in two rounds out of four and after them in the rest.
+ * With --aa, pgbouncer-again runs on pgbouncer's other side: the A/A pair is as far apart as the
+ * measured one.
  */
 function roundOrder(paths: readonly PathName[], n: number): PathName[] {
-  const pair: PathName[] = paths.filter((p) => p === 'runguard' || p === 'pgbouncer');
+  const pair: PathName[] = (['runguard', 'pgbouncer', 'pgbouncer-again'] as const).filter((p) => paths.includes(p));
   if (n % 2 === 1) pair.reverse();
   const rest = paths.filter((p) => !pair.includes(p));
   return Math.floor(n / 2) % 2 === 0 ? [...rest, ...pair] : [...pair, ...rest];
@@ -716,9 +726,10 @@ async function main(): Promise<number> {
     direct: { launch: (a) => a, host: HOST, port: pg.port, note: 'pgbench in the bench\'s own cgroup, not watched' },
     runguard: { launch: (a) => a, host: HOST, port: pg.port, note: '' },
     pgbouncer: { launch: (a) => a, host: '127.0.0.1', port: 0, note: '' },
+    'pgbouncer-again': { launch: (a) => a, host: '127.0.0.1', port: 0, note: '' },
     relay: { launch: (a) => a, host: HOST, port: pg.port, note: '' },
   };
-  const paths: PathName[] = opts.relayPath ? [...PATHS, 'relay'] : PATHS;
+  const paths: PathName[] = [...PATHS, ...(opts.aa ? ['pgbouncer-again' as const] : []), ...(opts.relayPath ? ['relay' as const] : [])];
   if (opts.relayPath) {
     try {
       const r = await startAgent(pg, work, opts, 'tcp');
@@ -760,6 +771,7 @@ async function main(): Promise<number> {
   } catch (err) {
     targets.pgbouncer.unavailable = (err as Error).message;
   }
+  targets['pgbouncer-again'] = { ...targets.pgbouncer, note: 'the same pgbouncer, measured again in every round (A/A calibration)' };
 
   // Every run, by workload and path, in round order (a failed run leaves its round's slot empty).
   const runs = new Map<string, (RunResult | undefined)[]>();
@@ -840,7 +852,8 @@ async function main(): Promise<number> {
   if (noisy) out.push('  WARNING: other processes used the cpus during the bench; the ratios are not trustworthy, run again on a quiet host');
 
   const ratios: string[][] = [['workload', 'tps rg/direct', 'tps pgb/direct', 'tps rg/pgb', 'rg +p50 ms', 'rg +p99 ms', 'pgb +p50 ms', 'pgb +p99 ms', 'rg-pgb p50', 'rg-pgb p99',
-    ...(opts.relayPath ? ['tps relay/pgb', 'tps rg/relay'] : []), ...(opts.rounds > 1 ? ['rg/pgb by round'] : [])]];
+    ...(opts.relayPath ? ['tps relay/pgb', 'tps rg/relay'] : []), ...(opts.aa ? ['A/A pgb/pgb'] : []),
+    ...(opts.rounds > 1 ? ['rg/pgb by round'] : []), ...(opts.rounds > 1 && opts.aa ? ['A/A by round'] : [])]];
   for (const w of opts.workloads) {
     const d = results.get(key(w, 'direct'));
     const g = results.get(key(w, 'runguard'));
@@ -854,7 +867,9 @@ async function main(): Promise<number> {
       plus(dd(g, d, (v) => v.p50Ms)), plus(dd(g, d, (v) => v.p99Ms)), plus(dd(b, d, (v) => v.p50Ms)), plus(dd(b, d, (v) => v.p99Ms)),
       plus(dd(g, b, (v) => v.p50Ms)), plus(dd(g, b, (v) => v.p99Ms)),
       ...(opts.relayPath ? [fx(tpsRatio('relay', 'pgbouncer', rl, b)), fx(tpsRatio('runguard', 'relay', g, rl))] : []),
-      ...(opts.rounds > 1 ? [roundRatios(w, 'runguard', 'pgbouncer').map(fx).join(' ')] : [])]);
+      ...(opts.aa ? [fx(tpsRatio('pgbouncer-again', 'pgbouncer', results.get(key(w, 'pgbouncer-again')), b))] : []),
+      ...(opts.rounds > 1 ? [roundRatios(w, 'runguard', 'pgbouncer').map(fx).join(' ')] : []),
+      ...(opts.rounds > 1 && opts.aa ? [roundRatios(w, 'pgbouncer-again', 'pgbouncer').map(fx).join(' ')] : [])]);
   }
   const spoolRows: string[][] = [['workload', 'records', 'fdatasyncs', 'fsyncs/s', 'records/fsync', 'agent main us/txn', 'libuv pool us/txn', 'relay us/txn', 'other threads us/txn']];
   for (const w of opts.workloads) {
@@ -888,6 +903,7 @@ async function main(): Promise<number> {
   out.push(table(ratios));
   out.push('  rg = runguard (full audit), pgb = pgbouncer (session mode); +p50/+p99: latency added over direct, in ms');
   if (opts.relayPath) out.push('  relay = the agent with the generic TCP handler on the port: redirect and Node relay, no PostgreSQL parsing or statement events');
+  if (opts.aa) out.push('  A/A = pgbouncer\'s second run of the round over its first: the spread that host noise alone gives a ratio of two runs');
   if (opts.rounds > 1) out.push(`  ${opts.rounds} rounds: tps ratios are the median of the per-round ratios; latencies are those of each path's median run`);
   out.push('');
   out.push('anchor (issue 4, this machine earlier): direct ~15,000-18,000 tps select-only, pgbouncer ~10,000-11,000, a bare Node');
@@ -897,8 +913,10 @@ async function main(): Promise<number> {
     const b = results.get(key(w, 'pgbouncer'));
     if (g && b) {
       const ratio = opts.rounds > 1 ? median(roundRatios(w, 'runguard', 'pgbouncer')) : g.tps / b.tps;
+      const aa = roundRatios(w, 'pgbouncer-again', 'pgbouncer');
       out.push(`  ${w.label}: runguard/pgbouncer ${fx(ratio)} -> ${ratio >= 0.9 ? 'meets' : 'MISSES'} the 0.9x target; ` +
-        `${g.statements} statements audited for ${g.allTxns} transactions`);
+        `${g.statements} statements audited for ${g.allTxns} transactions` +
+        (aa.length ? `; pgbouncer against itself (A/A) ${fx(median(aa))}, rounds ${fx(Math.min(...aa))} to ${fx(Math.max(...aa))}` : ''));
     }
   }
   if (errors.length) out.push('', 'errors:', ...errors.map((e) => `  ${e}`));
