@@ -903,7 +903,7 @@ async function main(): Promise<number> {
   out.push(table(ratios));
   out.push('  rg = runguard (full audit), pgb = pgbouncer (session mode); +p50/+p99: latency added over direct, in ms');
   if (opts.relayPath) out.push('  relay = the agent with the generic TCP handler on the port: redirect and Node relay, no PostgreSQL parsing or statement events');
-  if (opts.aa) out.push('  A/A = pgbouncer\'s second run of the round over its first: the spread that host noise alone gives a ratio of two runs');
+  if (opts.aa) out.push('  A/A = pgbouncer-again over pgbouncer: one pgbouncer measured twice per round, the spread host noise alone gives a ratio of two runs');
   if (opts.rounds > 1) out.push(`  ${opts.rounds} rounds: tps ratios are the median of the per-round ratios; latencies are those of each path's median run`);
   out.push('');
   out.push('anchor (issue 4, this machine earlier): direct ~15,000-18,000 tps select-only, pgbouncer ~10,000-11,000, a bare Node');
