@@ -203,9 +203,12 @@ function parseArgs(argv: string[]): Options {
     `[--workloads ${WORKLOADS.map((w) => w.name).join(',')}] [--cpu-prof DIR] [--spool-commit-delay-ms N] [--relay-audit-delay-ms N] [--relay-threads N] [--rounds N] [--relay-path] [--aa]`;
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i]?.replace(/^--/, '');
-    if (key === 'relay-path' || key === 'aa') {
-      if (key === 'aa') opts.aa = true;
-      else opts.relayPath = true;
+    if (key === 'relay-path') {
+      opts.relayPath = true;
+      continue;
+    }
+    if (key === 'aa') {
+      opts.aa = true;
       continue;
     }
     const value = argv[++i];
