@@ -2,7 +2,7 @@
 //
 // Hybrid hosts mount the v2 hierarchy at /sys/fs/cgroup/unified and the v1 controllers beside it;
 // pure v2 hosts at /sys/fs/cgroup. Read /proc/self/mounts, never assume.
-import { mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, statSync, existsSync, type Dirent } from 'node:fs';
+import { mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, statSync, existsSync } from 'node:fs';
 import path from 'node:path';
 
 export function parseCgroup2Mount(mounts: string): string | undefined {
@@ -85,26 +85,33 @@ export function removeCgroup(absPath: string): boolean {
   }
 }
 
+/** The cgroups directly under `dir`, or null when `dir` itself is gone. */
+export function childCgroups(dir: string): string[] | null {
+  try {
+    return readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+}
+
 /**
  * Removes the agent's job cgroup parent, with the empty job cgroups directly under it first: a job
  * whose `runguard run` was killed before it could remove its own cgroup leaves one behind, and that
  * alone keeps the parent. Only direct children without cgroups of their own are touched (a job may
- * have made some); returns false, leaving the parent, while any child remains.
+ * have made some); returns false, leaving the parent, while any child remains. A job's own
+ * `runguard run` may remove its cgroup at any moment of this: a child gone between the listing and
+ * its own read counts as removed, not as an error. `list` is childCgroups; tests pass one that
+ * races.
  */
-export function removeJobCgroups(parent: string): boolean {
-  let entries: Dirent[];
-  try {
-    entries = readdirSync(parent, { withFileTypes: true });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
-    throw err;
-  }
+export function removeJobCgroups(parent: string, list: (dir: string) => string[] | null = childCgroups): boolean {
+  const jobs = list(parent);
+  if (jobs === null) return true;
   let empty = true;
-  for (const e of entries) {
-    if (!e.isDirectory()) continue;
-    const job = path.join(parent, e.name);
-    const leaf = !readdirSync(job, { withFileTypes: true }).some((c) => c.isDirectory());
-    if (!leaf || !removeCgroup(job)) empty = false;
+  for (const job of jobs) {
+    const below = list(job);
+    if (below === null) continue;
+    if (below.length > 0 || !removeCgroup(job)) empty = false;
   }
   return empty && removeCgroup(parent);
 }
