@@ -133,7 +133,31 @@ bool RedactionPrecheck::parse(const uint8_t* p, size_t n) {
   }
   index_by_first_byte(&needles, &needle_at_);
   index_by_first_byte(&exact, &exact_at_);
+  index_pairs();
   return true;
+}
+
+void RedactionPrecheck::index_pairs() {
+  auto fold = [](uint8_t b) { return (uint8_t)(b >= 'A' && b <= 'Z' ? b - 'A' + 'a' : b); };
+  memset(first_, 0, sizeof first_);
+  pair_.assign(1, {});
+  auto add = [&](const std::string& e) {
+    uint8_t a = fold((uint8_t)e[0]);
+    if (!first_[a]) {
+      // Folded, a first byte is one of 230 values: a slot always fits in a byte.
+      pair_.push_back({});
+      first_[a] = (uint8_t)(pair_.size() - 1);
+    }
+    std::array<uint64_t, 4>& bits = pair_[first_[a]];
+    if (e.size() == 1) {
+      bits = {~0ull, ~0ull, ~0ull, ~0ull};
+      return;
+    }
+    uint8_t b = fold((uint8_t)e[1]);
+    bits[b >> 6] |= 1ull << (b & 63);
+  };
+  for (const std::string& e : needles) add(e);
+  for (const std::string& e : exact) add(e);
 }
 
 bool RedactionPrecheck::clean(const uint8_t* text, size_t n) const {
@@ -145,6 +169,12 @@ bool RedactionPrecheck::clean(const uint8_t* text, size_t n) const {
     const uint8_t b = text[i];
     const size_t left = n - i;
     const uint8_t f = fold(b);
+    const uint8_t slot = first_[f];
+    if (!slot) continue;
+    if (left > 1) {
+      const uint8_t g = fold(text[i + 1]);
+      if (!(pair_[slot][g >> 6] >> (g & 63) & 1)) continue;
+    }
     for (uint32_t k = needle_at_[f]; k < needle_at_[f + 1]; k++) {
       const std::string& needle = needles[k];
       if (needle.size() > left) continue;
