@@ -14,6 +14,8 @@ export interface RelaySendStats {
   batchedSends: number;
   /** The most sends one turn made. */
   largestTurn: number;
+  /** Turns of one send, made with send(2) instead of the ring (counted in batchedTurns and batchedSends too). */
+  singleSends: number;
 }
 
 export interface NativeAddon {

@@ -115,6 +115,23 @@ test('requests to servers share loop turns, answers go at once, every byte in or
     assert.equal(stats.batchedSends, SESSIONS * ROUNDS, 'each request went out in a batched send, no answer did');
     assert.ok(stats.largestTurn >= 2, `some turn sent for several sessions (largest: ${stats.largestTurn})`);
     assert.ok(stats.batchedTurns < stats.batchedSends, `${stats.batchedSends} sends in ${stats.batchedTurns} turns`);
+    assert.ok(stats.batchedSends - stats.singleSends >= stats.largestTurn, 'turns of several sends went through the ring');
+
+    // One session at a time, each request answered before the next: every turn has one send,
+    // which goes out with send(2), not the ring.
+    const lone = sessions[0]!;
+    const LONE = 20;
+    for (let round = 0; round < LONE; round++) {
+      const up = copyData(Buffer.from(`alone ${round}`));
+      lone.upSent.push(up);
+      lone.upSentBytes += up.length;
+      lone.client.a.write(up);
+      for (let wait = 0; lone.upReceivedBytes < lone.upSentBytes && wait < 500; wait++) await sleep(1);
+    }
+    assert.ok(Buffer.concat(lone.upReceived).equals(Buffer.concat(lone.upSent)), 'the lone session: every CopyData, in order');
+    const after = native.relayStats();
+    assert.equal(after.batchedSends - stats.batchedSends, LONE, 'one send per request');
+    assert.equal(after.singleSends - stats.singleSends, LONE, 'each in a turn of its own, through send(2)');
     sessions.forEach((_, i) => native.relayClose(i + 1));
   } finally {
     sessions.forEach((s) => { s.client.close(); s.server.close(); });

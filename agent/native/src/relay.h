@@ -37,7 +37,8 @@ napi_value relay_close_js(napi_env env, napi_callback_info info);
 // JS: relayForget(): every session forgets the decisions it remembered (the policy changed).
 napi_value relay_forget_js(napi_env env, napi_callback_info info);
 // JS: relayStats() => { threads, batchedThreads (those sending through io_uring), batchedTurns,
-// batchedSends, largestTurn (the most sends in one turn) }.
+// batchedSends, largestTurn (the most sends in one turn), singleSends (turns of one send, which go
+// through send(2)) }.
 napi_value relay_stats_js(napi_env env, napi_callback_info info);
 // Test hook, JS: sendBatch(fds, buffers, useRing) => { batched, results }: one SendBatch run, each
 // result as send(2) would give it (bytes, or -errno).
