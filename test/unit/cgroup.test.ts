@@ -22,9 +22,10 @@ let serial = 0;
 /** A fresh parent under the v2 root with the given (relative) cgroups; removed by the test's end. */
 function tree(t: { after(fn: () => void): void }, ...children: string[]): string {
   const parent = path.join(CGROUP2, `runguard-unit-${process.pid}-${serial++}`);
-  for (const c of children) mkdirSync(path.join(parent, c), { recursive: true });
-  mkdirSync(parent, { recursive: true });
+  // Not recursive: a cgroup of that name left by another run (a recycled pid) is not ours to remove.
+  mkdirSync(parent);
   t.after(() => removeTree(parent));
+  for (const c of children) mkdirSync(path.join(parent, c), { recursive: true });
   return parent;
 }
 

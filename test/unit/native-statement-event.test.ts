@@ -115,6 +115,31 @@ test('the one-pass pre-check finds a needle or secret wherever it starts, in any
   }
 });
 
+test('the pre-check\'s two-byte prefilter: one-byte entries, the text\'s last byte, exact forms in another case or not ASCII', () => {
+  // A pre-check built by hand, so that it has what the detectors' needles do not: a one-byte needle,
+  // exact forms that start with an upper-case letter (matched byte for byte, not folded) or with a
+  // multi-byte character. The oracle is the definition, not Redactor: an ASCII-folded substring
+  // for a needle, a byte substring for an exact form.
+  const check = { needles: ['q', 'k9'], digitRuns: [], exact: ['Zx9', '\u00e91', 'W'] };
+  const packed = packPrecheck([check])!;
+  const fold = (b: Buffer) => Buffer.from(b.map((c) => (c >= 0x41 && c <= 0x5a ? c + 32 : c)));
+  const hit = (text: string) => {
+    const bytes = Buffer.from(text, 'utf8');
+    return check.needles.some((n) => fold(bytes).includes(Buffer.from(n))) || check.exact.some((e) => bytes.includes(Buffer.from(e, 'utf8')));
+  };
+  const texts = [
+    'q', 'Q', 'select q', 'select Q', 'select k', 'select K9', 'k', 'zx9', 'Zx9', 'ZX9', 'aZx9b', 'Zx', '\u00e91', 'a\u00e91', '\u00e9', '\u00c91',
+    'w', 'W', 'select W', 'select w', 'plain text', '',
+  ];
+  for (const text of texts) {
+    const written = relayField(text, 'SELECT 1', 0.25, packed) !== null;
+    assert.equal(written, !hit(text), `${JSON.stringify(text)}: ${written ? 'written' : 'declined'}`);
+  }
+  fc.assert(fc.property(fc.string({ unit: fc.constantFrom('q', 'Q', 'k', 'K', '9', 'Z', 'z', 'x', 'X', 'W', 'w', '\u00e9', '1', ' ') }), (text) => {
+    assert.equal(relayField(text, 'SELECT 1', 0.25, packed) !== null, !hit(text), JSON.stringify(text));
+  }), { numRuns: 3000 });
+});
+
 test('text that is not valid UTF-8 is left to the handler (it would decode it with U+FFFD)', () => {
   const bad = [[0xc0, 0x80], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xe2, 0x82], [0x80], [0xf8, 0x88, 0x80, 0x80, 0x80]];
   for (const bytes of bad) {

@@ -1102,30 +1102,24 @@ class Relay {
 
   void send_turn() {
     if (turn_.empty()) return;
-    if (turn_.size() == 1) {
-      // One send has nothing to share a system call with: send(2) is the shorter path (io_uring
-      // adds its submission and completion, about 3 us per TPC-B transaction in perf).
-      auto [s, side] = turn_[0];
-      Peer& p = s->peer[side];
-      p.deferred = false;
-      turn_.clear();
-      if (p.pending() == 0 || p.failed) return;
-      turns_.fetch_add(1, std::memory_order_relaxed);
-      sends_count_.fetch_add(1, std::memory_order_relaxed);
-      single_sends_.fetch_add(1, std::memory_order_relaxed);
-      if (largest_turn_.load(std::memory_order_relaxed) == 0) largest_turn_.store(1, std::memory_order_relaxed);
-      return flush(*s, side);
-    }
     for (size_t i = 0; i < turn_.size(); i++) {
       Peer& p = turn_[i].first->peer[turn_[i].second];
       p.deferred = false;
       if (p.pending() > 0 && !p.failed) sends_.add(p.fd, p.out.data() + p.out_off, p.pending(), i);
     }
+    if (sends_.size() == 1) {
+      // One send has nothing to share a system call with: send(2) is the shorter path (io_uring
+      // adds its submission and completion, about 3 us per TPC-B transaction in perf).
+      auto [s, side] = turn_[sends_.front().tag];
+      sends_.clear();
+      turn_.clear();
+      count_turn(1);
+      single_sends_.fetch_add(1, std::memory_order_relaxed);
+      return flush(*s, side);
+    }
     if (!sends_.empty()) {
       std::vector<SendBatch::Entry>& done = sends_.run();
-      turns_.fetch_add(1, std::memory_order_relaxed);
-      sends_count_.fetch_add(done.size(), std::memory_order_relaxed);
-      if (done.size() > largest_turn_.load(std::memory_order_relaxed)) largest_turn_.store(done.size(), std::memory_order_relaxed);
+      count_turn(done.size());
       for (const SendBatch::Entry& e : done) {
         auto [s, side] = turn_[e.tag];
         s->peer[side].blocked = false;
@@ -1134,6 +1128,12 @@ class Relay {
       sends_.clear();
     }
     turn_.clear();
+  }
+
+  void count_turn(size_t sends) {
+    turns_.fetch_add(1, std::memory_order_relaxed);
+    sends_count_.fetch_add(sends, std::memory_order_relaxed);
+    if (sends > largest_turn_.load(std::memory_order_relaxed)) largest_turn_.store(sends, std::memory_order_relaxed);
   }
 
   // Writes what is queued and asks epoll for exactly what each socket now waits for.

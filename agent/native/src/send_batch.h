@@ -36,6 +36,8 @@ class SendBatch {
   // Queues a send; nothing is written until run().
   void add(int fd, const uint8_t* data, size_t len, uint64_t tag) { entries_.push_back({fd, data, len, tag, 0}); }
   bool empty() const { return entries_.empty(); }
+  size_t size() const { return entries_.size(); }
+  const Entry& front() const { return entries_.front(); }
   // Performs every queued send and fills in each entry's result; the entries stay readable until
   // clear(). The buffers must stay valid until run() returns.
   std::vector<Entry>& run();
