@@ -348,7 +348,6 @@ class Relay {
   double replay_since_ = 0;     // when the oldest unsent replay record was made (0: none)
   uint32_t epoch_ = 0;
   std::string key_, shape_;  // reused per message: no allocation once grown
-  std::vector<uint8_t> audit_;  // a kAudited or kEvent payload being built
   bool stopping_ = false;
   size_t closing_ = 0;  // sessions JavaScript closed that still have output to write
   // This loop turn's deferred sends and the sessions it touched (settled after the sends).
@@ -381,10 +380,23 @@ class Relay {
   }
 
   void append_record(const Session& s, RecordKind kind, Side side, const uint8_t* p, size_t n, uint32_t epoch, double ms) {
-    RecordHeader h{s.id, kind, side, 0, epoch, (uint32_t)n, ms};
-    const uint8_t* hp = reinterpret_cast<const uint8_t*>(&h);
-    batch_.insert(batch_.end(), hp, hp + sizeof h);
+    size_t at = begin_record();
     if (n) batch_.insert(batch_.end(), p, p + n);
+    finish_record(at, s, kind, side, epoch, ms);
+  }
+
+  // A record whose payload the caller appends to batch_ itself (an audit record, built in place
+  // rather than built and copied); finish_record() writes its header once the payload is there,
+  // and batch_.resize(at) drops it instead.
+  size_t begin_record() {
+    size_t at = batch_.size();
+    batch_.resize(at + sizeof(RecordHeader));
+    return at;
+  }
+
+  void finish_record(size_t at, const Session& s, RecordKind kind, Side side, uint32_t epoch, double ms) {
+    RecordHeader h{s.id, kind, side, 0, epoch, (uint32_t)(batch_.size() - at - sizeof h), ms};
+    memcpy(batch_.data() + at, &h, sizeof h);
     if (kind == kReplay || kind == kAudited || kind == kEvent) {
       if (replay_since_ == 0) replay_since_ = h.ms;
     } else {
@@ -816,25 +828,27 @@ class Relay {
     AuditedHead head{read_ms - h.ms, (uint32_t)rlen, (uint32_t)n, (uint32_t)rlen, h.tmpl, h.text.start, h.text.end};
     // ReadyForQuery's status: 'I', the transaction ended (pg_backend_ok checked the body is one byte).
     bool idle = m[ready + 5] == 'I';
-    if (event(s, head, idle, c, clen)) {
-      s.held.active = false;
-      append_record(s, kEvent, kServer, audit_.data(), audit_.size(), h.epoch, h.ms);
+    size_t rec = begin_record();
+    s.held.active = false;
+    if (event(s, head, idle, c, clen, &batch_)) {
+      finish_record(rec, s, kEvent, kServer, h.epoch, h.ms);
       return true;
     }
-    audit_.resize(sizeof head + rlen + clen);
-    memcpy(audit_.data(), &head, sizeof head);
-    memcpy(audit_.data() + sizeof head, h.msg.data(), rlen);
-    memcpy(audit_.data() + sizeof head + rlen, c, clen);
-    s.held.active = false;
-    append_record(s, kAudited, kServer, audit_.data(), audit_.size(), h.epoch, h.ms);
+    batch_.resize(rec + sizeof(RecordHeader));
+    const uint8_t* hp = reinterpret_cast<const uint8_t*>(&head);
+    batch_.insert(batch_.end(), hp, hp + sizeof head);
+    batch_.insert(batch_.end(), h.msg.data(), h.msg.data() + rlen);
+    batch_.insert(batch_.end(), c, c + clen);
+    finish_record(rec, s, kAudited, kServer, h.epoch, h.ms);
     return true;
   }
 
-  // The held request's statement event into audit_ (kEvent), if the relay can write exactly what
-  // the handler would (see statement_event.h): a Q's statement, or the execution of a prepared
-  // statement in the unnamed portal (the statement parsed in the same run or before). `idle`: the
-  // answer's ReadyForQuery says no transaction is open.
-  bool event(const Session& s, const AuditedHead& head, bool idle, const uint8_t* complete, size_t clen) {
+  // Appends the held request's statement event to `out` (a kEvent payload), if the relay can write
+  // exactly what the handler would (see statement_event.h): a Q's statement, or the execution of a
+  // prepared statement in the unnamed portal (the statement parsed in the same run or before).
+  // `idle`: the answer's ReadyForQuery says no transaction is open. On false, `out` may hold part
+  // of it: the caller drops it.
+  bool event(const Session& s, const AuditedHead& head, bool idle, const uint8_t* complete, size_t clen, std::vector<uint8_t>* out) {
     if (!s.precheck_ok || !head.tmpl) return false;
     auto it = s.templates.find(head.tmpl);
     if (it == s.templates.end()) return false;
@@ -848,23 +862,23 @@ class Relay {
       if (!values_clean(s.precheck, values)) return false;
       e.flags = (idle ? (uint32_t)kPortalEnded : 0u) | (q[0] == 'P' ? (uint32_t)kParsedUnnamed : 0u);
       e.bind_len = idle ? 0 : (uint32_t)h.bind_len;
-      put_event_head(e, idle ? nullptr : q.data() + h.bind_at);
-      return encode_statement(it->second, nullptr, 0, &values, complete, clen, head.duration_ms, &audit_);
+      put_event_head(e, idle ? nullptr : q.data() + h.bind_at, out);
+      return encode_statement(it->second, nullptr, 0, &values, complete, clen, head.duration_ms, out);
     }
     // The text span is within the query string (offset 5 in the Q), its NUL after it.
     if (head.text_start > head.text_end || 5 + (size_t)head.text_end >= q.size()) return false;
     const uint8_t* text = q.data() + 5 + head.text_start;
     size_t text_len = head.text_end - head.text_start;
     if (!utf8_valid(text, text_len) || !s.precheck.clean(text, text_len)) return false;
-    put_event_head(e, nullptr);
-    return encode_statement(it->second, text, text_len, nullptr, complete, clen, head.duration_ms, &audit_);
+    put_event_head(e, nullptr, out);
+    return encode_statement(it->second, text, text_len, nullptr, complete, clen, head.duration_ms, out);
   }
 
-  // audit_ = the head, then the Bind's body when the head says it has one.
-  void put_event_head(const EventHead& e, const uint8_t* bind) {
+  // Appends the head, then the Bind's body when the head says it has one.
+  static void put_event_head(const EventHead& e, const uint8_t* bind, std::vector<uint8_t>* out) {
     const uint8_t* h = reinterpret_cast<const uint8_t*>(&e);
-    audit_.assign(h, h + sizeof e);
-    if (bind) audit_.insert(audit_.end(), bind, bind + e.bind_len);
+    out->insert(out->end(), h, h + sizeof e);
+    if (bind) out->insert(out->end(), bind, bind + e.bind_len);
   }
 
   void keep_template(Session& s, uint32_t id, const std::vector<uint8_t>& packed) {

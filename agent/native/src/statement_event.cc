@@ -38,28 +38,35 @@ size_t varint_to(uint8_t* p, uint64_t v) {
   return n;
 }
 
-void varint(std::vector<uint8_t>* out, uint64_t v) {
-  uint8_t b[10];
-  out->insert(out->end(), b, b + varint_to(b, v));
+size_t varint_len(uint64_t v) {
+  size_t n = 1;
+  for (; v > 0x7f; v >>= 7) n++;
+  return n;
 }
 
-void raw(std::vector<uint8_t>* out, const void* p, size_t n) {
-  const uint8_t* b = static_cast<const uint8_t*>(p);
-  out->insert(out->end(), b, b + n);
-}
-
+// encode_statement sizes the Statement first and then writes it in place: its field 28 key and
+// length go before the body, and writing the body first would mean moving it up afterwards.
 // proto/wire-writer.ts: a string field is omitted when empty, a uint field when 0.
-void string_field(std::vector<uint8_t>* out, uint32_t field, const uint8_t* p, size_t n) {
-  if (!n) return;
-  varint(out, field << 3 | 2);
-  varint(out, n);
-  raw(out, p, n);
+size_t string_field_len(uint32_t field, size_t n) { return n ? varint_len(field << 3 | 2) + varint_len(n) + n : 0; }
+size_t uint_field_len(uint32_t field, uint64_t v) { return v ? varint_len(field << 3) + varint_len(v) : 0; }
+
+uint8_t* put_raw(uint8_t* p, const void* src, size_t n) {
+  memcpy(p, src, n);
+  return p + n;
 }
 
-void uint_field(std::vector<uint8_t>* out, uint32_t field, uint64_t v) {
-  if (!v) return;
-  varint(out, field << 3);
-  varint(out, v);
+uint8_t* put_bytes_field(uint8_t* p, uint32_t field, const void* src, size_t n) {
+  p += varint_to(p, field << 3 | 2);
+  p += varint_to(p, n);
+  return put_raw(p, src, n);
+}
+
+uint8_t* put_string_field(uint8_t* p, uint32_t field, const uint8_t* src, size_t n) { return n ? put_bytes_field(p, field, src, n) : p; }
+
+uint8_t* put_uint_field(uint8_t* p, uint32_t field, uint64_t v) {
+  if (!v) return p;
+  p += varint_to(p, field << 3);
+  return p + varint_to(p, v);
 }
 
 // agent/pg/messages.ts decodeCommandComplete's count: the last number of an INSERT tag ("INSERT oid
@@ -242,43 +249,47 @@ bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text
   double us = floor(duration_ms * 1000);
   if (!(us >= 0) || us > 9007199254740991.0) return false;
 
-  std::vector<uint8_t>& o = *out;
-  size_t start = o.size();
   // The Statement's fields in proto/session-events.ts order: head (1), text (2), subject (3, 4),
-  // params (5, none for a simple query), decision (6), outcome (7 to 12), tail (13 to 16).
-  raw(out, t.head.data(), t.head.size());
-  string_field(out, 2, text, text_len);
-  raw(out, t.subject.data(), t.subject.size());
+  // params (5, none for a simple query), decision (6), outcome (7 to 12), tail (13 to 16). Every
+  // value goes in, empty ones too (a repeated field has no default to omit); NULL as 'NULL'.
+  static const char kNull[] = {'N', 'U', 'L', 'L'};
+  size_t values_len = 0;
   if (values) {
-    // Every value, empty ones too (a repeated field has no default to omit); NULL as 'NULL'.
     size_t at = 2;
     PgSlice v;
     bool null;
-    while (pg_next_value(*values, &at, &v, &null)) {
-      varint(out, 5 << 3 | 2);
-      if (null) {
-        varint(out, 4);
-        raw(out, "NULL", 4);
-      } else {
-        varint(out, v.n);
-        raw(out, v.p, v.n);
-      }
-    }
-    if (at != values->n) {
-      out->resize(start);
-      return false;
-    }
+    while (pg_next_value(*values, &at, &v, &null)) values_len += null ? 2 + sizeof kNull : 1 + varint_len(v.n) + v.n;
+    if (at != values->n) return false;
   }
-  raw(out, t.decision.data(), t.decision.size());
-  if (has_rows) uint_field(out, 7, rows);
-  string_field(out, 8, complete, tag_len);
-  uint_field(out, 9, (uint64_t)us);
-  raw(out, t.tail.data(), t.tail.size());
-  // Field 28 of AuditEvent around it: its key and length go first, so the body moves up.
-  uint8_t key[2 + 10];
-  size_t k = varint_to(key, 28 << 3 | 2);
-  k += varint_to(key + k, o.size() - start);
-  o.insert(o.begin() + (ptrdiff_t)start, key, key + k);
+  const uint64_t row_count = has_rows ? rows : 0;
+  const size_t body = t.head.size() + string_field_len(2, text_len) + t.subject.size() + values_len + t.decision.size() +
+                      uint_field_len(7, row_count) + string_field_len(8, tag_len) + uint_field_len(9, (uint64_t)us) + t.tail.size();
+  const size_t start = out->size(), total = varint_len(28 << 3 | 2) + varint_len(body) + body;
+  out->resize(start + total);
+  uint8_t* const first = out->data() + start;
+  uint8_t* p = first;
+  p += varint_to(p, 28 << 3 | 2);
+  p += varint_to(p, body);
+  p = put_raw(p, t.head.data(), t.head.size());
+  p = put_string_field(p, 2, text, text_len);
+  p = put_raw(p, t.subject.data(), t.subject.size());
+  if (values) {
+    size_t at = 2;
+    PgSlice v;
+    bool null;
+    while (pg_next_value(*values, &at, &v, &null)) p = null ? put_bytes_field(p, 5, kNull, sizeof kNull) : put_bytes_field(p, 5, v.p, v.n);
+  }
+  p = put_raw(p, t.decision.data(), t.decision.size());
+  p = put_uint_field(p, 7, row_count);
+  p = put_string_field(p, 8, complete, tag_len);
+  p = put_uint_field(p, 9, (uint64_t)us);
+  p = put_raw(p, t.tail.data(), t.tail.size());
+  // Sizing and writing follow the same rules; should they ever disagree (a bug), write nothing
+  // rather than a wrong event. The property tests compare every byte with the handler's.
+  if (p != first + total) {
+    out->resize(start);
+    return false;
+  }
   return true;
 }
 
