@@ -9,6 +9,7 @@
 #include "napi_args.h"
 #include "relay_records.h"
 #include "seal.h"
+#include "varint.h"
 
 using namespace relay_records;
 
@@ -32,18 +33,6 @@ struct Fields {
 std::unordered_map<uint32_t, Fields>& sessions() {
   static std::unordered_map<uint32_t, Fields> m;
   return m;
-}
-
-size_t varint_len(uint64_t v) {
-  size_t n = 1;
-  while (v > 0x7f) v >>= 7, n++;
-  return n;
-}
-
-uint8_t* put_varint(uint8_t* p, uint64_t v) {
-  while (v > 0x7f) *p++ = (uint8_t)(v | 0x80), v >>= 7;
-  *p++ = (uint8_t)v;
-  return p;
 }
 
 void forget(napi_env env, uint32_t id) {

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "varint.h"
+
 namespace {
 
 uint32_t le32(const uint8_t* p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
@@ -31,19 +33,6 @@ uint32_t longest_digit_run(const uint8_t* p, size_t n) {
   return best;
 }
 
-size_t varint_to(uint8_t* p, uint64_t v) {
-  size_t n = 0;
-  for (; v > 0x7f; v >>= 7) p[n++] = (uint8_t)(v | 0x80);
-  p[n++] = (uint8_t)v;
-  return n;
-}
-
-size_t varint_len(uint64_t v) {
-  size_t n = 1;
-  for (; v > 0x7f; v >>= 7) n++;
-  return n;
-}
-
 // encode_statement sizes the Statement first and then writes it in place: its field 28 key and
 // length go before the body, and writing the body first would mean moving it up afterwards.
 // proto/wire-writer.ts: a string field is omitted when empty, a uint field when 0.
@@ -56,8 +45,8 @@ uint8_t* put_raw(uint8_t* p, const void* src, size_t n) {
 }
 
 uint8_t* put_bytes_field(uint8_t* p, uint32_t field, const void* src, size_t n) {
-  p += varint_to(p, field << 3 | 2);
-  p += varint_to(p, n);
+  p = put_varint(p, field << 3 | 2);
+  p = put_varint(p, n);
   return put_raw(p, src, n);
 }
 
@@ -65,8 +54,8 @@ uint8_t* put_string_field(uint8_t* p, uint32_t field, const uint8_t* src, size_t
 
 uint8_t* put_uint_field(uint8_t* p, uint32_t field, uint64_t v) {
   if (!v) return p;
-  p += varint_to(p, field << 3);
-  return p + varint_to(p, v);
+  p = put_varint(p, field << 3);
+  return put_varint(p, v);
 }
 
 // agent/pg/messages.ts decodeCommandComplete's count: the last number of an INSERT tag ("INSERT oid
@@ -268,8 +257,8 @@ bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text
   out->resize(start + total);
   uint8_t* const first = out->data() + start;
   uint8_t* p = first;
-  p += varint_to(p, 28 << 3 | 2);
-  p += varint_to(p, body);
+  p = put_varint(p, 28 << 3 | 2);
+  p = put_varint(p, body);
   p = put_raw(p, t.head.data(), t.head.size());
   p = put_string_field(p, 2, text, text_len);
   p = put_raw(p, t.subject.data(), t.subject.size());
