@@ -91,6 +91,9 @@ bool tag_rows(const char* tag, size_t n, bool* has, uint64_t* rows) {
   return true;
 }
 
+// ASCII upper case to lower case; every other byte as it is.
+uint8_t fold(uint8_t b) { return (uint8_t)(b >= 'A' && b <= 'Z' ? b - 'A' + 'a' : b); }
+
 // Sorts `entries` by first byte and sets at[b]..at[b + 1] to the range of those starting with b.
 void index_by_first_byte(std::vector<std::string>* entries, std::vector<uint32_t>* at) {
   std::stable_sort(entries->begin(), entries->end(), [](const std::string& a, const std::string& b) { return (uint8_t)a[0] < (uint8_t)b[0]; });
@@ -120,7 +123,7 @@ bool RedactionPrecheck::parse(const uint8_t* p, size_t n) {
     if (kind == 0) {
       for (char& c : s) {
         if ((uint8_t)c >= 0x80) return false;  // the JavaScript side folds ASCII case only: so must this
-        if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+        c = (char)fold((uint8_t)c);
       }
       needles.push_back(std::move(s));
     } else {
@@ -134,7 +137,6 @@ bool RedactionPrecheck::parse(const uint8_t* p, size_t n) {
 }
 
 void RedactionPrecheck::index_pairs() {
-  auto fold = [](uint8_t b) { return (uint8_t)(b >= 'A' && b <= 'Z' ? b - 'A' + 'a' : b); };
   memset(first_, 0, sizeof first_);
   pair_.assign(1, {});
   auto add = [&](const std::string& e) {
@@ -160,7 +162,6 @@ bool RedactionPrecheck::clean(const uint8_t* text, size_t n) const {
   // A case-insensitive JavaScript RegExp without the u flag matches an ASCII letter only by the
   // same letter in either case (never a non-ASCII character that folds to it), and UTF-8 puts no
   // ASCII byte inside a multi-byte character: folding ASCII bytes is the same comparison.
-  auto fold = [](uint8_t b) { return (uint8_t)(b >= 'A' && b <= 'Z' ? b - 'A' + 'a' : b); };
   for (size_t i = 0; i < n; i++) {
     const uint8_t b = text[i];
     const size_t left = n - i;
