@@ -36,7 +36,9 @@ uint32_t longest_digit_run(const uint8_t* p, size_t n) {
 // encode_statement sizes the Statement first and then writes it in place: its field 28 key and
 // length go before the body, and writing the body first would mean moving it up afterwards.
 // proto/wire-writer.ts: a string field is omitted when empty, a uint field when 0.
-size_t string_field_len(uint32_t field, size_t n) { return n ? varint_len(field << 3 | 2) + varint_len(n) + n : 0; }
+// Each put_* below has its *_len here, and encode_statement sizes with exactly the ones it writes with.
+size_t bytes_field_len(uint32_t field, size_t n) { return varint_len(field << 3 | 2) + varint_len(n) + n; }
+size_t string_field_len(uint32_t field, size_t n) { return n ? bytes_field_len(field, n) : 0; }
 size_t uint_field_len(uint32_t field, uint64_t v) { return v ? varint_len(field << 3) + varint_len(v) : 0; }
 
 uint8_t* put_raw(uint8_t* p, const void* src, size_t n) {
@@ -248,7 +250,7 @@ bool encode_statement(const StatementPieces& t, const uint8_t* text, size_t text
     size_t at = 2;
     PgSlice v;
     bool null;
-    while (pg_next_value(*values, &at, &v, &null)) values_len += null ? 2 + sizeof kNull : 1 + varint_len(v.n) + v.n;
+    while (pg_next_value(*values, &at, &v, &null)) values_len += bytes_field_len(5, null ? sizeof kNull : v.n);
     if (at != values->n) return false;
   }
   const uint64_t row_count = has_rows ? rows : 0;
